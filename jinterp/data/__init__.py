@@ -1,0 +1,1 @@
+"""jinterp.data."""

@@ -1,0 +1,121 @@
+"""Array ops with PyTorch semantics, NHWC.
+
+These are the single place where jinterp calls XLA's convolution and pooling primitives, so a faster exact
+formulation (see ``experiments/bench/conv.py``) replaces them for every backbone, decoder and explainer at once.
+
+Kernel layouts (stored in Flax params):
+  * ``conv2d``: ``(kh, kw, in, out)`` (HWIO) — ``torch_weight.transpose(2, 3, 1, 0)``.
+  * ``conv_transpose2d``: ``(kh, kw, in, out)`` where ``in`` is the transposed conv's input channels, *not*
+    spatially flipped — ``torch_weight.transpose(2, 3, 0, 1)`` of PyTorch's ``(in, out, kh, kw)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Pair = tuple[int, int]
+
+
+def _pair(v: int | Sequence[int]) -> Pair:
+    if isinstance(v, int):
+        return (v, v)
+    a, b = v
+    return (int(a), int(b))
+
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride=1, padding=0, dilation=1, groups: int = 1) -> jax.Array:
+    """``torch.nn.functional.conv2d`` on NHWC input with an HWIO kernel; symmetric integer padding."""
+    ph, pw = _pair(padding)
+    return lax.conv_general_dilated(
+        x, kernel, window_strides=_pair(stride), padding=((ph, ph), (pw, pw)),
+        rhs_dilation=_pair(dilation), dimension_numbers=_DN, feature_group_count=groups)
+
+
+def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride=1, padding=0, output_padding=0) -> jax.Array:
+    """``torch.nn.functional.conv_transpose2d`` on NHWC input.
+
+    ``kernel`` is ``(kh, kw, in, out)`` with PyTorch's spatial orientation. Output size per axis:
+    ``(H - 1) * stride - 2 * padding + k + output_padding``.
+    """
+    kh, kw = kernel.shape[:2]
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    oh, ow = _pair(output_padding)
+    flipped = kernel[::-1, ::-1]
+    return lax.conv_general_dilated(
+        x, flipped, window_strides=(1, 1),
+        padding=((kh - 1 - ph, kh - 1 - ph + oh), (kw - 1 - pw, kw - 1 - pw + ow)),
+        lhs_dilation=(sh, sw), dimension_numbers=_DN)
+
+
+def _pool_out(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
+    # PyTorch's rule, including "the last window must start inside the input or left padding".
+    num = size + 2 * p - k
+    out = (-(-num // s) if ceil_mode else num // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def max_pool2d(x: jax.Array, kernel_size, stride=None, padding=0, ceil_mode: bool = False) -> jax.Array:
+    """``torch.nn.functional.max_pool2d`` on NHWC (padding with -inf, PyTorch's ceil-mode rule)."""
+    k = _pair(kernel_size)
+    s = _pair(stride if stride is not None else kernel_size)
+    p = _pair(padding)
+    pads = []
+    for axis in range(2):
+        size = x.shape[1 + axis]
+        out = _pool_out(size, k[axis], s[axis], p[axis], ceil_mode)
+        hi = max((out - 1) * s[axis] + k[axis] - size - p[axis], 0)
+        pads.append((p[axis], hi))
+    init = jnp.array(-jnp.inf, x.dtype)
+    return lax.reduce_window(x, init, lax.max, (1, *k, 1), (1, *s, 1), ((0, 0), *pads, (0, 0)))
+
+
+def avg_pool2d(x: jax.Array, kernel_size, stride=None, padding=0, count_include_pad: bool = True) -> jax.Array:
+    """``torch.nn.functional.avg_pool2d`` on NHWC (floor mode)."""
+    k = _pair(kernel_size)
+    s = _pair(stride if stride is not None else kernel_size)
+    p = _pair(padding)
+    pads = ((0, 0), (p[0], p[0]), (p[1], p[1]), (0, 0))
+    summed = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1), pads)
+    if count_include_pad:
+        return summed / (k[0] * k[1])
+    ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+    counts = lax.reduce_window(ones, jnp.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1), pads)
+    return summed / counts
+
+
+def _adaptive_matrix(size: int, out: int, dtype) -> jax.Array:
+    # Row i averages input indices [floor(i*size/out), ceil((i+1)*size/out)), PyTorch's bin edges.
+    rows = []
+    for i in range(out):
+        start = (i * size) // out
+        end = -(-((i + 1) * size) // out)
+        rows.append([1.0 / (end - start) if start <= j < end else 0.0 for j in range(size)])
+    return jnp.asarray(rows, dtype)
+
+
+def adaptive_avg_pool2d(x: jax.Array, output_size) -> jax.Array:
+    """``torch.nn.functional.adaptive_avg_pool2d`` on NHWC, as two small averaging matmuls (exact bins)."""
+    oh, ow = _pair(output_size)
+    h, w = x.shape[1:3]
+    if (oh, ow) == (1, 1):
+        return jnp.mean(x, axis=(1, 2), keepdims=True)
+    if (oh, ow) == (h, w):
+        return x
+    ah = _adaptive_matrix(h, oh, x.dtype)
+    aw = _adaptive_matrix(w, ow, x.dtype)
+    return jnp.einsum("ih,nhwc,jw->nijc", ah, x, aw, precision=lax.Precision.HIGHEST)
+
+
+def flatten_nchw(x: jax.Array) -> jax.Array:
+    """Flatten NHWC features in PyTorch's C·H·W order, so converted fully connected weights apply unchanged."""
+    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
