@@ -1,0 +1,221 @@
+"""Activation extraction: a frozen backbone's named intermediates over a data set, jitted and batched.
+
+Every method starts here (data -> backbone -> **features** -> method). The hot path is one jitted function of
+``(variables, images)`` per (model, layers, preprocess) that returns only the requested layers, so XLA prunes the
+rest of the network's outputs. Batches have one fixed shape (the last one is padded and trimmed on the host), so a
+data set of any length compiles once.
+
+For data sets larger than memory, ``cache_dir`` writes each layer to a ``.npy`` file as batches arrive and
+returns read-only memory maps; a second call with the same inputs reuses the files (keyed by a fingerprint of
+the variables, the layers and the images). :func:`iter_features` streams batch by batch for consumers that
+reduce on the fly (dissection tallies, graph statistics).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpy.lib.format import open_memmap
+
+from jinterp.errors import DataError, LayerError, ShapeError
+
+Preprocess = Callable[[jax.Array], jax.Array]
+
+
+def unit_range(images: jax.Array) -> jax.Array:
+    """uint8 [0, 255] -> float32 [0, 1]; float input passes through unchanged."""
+    if jnp.issubdtype(images.dtype, jnp.integer):
+        return images.astype(jnp.float32) / 255.0
+    return images.astype(jnp.float32)
+
+
+def normalizer(mean: Sequence[float], std: Sequence[float]) -> Preprocess:
+    """A preprocess function: unit range, then per-channel ``(x - mean) / std``."""
+    mean_a = jnp.asarray(mean, jnp.float32)
+    std_a = jnp.asarray(std, jnp.float32)
+
+    def preprocess(images: jax.Array) -> jax.Array:
+        return (unit_range(images) - mean_a) / std_a
+
+    return preprocess
+
+
+def _resolve_model(model_or_arch):
+    if isinstance(model_or_arch, str):
+        from jinterp import backbones
+
+        return backbones.create(model_or_arch), model_or_arch
+    return model_or_arch, getattr(model_or_arch, "arch", type(model_or_arch).__name__)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_extractor(model, layers: tuple[str, ...], preprocess: Preprocess | None):
+    def run(variables, images):
+        x = (preprocess or unit_range)(images)
+        logits, feats = model.apply(variables, x, train=False)
+        feats = dict(feats)
+        feats.setdefault("logits", logits)
+        return {name: feats[name] for name in layers}
+
+    return jax.jit(run)
+
+
+def available_layers(model, variables, image_shape: Sequence[int]) -> tuple[str, ...]:
+    """Names of the model's intermediates (plus ``logits``), found by shape evaluation (no compute)."""
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    logits, feats = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    return (*feats.keys(), "logits")
+
+
+def _check_images(images: np.ndarray, what: str = "images") -> None:
+    if images.ndim != 4:
+        raise ShapeError(
+            f"{what} must be a 4-D NHWC array (batch, height, width, channels); got shape {images.shape}. "
+            "Add a batch axis with images[None] or a channel axis with images[..., None].")
+    if images.shape[0] == 0:
+        raise DataError(f"{what} is empty (shape {images.shape}); pass at least one image.")
+    if images.dtype == np.uint8:
+        return
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ShapeError(f"{what} must be uint8 [0, 255] or float; got dtype {images.dtype}. "
+                         "Convert with images.astype(np.float32) / 255 or keep them as uint8.")
+    if not np.all(np.isfinite(images)):
+        raise ShapeError(f"{what} contain NaN or Inf values; clean or drop those images before extracting.")
+
+
+def _check_layers(valid: Sequence[str], layers: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(layers, str):
+        layers = [layers]
+    unknown = [name for name in layers if name not in valid]
+    if unknown:
+        raise LayerError(f"unknown layer name(s) {unknown}; valid names: {', '.join(valid)}")
+    if not layers:
+        raise LayerError(f"no layers requested; valid names: {', '.join(valid)}")
+    return tuple(layers)
+
+
+def _batches_of(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(images), batch_size):
+        yield images[start:start + batch_size]
+
+
+def _padded(batch: np.ndarray, batch_size: int) -> np.ndarray:
+    if len(batch) == batch_size:
+        return batch
+    pad = np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)
+    return np.concatenate([batch, pad])
+
+
+def iter_features(model, variables, batches: Iterable[np.ndarray] | np.ndarray, layers: Sequence[str],
+                  batch_size: int = 128, preprocess: Preprocess | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Yield ``{layer: array}`` per batch, on the host, trimmed to the batch's real length.
+
+    Args:
+      model: a backbone module (or arch name) whose ``apply(variables, x, train=False)`` returns
+        ``(logits, feats)``.
+      variables: its variables.
+      batches: an ``(N, H, W, C)`` array, or an iterable of such arrays (a data set streamed in chunks).
+      layers: names from ``jinterp.backbones.layer_names(arch)`` or ``"logits"``.
+      batch_size: the fixed compiled batch; shorter batches are padded (no recompilation).
+      preprocess: a traced function applied to each batch inside the jit (default: uint8 -> [0, 1]).
+    """
+    model, _ = _resolve_model(model)
+    if isinstance(batches, np.ndarray) or hasattr(batches, "shape"):
+        images = np.asarray(batches)
+        _check_images(images)
+        chunks: Iterable[np.ndarray] = _batches_of(images, batch_size)
+    else:
+        chunks = batches
+    fn = None
+    for chunk in chunks:
+        chunk = np.asarray(chunk)
+        _check_images(chunk, "a batch of images")
+        if fn is None:
+            valid = available_layers(model, variables, chunk.shape[1:])
+            names = _check_layers(valid, layers)
+            fn = _compiled_extractor(model, names, preprocess)
+        for start in range(0, len(chunk), batch_size):
+            part = chunk[start:start + batch_size]
+            out = fn(variables, _padded(part, batch_size))
+            yield {k: np.asarray(v[: len(part)]) for k, v in out.items()}
+
+
+def _fingerprint(variables, layers: Sequence[str], images: np.ndarray, preprocess) -> str:
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(np.asarray(leaf).tobytes())
+    h.update(json.dumps(list(layers)).encode())
+    h.update(str(images.shape).encode() + str(images.dtype).encode())
+    h.update(hashlib.sha256(np.ascontiguousarray(images).data).digest())
+    h.update(getattr(preprocess, "__qualname__", repr(preprocess)).encode())
+    return h.hexdigest()[:16]
+
+
+def extract(model, variables, images: np.ndarray, layers: Sequence[str], batch_size: int = 128,
+            preprocess: Preprocess | None = None, cache_dir: str | Path | None = None) -> dict[str, np.ndarray]:
+    """Activations of ``layers`` for every image: ``{layer: (N, h, w, c) or (N, d)}`` as host arrays.
+
+    Args:
+      model: a backbone module or arch name (see :func:`iter_features`).
+      variables: its variables.
+      images: ``(N, H, W, C)`` uint8 or float array.
+      layers: layer names; an unknown name raises :class:`~jinterp.errors.LayerError` listing valid ones.
+      batch_size: compiled batch size.
+      preprocess: traced per-batch preprocessing (default uint8 -> [0, 1]).
+      cache_dir: if given, features are written to ``cache_dir/<fingerprint>/<layer>.npy`` batch by batch
+        (host memory stays bounded by one batch) and returned as read-only memory maps; an existing complete
+        cache with the same fingerprint is reused.
+    """
+    model, arch = _resolve_model(model)
+    images = np.asarray(images)
+    _check_images(images)
+    names = _check_layers(available_layers(model, variables, images.shape[1:]), layers)
+    if cache_dir is None:
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
+        for out in iter_features(model, variables, images, names, batch_size, preprocess):
+            for k, v in out.items():
+                parts[k].append(v)
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    root = Path(cache_dir) / _fingerprint(variables, names, images, preprocess)
+    done = root / "complete.json"
+    if done.exists():
+        return {k: np.load(root / f"{_safe(k)}.npy", mmap_mode="r") for k in names}
+    root.mkdir(parents=True, exist_ok=True)
+    out_maps: dict[str, np.ndarray] = {}
+    offset = 0
+    for out in iter_features(model, variables, images, names, batch_size, preprocess):
+        n = len(next(iter(out.values())))
+        for k, v in out.items():
+            if k not in out_maps:
+                out_maps[k] = open_memmap(root / f"{_safe(k)}.npy", mode="w+", dtype=v.dtype,
+                                          shape=(len(images), *v.shape[1:]))
+            out_maps[k][offset:offset + n] = v
+        offset += n
+    for m in out_maps.values():
+        m.flush()
+    # Written last, so an interrupted extraction is never mistaken for a complete cache.
+    done.write_text(json.dumps({"arch": arch, "layers": list(names), "n": len(images)}))
+    return {k: np.load(root / f"{_safe(k)}.npy", mmap_mode="r") for k in names}
+
+
+def _safe(name: str) -> str:
+    return name.replace("/", "_")
+
+
+def feature_shapes(model, variables, image_shape: Sequence[int], layers: Sequence[str]) -> Mapping[str, tuple]:
+    """Per-image shapes of the requested layers, without running the network."""
+    model, _ = _resolve_model(model)
+    names = _check_layers(available_layers(model, variables, image_shape), layers)
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    logits, feats = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    feats = dict(feats, logits=logits)
+    return {k: tuple(feats[k].shape[1:]) for k in names}
