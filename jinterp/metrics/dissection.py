@@ -1,0 +1,361 @@
+"""Network-Dissection metrics: unit thresholds, unit×concept IoU, detectors, unique detectors, S¹/S².
+
+Reference: Bau et al., *Network Dissection* (CVPR 2017) and UIBE's extended scores (spec
+``uibe_and_metrics.md`` §4, §6). The pipeline, all streaming over batches so no data-set-sized array is held:
+
+1. :func:`quantile_thresholds` — per unit the exact top-``q`` threshold ``T_k`` (``q = 0.005``: ``P(a_k ≥ T_k) ≈
+   0.005`` over every spatial position of every image, at feature resolution). Exact: a running top-``k`` per unit
+   merged batch by batch with ``lax.top_k`` (``k = ceil(q · N · h · w)``); ``T_k`` is the k-th largest value.
+   NetDissect-Lite uses an approximate sketch, so its thresholds differ slightly.
+2. :func:`tally` — per batch, activations are upsampled bilinearly to the label resolution (as two small
+   interpolation matmuls), thresholded ``S ≥ T``, and intersected with each image's *present* concepts only
+   (at most ``max_labels`` per image, padded), then scatter-added into global counters. Memory per batch is
+   ``B × U × H × W`` booleans, never ``N × U × H × W``.
+3. :func:`iou` — ``IoU[u, c] = I[u, c] / (A[u, cat(c)] + G[c] − I[u, c])`` where ``A[u, g]`` counts unit u's active
+   pixels only over images that carry some label of category g (the paper's / QND's category rule) and ``G[c]``
+   counts concept c's pixels. Image-level labels (texture) cover the whole image.
+4. :func:`label_units` — each unit's best concept (lowest index on ties), detectors (IoU > 0.04), unique detectors.
+5. :func:`s1_s2` — UIBE's threshold-integrated scores in closed form: ``S¹ = Σ_i φ_i(c*_i, val)``,
+   ``S² = Σ_{c∈{c*_i}} max_{i: c*_i=c} φ_i(c, val)`` with ``c*_i`` chosen on the train split.
+
+Concepts are global integer ids ``1..L`` (0 = no label). :func:`concepts_from_label_maps` turns per-category label
+maps (synthparts' ``object``/``part``/``color`` masks and ``texture`` image labels, or Broden planes) into that form.
+
+Degenerate units (constant over the data set, e.g. dead ReLUs) get an empty mask and IoU 0 with every concept;
+they are reported in ``DissectionResult.dead``. No metric is ever NaN: every division has a positive guard.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jinterp.errors import DataError, ShapeError
+
+IOU_DETECTOR_THRESHOLD = 0.04
+TOP_QUANTILE = 0.005
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Concepts
+
+
+@dataclass(frozen=True)
+class ConceptSet:
+    """Concept labels in the global-id form the tally consumes.
+
+    Attributes:
+      pixel_labels: ``(N, P, H, W)`` int32 global concept ids per label plane (0 = none).
+      image_labels: ``(N, Q)`` int32 global ids of image-level concepts (0 = none).
+      names: ``L + 1`` names; ``names[0] = "-"``.
+      category_of: ``(L + 1,)`` int32 category index per concept (entry 0 unused).
+      categories: category names.
+    """
+
+    pixel_labels: np.ndarray
+    image_labels: np.ndarray
+    names: tuple[str, ...]
+    category_of: np.ndarray
+    categories: tuple[str, ...]
+
+    @property
+    def num_concepts(self) -> int:
+        return len(self.names) - 1
+
+
+def concepts_from_label_maps(pixel_maps: Mapping[str, np.ndarray], image_maps: Mapping[str, np.ndarray],
+                             names: Mapping[str, Sequence[str]]) -> ConceptSet:
+    """Build a :class:`ConceptSet` from per-category label maps.
+
+    Args:
+      pixel_maps: category -> ``(N, H, W)`` int labels, 0 = none, ``j ≥ 1`` = ``names[category][j - 1]``.
+      image_maps: category -> ``(N,)`` int labels, same convention (e.g. synthparts' texture; use ``j + 1``).
+      names: category -> concept names of that category.
+    """
+    planes, img_cols, all_names, cat_of, cats = [], [], ["-"], [0], []
+    n = None
+    for g, (cat, maps) in enumerate(list(pixel_maps.items()) + list(image_maps.items())):
+        maps = np.asarray(maps)
+        n = len(maps) if n is None else n
+        if len(maps) != n:
+            raise ShapeError(f"concept labels of category {cat!r} cover {len(maps)} images, others cover {n}; "
+                             "give one label map per image for every category.")
+        k = len(names[cat])
+        if maps.size and (maps.min() < 0 or maps.max() > k):
+            raise DataError(f"labels of category {cat!r} range over [{maps.min()}, {maps.max()}] but the category "
+                            f"has {k} concepts (labels must be 0 = none or 1..{k}).")
+        offset = len(all_names) - 1
+        glob = np.where(maps > 0, maps + offset, 0).astype(np.int32)
+        (planes if cat in pixel_maps else img_cols).append(glob)
+        all_names += [f"{cat}:{name}" for name in names[cat]]
+        cat_of += [g] * k
+        cats.append(cat)
+    if not planes:
+        raise DataError("no pixel-level concept labels given; dissection needs at least one label-map category.")
+    shapes = {p.shape for p in planes}
+    if len(shapes) != 1:
+        raise ShapeError(f"pixel label maps have different shapes {sorted(shapes)}; resize them to one (H, W).")
+    image_labels = np.stack(img_cols, 1) if img_cols else np.zeros((n, 0), np.int32)
+    return ConceptSet(np.stack(planes, 1), image_labels, tuple(all_names), np.asarray(cat_of, np.int32), tuple(cats))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Thresholds
+
+
+def _flat_units(acts: jax.Array) -> jax.Array:
+    """``(B, h, w, U)`` or ``(B, U)`` -> ``(U, B·h·w)``."""
+    return acts.reshape(-1, acts.shape[-1]).T
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _merge_top(top: jax.Array, acts: jax.Array) -> jax.Array:
+    vals = jnp.concatenate([top, _flat_units(acts).astype(top.dtype)], axis=1)
+    return jax.lax.top_k(vals, top.shape[1])[0]
+
+
+@functools.partial(jax.jit, donate_argnums=(0, 1))
+def _merge_range(lo: jax.Array, hi: jax.Array, acts: jax.Array):
+    flat = _flat_units(acts)
+    return jnp.minimum(lo, flat.min(1)), jnp.maximum(hi, flat.max(1))
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Per-unit thresholds ``(U,)`` and a ``(U,)`` mask of units that are constant over the data (dead)."""
+
+    value: np.ndarray
+    dead: np.ndarray
+
+
+def quantile_thresholds(batches: Iterable[np.ndarray], total_positions: int,
+                        quantile: float = TOP_QUANTILE) -> Thresholds:
+    """Exact top-``quantile`` threshold per unit, streamed.
+
+    Args:
+      batches: activations ``(B, h, w, U)`` (or ``(B, U)``) per batch.
+      total_positions: ``N · h · w`` over the whole stream (fixes ``k``).
+      quantile: upper tail mass (NetDissect: 0.005, i.e. the 0.995 quantile).
+    """
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
+    k = max(1, math.ceil(quantile * total_positions))
+    top = lo = hi = None
+    seen = 0
+    for acts in batches:
+        acts = jnp.asarray(acts, jnp.float32)
+        u = acts.shape[-1]
+        if top is None:
+            top = jnp.full((u, k), -jnp.inf, jnp.float32)
+            lo, hi = jnp.full((u,), jnp.inf), jnp.full((u,), -jnp.inf)
+        top = _merge_top(top, acts)
+        lo, hi = _merge_range(lo, hi, acts)
+        seen += math.prod(acts.shape[:-1])
+    if top is None:
+        raise DataError("no activations given: the data set is empty.")
+    if seen != total_positions:
+        raise DataError(f"total_positions={total_positions} but the batches held {seen} positions per unit; "
+                        "pass N·h·w of the data actually streamed.")
+    return Thresholds(np.asarray(top[:, -1]), np.asarray(lo >= hi))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tally
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Streaming counters. ``intersection (U, L+1)``, ``activated (U, G)``, ``label_count (L+1,)``."""
+
+    intersection: jax.Array
+    activated: jax.Array
+    label_count: jax.Array
+
+
+jax.tree_util.register_dataclass(Tally, data_fields=["intersection", "activated", "label_count"], meta_fields=[])
+
+
+def empty_tally(num_units: int, num_concepts: int, num_categories: int) -> Tally:
+    return Tally(jnp.zeros((num_units, num_concepts + 1), jnp.float32),
+                 jnp.zeros((num_units, num_categories), jnp.float32),
+                 jnp.zeros((num_concepts + 1,), jnp.float32))
+
+
+def _bilinear_matrix(src: int, dst: int) -> np.ndarray:
+    """``(dst, src)`` matrix of half-pixel-centred bilinear interpolation (``jax.image.resize`` without antialias)."""
+    eye = np.eye(src, dtype=np.float32)
+    return np.asarray(jax.image.resize(eye, (dst, src), "bilinear", antialias=False))
+
+
+@functools.partial(jax.jit, static_argnames=("max_labels", "num_categories"), donate_argnums=0)
+def _tally_batch(tally: Tally, acts, thresholds, dead, valid, pixel_labels, image_labels, category_of, rh, rw,
+                 max_labels: int, num_categories: int) -> Tally:
+    b, _, h, w = pixel_labels.shape
+    # Upsample as two interpolation matmuls: exact bilinear, no (B, H, W, U) float intermediate of resize.
+    up = jnp.einsum("Hh,bhwu,Ww->buHW", rh, acts.astype(jnp.float32), rw, precision=jax.lax.Precision.HIGHEST)
+    on = (up >= thresholds[None, :, None, None]) & ~dead[None, :, None, None] & valid[:, None, None, None]
+    on = on.reshape(b, on.shape[1], h * w).astype(jnp.float32)
+
+    # Present concepts per image, padded to max_labels (0 = pad); pixel and image-level labels together.
+    flat = pixel_labels.reshape(b, -1, h * w)
+    ids = jnp.concatenate([flat.reshape(b, -1), image_labels], axis=1)
+    present = jax.vmap(lambda r: jnp.unique(r, size=max_labels + 1, fill_value=0))(ids)[:, 1:]
+    present = jnp.where(valid[:, None], present, 0)
+    # onehot[b, s, c]: pixel s of image b carries present concept c (any plane); image-level ones cover all pixels.
+    pix_hit = jnp.any(flat[:, :, :, None] == present[:, None, None, :], axis=1)
+    img_hit = jnp.any(image_labels[:, :, None] == present[:, None, :], axis=1)
+    onehot = (pix_hit | img_hit[:, None, :]) & (present[:, None, :] > 0)
+    onehot = onehot.astype(jnp.float32)
+
+    inter = jnp.einsum("bus,bsc->buc", on, onehot)                       # (B, U, C)
+    counts = onehot.sum(1)                                               # (B, C)
+    n_on = on.sum(2)                                                     # (B, U)
+    cat_present = jnp.zeros((b, num_categories), jnp.float32)
+    cat_present = cat_present.at[jnp.arange(b)[:, None], category_of[present]].max(
+        (present > 0).astype(jnp.float32))
+    cols = present.reshape(-1)
+    return Tally(
+        tally.intersection.at[:, cols].add(inter.transpose(1, 0, 2).reshape(inter.shape[1], -1)),
+        tally.activated + jnp.einsum("bu,bg->ug", n_on, cat_present),
+        tally.label_count.at[cols].add(counts.reshape(-1)),
+    )
+
+
+def tally(act_batches: Iterable[np.ndarray], concepts: ConceptSet, thresholds: Thresholds,
+          batch_size: int, max_labels: int = 16) -> Tally:
+    """Accumulate intersection / activation / label counters over the data set.
+
+    Args:
+      act_batches: activations ``(B, h, w, U)`` per batch, in the order of ``concepts``' images; every batch but
+        the last has ``batch_size`` images.
+      concepts: the labels of the same images.
+      thresholds: from :func:`quantile_thresholds`.
+      batch_size: the fixed compiled batch (the last batch is padded and masked).
+      max_labels: the most distinct concepts one image carries (an image with more raises an error).
+    """
+    n, _, h, w = concepts.pixel_labels.shape
+    need = _max_distinct(concepts)
+    if need > max_labels:
+        raise DataError(f"an image carries {need} distinct concepts but max_labels={max_labels}; raise max_labels.")
+    th = jnp.asarray(thresholds.value, jnp.float32)
+    dead = jnp.asarray(thresholds.dead)
+    cat_of = jnp.asarray(concepts.category_of)
+    state = None
+    start = 0
+    for acts in act_batches:
+        acts = np.asarray(acts)
+        if acts.ndim != 4:
+            raise ShapeError(f"dissection needs spatial activations (B, h, w, U); got shape {acts.shape}.")
+        m = len(acts)
+        if start + m > n:
+            raise ShapeError(f"activations cover more images than the concept labels ({n}); pass matching data.")
+        if acts.shape[-1] != len(th):
+            raise ShapeError(f"activations have {acts.shape[-1]} units but thresholds {len(th)}.")
+        if state is None:
+            state = empty_tally(acts.shape[-1], concepts.num_concepts, len(concepts.categories))
+            rh, rw = _bilinear_matrix(acts.shape[1], h), _bilinear_matrix(acts.shape[2], w)
+        pl = concepts.pixel_labels[start:start + m]
+        il = concepts.image_labels[start:start + m]
+        valid = np.arange(batch_size) < m
+        state = _tally_batch(state, _pad(acts, batch_size), th, dead, valid, _pad(pl, batch_size),
+                             _pad(il, batch_size), cat_of, rh, rw, max_labels=max_labels,
+                             num_categories=len(concepts.categories))
+        start += m
+    if state is None:
+        raise DataError("no activations given: the data set is empty.")
+    if start != n:
+        raise ShapeError(f"activations cover {start} images but the concept labels {n}; pass matching data.")
+    return state
+
+
+def _pad(a: np.ndarray, size: int) -> np.ndarray:
+    if len(a) == size:
+        return a
+    if len(a) > size:
+        raise ShapeError(f"a batch of {len(a)} exceeds batch_size={size}.")
+    return np.concatenate([a, np.zeros((size - len(a), *a.shape[1:]), a.dtype)])
+
+
+def _max_distinct(concepts: ConceptSet) -> int:
+    n = len(concepts.pixel_labels)
+    ids = np.concatenate([concepts.pixel_labels.reshape(n, -1), concepts.image_labels], 1)
+    return max((len(np.unique(r[r > 0])) for r in ids), default=0)
+
+
+def iou(t: Tally, concepts: ConceptSet) -> np.ndarray:
+    """``(U, L)`` IoU of every unit with every concept (column j is concept id j + 1). Never NaN."""
+    inter = np.asarray(t.intersection)[:, 1:]
+    act = np.asarray(t.activated)[:, concepts.category_of[1:]]
+    lab = np.asarray(t.label_count)[1:]
+    union = act + lab[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Labelling and scores
+
+
+@dataclass(frozen=True)
+class DissectionResult:
+    """Per-unit labels and the summary counts."""
+
+    best_concept: np.ndarray   # (U,) concept column index (id - 1)
+    best_iou: np.ndarray       # (U,)
+    is_detector: np.ndarray    # (U,) bool, IoU > threshold
+    num_detectors: int
+    num_unique: int
+    dead: np.ndarray           # (U,) bool
+
+    def summary(self) -> dict:
+        return {"detectors": self.num_detectors, "unique_detectors": self.num_unique,
+                "mean_best_iou": float(self.best_iou.mean()) if self.best_iou.size else 0.0,
+                "dead_units": int(self.dead.sum())}
+
+
+def label_units(iou_table: np.ndarray, dead: np.ndarray | None = None,
+                threshold: float = IOU_DETECTOR_THRESHOLD) -> DissectionResult:
+    """NetDissect labelling: each unit's top concept; a detector if its IoU exceeds ``threshold`` (0.04)."""
+    iou_table = np.asarray(iou_table)
+    best = np.argmax(iou_table, axis=1)           # argmax takes the lowest index on ties
+    best_iou = iou_table[np.arange(len(best)), best]
+    det = best_iou > threshold
+    dead = np.zeros(len(best), bool) if dead is None else np.asarray(dead)
+    return DissectionResult(best, best_iou, det, int(det.sum()), int(len(np.unique(best[det]))), dead)
+
+
+def s1_s2(iou_train: np.ndarray, iou_val: np.ndarray) -> tuple[float, float]:
+    """UIBE's S¹ and S² (closed forms of the threshold integrals; spec §4.2).
+
+    Each direction is labelled on the train split (``c*_i = argmax_c IoU_train``), then scored on the val split.
+    """
+    iou_train, iou_val = np.asarray(iou_train), np.asarray(iou_val)
+    if iou_train.shape != iou_val.shape:
+        raise ShapeError(f"train and val IoU tables differ in shape: {iou_train.shape} vs {iou_val.shape}.")
+    best = np.argmax(iou_train, axis=1)
+    phi = np.clip(iou_val[np.arange(len(best)), best], 0.0, 1.0)
+    s1 = float(phi.sum())
+    s2 = float(sum(phi[best == c].max() for c in np.unique(best)))
+    return s1, s2
+
+
+def dissect(act_batches_fn, concepts: ConceptSet, batch_size: int, quantile: float = TOP_QUANTILE,
+            max_labels: int = 16) -> tuple[np.ndarray, DissectionResult]:
+    """Thresholds, tally, IoU and labels in one call.
+
+    Args:
+      act_batches_fn: a zero-argument callable returning a fresh iterator of ``(B, h, w, U)`` activation
+        batches (it is streamed twice: once for thresholds, once for the tally).
+    Returns:
+      ``(iou_table (U, L), DissectionResult)``.
+    """
+    first = next(iter(act_batches_fn()))
+    n = len(concepts.pixel_labels)
+    th = quantile_thresholds(act_batches_fn(), n * first.shape[1] * first.shape[2], quantile)
+    table = iou(tally(act_batches_fn(), concepts, th, batch_size, max_labels), concepts)
+    return table, label_units(table, th.dead)
