@@ -1,0 +1,245 @@
+"""PyTorch state_dict → Flax variables, and a torch-free ``.npz`` format for converted variables.
+
+The name map of an architecture is derived from its Flax variable tree with one rule, so it cannot drift from
+the modules: a module path component ``name_<i>`` is PyTorch's ``name.<i>`` (Sequential/ModuleList children),
+every other component is kept (``layer1_0/downsample_1`` ↔ ``layer1.0.downsample.1``). Leaves:
+
+====================================  ==========================  ==========================================
+Flax                                  PyTorch                     transform
+====================================  ==========================  ==========================================
+``params/…/kernel`` (4-D, conv)       ``….weight`` (O, I, kH, kW)  ``transpose(2, 3, 1, 0)`` → (kH, kW, I, O)
+``params/…/kernel`` (2-D, linear)     ``….weight`` (out, in)       ``.T`` → (in, out)
+``params/…/bias``                     ``….bias``                   —
+``params/…/scale`` (BatchNorm)        ``….weight``                 —
+``batch_stats/…/mean``, ``…/var``     ``….running_mean``, ``….running_var``  —
+(ignored)                             ``….num_batches_tracked``
+====================================  ==========================  ==========================================
+
+``name_map(arch)`` returns the full explicit map (tested against the real ResNet-20 keys and the PyTorch
+reference modules in ``tests/backbones``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from jinterp.backbones import registry
+from jinterp.errors import ConfigError, MissingFileError, WeightsError
+
+FORMAT = "jinterp.variables/1"
+_META_KEY = "__meta__"
+_INDEXED = re.compile(r"^(.*)_(\d+)$")
+
+
+def _torch_module_path(flax_path: tuple[str, ...]) -> str:
+    parts = []
+    for p in flax_path:
+        m = _INDEXED.match(p)
+        parts.extend(m.groups() if m else (p,))
+    return ".".join(parts)
+
+
+def _torch_leaf(collection: str, leaf: str) -> str:
+    table = {("params", "kernel"): "weight", ("params", "bias"): "bias", ("params", "scale"): "weight",
+             ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
+    try:
+        return table[(collection, leaf)]
+    except KeyError:
+        raise WeightsError(f"no PyTorch name for Flax variable {collection}/{leaf}") from None
+
+
+def _to_flax(arr: np.ndarray, flax_ndim: int) -> np.ndarray:
+    if flax_ndim == 4:
+        return arr.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    if flax_ndim == 2:
+        return arr.T  # Linear (out, in) -> (in, out)
+    return arr
+
+
+def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+    if len(flax_shape) == 4:
+        h, w, i, o = flax_shape
+        return (o, i, h, w)
+    if len(flax_shape) == 2:
+        return flax_shape[::-1]
+    return tuple(flax_shape)
+
+
+def name_map(arch: str, image_shape=None, **create_kwargs) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """``{torch_key: (flax_path, torch_shape)}`` for ``arch``; ``flax_path`` starts with the collection."""
+    model = registry.create(arch, **create_kwargs)
+    shapes = registry.variable_shapes(model, image_shape or registry.default_input_shape(arch))
+    out = {}
+    for path, leaf in traverse_util.flatten_dict(shapes).items():
+        collection, *modules, name = path
+        key = f"{_torch_module_path(tuple(modules))}.{_torch_leaf(collection, name)}"
+        out[key] = (path, _torch_shape(tuple(leaf.shape)))
+    return out
+
+
+def _to_numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch.Tensor; no torch import needed
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def load_state_dict(state_dict_or_path) -> dict[str, np.ndarray]:
+    """Read a ``.pth``/``.th`` file or take a dict; unwrap ``{"state_dict": …}``, strip ``module.``.
+
+    Returns numpy arrays; ``num_batches_tracked`` entries are dropped.
+    """
+    src = state_dict_or_path
+    if isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        if not path.is_file():
+            raise MissingFileError(f"weight file not found: {path}")
+        try:
+            import torch
+        except ImportError:
+            raise WeightsError(
+                f"reading {path} needs PyTorch (pip install 'jinterp[torch]'), or pass a dict of numpy "
+                "arrays / a file written by save_variables") from None
+        try:
+            src = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # any unpickling failure means "not a checkpoint"
+            raise WeightsError(f"{path} is not a readable PyTorch checkpoint: {type(e).__name__}: {e}") from e
+    if not isinstance(src, Mapping):
+        if hasattr(src, "state_dict"):  # a whole pickled nn.Module
+            src = src.state_dict()
+        else:
+            raise WeightsError(f"expected a state_dict (a mapping of name -> tensor), got {type(src).__name__}")
+    if "state_dict" in src and isinstance(src["state_dict"], Mapping):
+        src = src["state_dict"]
+    out = {}
+    for key, value in src.items():
+        key = str(key)
+        while key.startswith("module."):  # nn.DataParallel / DistributedDataParallel wrappers
+            key = key[len("module."):]
+        if key.endswith("num_batches_tracked"):
+            continue
+        out[key] = _to_numpy(value)
+    return out
+
+
+def _preview(items: list[str], limit: int = 20) -> str:
+    more = f", … ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def from_torch(arch: str, state_dict_or_path, image_shape=None, **create_kwargs) -> dict:
+    """Convert PyTorch weights of ``arch`` into Flax ``{"params": …, "batch_stats": …}``.
+
+    Args:
+      arch: a name in ``jinterp.backbones.ARCHS``.
+      state_dict_or_path: a ``.pth``/``.th`` path (read with ``torch.load(…, weights_only=False)``), a
+        state_dict of tensors, or a dict of numpy arrays.
+      image_shape: ``(H, W, C)`` the model will see; default: the arch's, with C taken from the checkpoint.
+      **create_kwargs: as for ``backbones.create``; ``num_classes`` defaults to the checkpoint's.
+
+    Raises ``WeightsError`` listing missing, unexpected and shape-mismatched keys when the weights do not
+    belong to ``arch``; ``MissingFileError`` for a missing path.
+    """
+    arch_spec = registry.spec(arch)
+    sd = load_state_dict(state_dict_or_path)
+    if "num_classes" not in create_kwargs and arch_spec.head in sd and sd[arch_spec.head].ndim == 1:
+        create_kwargs["num_classes"] = int(sd[arch_spec.head].shape[0])
+    if image_shape is None:
+        h, w, c = registry.default_input_shape(arch)
+        first = sd.get(arch_spec.first_conv)
+        image_shape = (h, w, int(first.shape[1]) if first is not None and first.ndim == 4 else c)
+    mapping = name_map(arch, image_shape, **create_kwargs)
+
+    missing = [k for k in mapping if k not in sd]
+    unexpected = [k for k in sd if k not in mapping]
+    mismatched = [f"{k} {tuple(sd[k].shape)} (expected {mapping[k][1]})"
+                  for k in mapping if k in sd and tuple(sd[k].shape) != mapping[k][1]]
+    if missing or unexpected or mismatched:
+        src = state_dict_or_path if isinstance(state_dict_or_path, (str, os.PathLike)) else "the state_dict"
+        lines = [f"{src} does not match {arch} (arguments {create_kwargs}, image_shape {tuple(image_shape)}):"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_preview(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_preview(unexpected)}")
+        if mismatched:
+            lines.append(f"  shape mismatches ({len(mismatched)}): {_preview(mismatched)}")
+        lines.append(f"  Check the arch name (valid: {', '.join(registry.ARCHS)}) and num_classes.")
+        raise WeightsError("\n".join(lines))
+
+    flat = {}
+    for key, (path, _) in mapping.items():
+        arr = sd[key]
+        flat[path] = jnp.asarray(_to_flax(arr, arr.ndim).astype(np.float32))
+    return traverse_util.unflatten_dict(flat)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Torch-free storage of converted variables.
+
+
+def save_variables(path, variables: Mapping, meta: Mapping) -> Path:
+    """Write ``variables`` to an ``.npz`` (keys ``params/layer1_0/conv1/kernel``…) plus a JSON meta entry.
+
+    ``meta`` must name the ``arch``; everything in it must be JSON-serializable (e.g. num_classes,
+    image_shape, source file, normalization). The file is written to a temporary name and renamed, so an
+    interrupted save never leaves a half-written file under ``path``.
+    """
+    meta = dict(meta)
+    if "arch" not in meta:
+        raise ConfigError("save_variables: meta must contain 'arch' (e.g. {'arch': 'resnet20'})")
+    registry.spec(meta["arch"])
+    meta.setdefault("format", FORMAT)
+    meta.setdefault("normalization", registry.NORMALIZATION[meta["arch"]])
+    try:
+        meta_json = json.dumps(meta)
+    except TypeError as e:
+        raise ConfigError(f"save_variables: meta is not JSON-serializable: {e}") from None
+    arrays = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(dict(variables)).items()}
+    if _META_KEY in arrays:
+        raise ConfigError(f"save_variables: {_META_KEY!r} is reserved")
+    arrays[_META_KEY] = np.frombuffer(meta_json.encode(), np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append ".npz" to the name
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load_variables(path, arch: str | None = None) -> tuple[dict, dict]:
+    """Read a file written by :func:`save_variables`: ``(variables, meta)``.
+
+    With ``arch``, also checks the file was saved for that architecture. Raises ``MissingFileError`` when
+    absent and ``WeightsError`` (naming the file) when it is corrupt, truncated or not such a file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"variables file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}  # reading every member checks each CRC
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise WeightsError(f"{path} is corrupt or truncated (not a jinterp variables .npz): "
+                           f"{type(e).__name__}: {e}") from None
+    if _META_KEY not in arrays:
+        raise WeightsError(f"{path} has no {_META_KEY!r} entry: not written by jinterp's save_variables")
+    try:
+        meta = json.loads(arrays.pop(_META_KEY).tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: unreadable meta entry: {e}") from None
+    if arch is not None and meta.get("arch") != arch:
+        raise WeightsError(f"{path} holds variables for {meta.get('arch')!r}, not {arch!r}")
+    variables = traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in arrays.items()})
+    return variables, meta
