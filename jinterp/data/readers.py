@@ -1,0 +1,545 @@
+"""Readers: every supported source into one :class:`~jinterp.data.dataset.Dataset`.
+
+Entry point :func:`load`. Spec strings::
+
+    synthparts                                  generated in memory (no files)
+    synthparts:size=64,n_train=10000,n_test=2000,seed=0,preset=default,<any SynthPartsConfig field>=...
+    mnist:PATH | fashion_mnist:PATH             a folder of idx(.gz) files, or an .npz (see npz)
+    cifar10:PATH | cifar100:PATH                the python-pickle batches folder (cifar-10-batches-py, cifar-100-python)
+    npz:PATH                                    train_x/train_y/test_x/test_y, or x/y (single split, see below)
+    folder:PATH                                 PATH/<class>/<image> or PATH/{train,test}/<class>/<image>
+    tfds:NAME[:DATA_DIR]                        a prepared TFDS data set read with tfds.data_source
+    broden:PATH                                 a Broden-format concept data set (index.csv, label.csv, ...)
+
+Single-split sources (an .npz with only ``x``/``y``, an image folder without train/test subfolders) are split
+deterministically, with no randomness: example ``i`` is in "test" when ``i % 5 == 4``, else in "train"
+(an 80/20 split that keeps every class's order and proportions); ``split="all"`` returns everything.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import gzip
+import os
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from jinterp.data import synthparts as sp
+from jinterp.data.dataset import Dataset
+from jinterp.errors import ConfigError, DataError, MissingFileError, ShapeError
+
+MNIST_CLASSES = tuple(str(i) for i in range(10))
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_SPLITS = ("train", "test", "all")
+
+
+def load(spec: str, split: str = "train", **kw) -> Dataset:
+    """Loads a data set from a spec string (see the module docstring) into memory.
+
+    Args:
+      spec: ``"kind"`` or ``"kind:ARG"``; options may also come as ``kind:key=value,...`` (synthparts) or ``**kw``.
+      split: ``"train"``, ``"test"`` or ``"all"`` (Broden also takes ``"val"`` = ``"test"``).
+      **kw: reader options (e.g. ``n_train=``, ``seed=`` for synthparts, ``label="coarse"`` for cifar100,
+        ``size=(H, W)`` for folders of mixed sizes, ``image_key=`` for tfds).
+    Returns:
+      A validated :class:`Dataset`.
+    """
+    kind, _, arg = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind not in _READERS:
+        raise ConfigError(f"unknown data spec {spec!r}: the kind must be one of {sorted(_READERS)}")
+    if split not in (*_SPLITS, "val", "validation"):
+        raise ConfigError(f"unknown split {split!r}; use 'train', 'test' or 'all'")
+    return _READERS[kind](arg, split, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _path(arg: str, kind: str, what: str) -> Path:
+    if not arg:
+        raise ConfigError(f"the data spec needs a path: '{kind}:PATH' where PATH is {what}")
+    p = Path(os.path.expanduser(arg))
+    if not p.exists():
+        raise MissingFileError(f"{kind}: {p} does not exist; put {what} there")
+    return p
+
+
+def _split_rule(n: int, split: str) -> np.ndarray:
+    """Indices of the deterministic 80/20 split of a single-split source (``i % 5 == 4`` is test)."""
+    i = np.arange(n)
+    if split == "all":
+        return i
+    return i[(i % 5 == 4) == (split in ("test", "val", "validation"))]
+
+
+def _classes(labels: np.ndarray, names, num_classes=None) -> tuple[int, tuple[str, ...]]:
+    k = int(num_classes or (len(names) if names else int(labels.max()) + 1 if labels.size else 1))
+    return k, tuple(names) if names else tuple(str(i) for i in range(k))
+
+
+# ------------------------------------------------------------------------------------------------ synthparts
+def _parse_options(arg: str) -> dict:
+    out = {}
+    for item in filter(None, (s.strip() for s in arg.split(","))):
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise ConfigError(f"synthparts option {item!r} must be key=value")
+        try:
+            out[key.strip()] = ast.literal_eval(val.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = val.strip()
+    return out
+
+
+def synthparts_dataset(split: str = "train", *, n: int | None = None, size: int = 64, n_train: int = 10000,
+                       n_test: int = 2000, seed: int = 0, preset: str = "default",
+                       config: sp.SynthPartsConfig | None = None, **config_kw) -> Dataset:
+    """Generates a synthparts split in memory as a Dataset (masks uint8; see :mod:`jinterp.data.synthparts`).
+
+    ``n`` overrides the split's size (``n_train`` / ``n_test``). ``config`` or ``preset`` + ``config_kw`` (any
+    :class:`SynthPartsConfig` field, e.g. ``noise=0``) pick the generator settings. "all" is train + test.
+    """
+    if config is None:
+        if preset not in ("easy", "default", "hard"):
+            raise ConfigError(f"synthparts preset {preset!r} unknown; use easy, default or hard")
+        fields = {f for f in sp.SynthPartsConfig.__dataclass_fields__}
+        bad = sorted(set(config_kw) - fields)
+        if bad:
+            raise ConfigError(f"unknown synthparts option(s) {bad}; valid: n, n_train, n_test, seed, size, "
+                              f"preset, {sorted(fields)}")
+        config = getattr(sp.SynthPartsConfig, preset)(size=size, **config_kw)
+    if split == "all":
+        parts = [synthparts_dataset(s, n_train=n_train, n_test=n_test, seed=seed, config=config)
+                 for s in ("train", "test")]
+        return _concat(parts, f"synthparts:size={config.size},seed={seed},split=all")
+    name = "test" if split in ("test", "val", "validation") else "train"
+    count = n if n is not None else (n_train if name == "train" else n_test)
+    if count <= 0:
+        raise DataError(f"synthparts split {name!r} would be empty: ask for n_{name} >= 1")
+    d = sp.generate(count, seed=seed, split=name, config=config)
+    shape_t, _, _ = sp._tables(config.num_categories)
+    return Dataset(
+        images=d["image"], labels=d["label"], num_classes=config.num_categories, class_names=config.class_names,
+        masks={k: d[k] for k in ("object", "part", "color", "slot")}, image_labels={"texture": d["texture"]},
+        landmarks=d["landmarks"], landmark_visible=d["landmark_visible"], concepts=sp.concepts(config),
+        name=f"synthparts:size={config.size},seed={seed},split={name}",
+        meta={"config": config, "seed": seed, "split": name, "slot_part_table": shape_t + 1},
+    )
+
+
+def _concat(parts: list[Dataset], name: str) -> Dataset:
+    a = parts[0]
+    cat = lambda xs: None if xs[0] is None else np.concatenate(xs)
+    return Dataset(
+        images=cat([p.images for p in parts]), labels=cat([p.labels for p in parts]), num_classes=a.num_classes,
+        class_names=a.class_names, masks={k: cat([p.masks[k] for p in parts]) for k in a.masks},
+        image_labels={k: cat([p.image_labels[k] for p in parts]) for k in a.image_labels},
+        landmarks=cat([p.landmarks for p in parts]), landmark_visible=cat([p.landmark_visible for p in parts]),
+        concepts=a.concepts, name=name, meta=a.meta,
+    )
+
+
+def _read_synthparts(arg: str, split: str, **kw) -> Dataset:
+    return synthparts_dataset(split, **{**_parse_options(arg), **kw})
+
+
+# ------------------------------------------------------------------------------------------------ npz
+def read_npz(path: str | Path, split: str = "train", *, class_names=None, num_classes=None,
+             name: str | None = None) -> Dataset:
+    """An .npz with ``train_x/train_y/test_x/test_y`` or ``x/y`` (uint8 images (N,H,W[,C]), integer labels)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            if split in ("train", "test") and {f"{split}_x", f"{split}_y"} <= keys:
+                x, y = z[f"{split}_x"], z[f"{split}_y"]
+            elif split == "all" and {"train_x", "train_y", "test_x", "test_y"} <= keys:
+                x = np.concatenate([z["train_x"], z["test_x"]])
+                y = np.concatenate([z["train_y"], z["test_y"]])
+            elif {"x", "y"} <= keys:
+                idx = _split_rule(len(z["y"]), split)
+                x, y = z["x"][idx], z["y"][idx]
+            else:
+                raise DataError(f"{path}: expected arrays train_x/train_y/test_x/test_y or x/y, found {sorted(keys)}")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: corrupt or truncated .npz file ({e}); re-create or re-download it") from e
+    if x.dtype != np.uint8:
+        raise ShapeError(f"{path}: images must be uint8, got {x.dtype}")
+    k, names = _classes(y, class_names, num_classes)
+    return Dataset(images=x, labels=y, num_classes=k, class_names=names, name=name or f"npz:{path}",
+                   meta={"path": str(path), "split": split})
+
+
+def _read_npz(arg: str, split: str, **kw) -> Dataset:
+    return read_npz(_path(arg, "npz", "an .npz file with train_x/train_y/test_x/test_y or x/y"), split, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ idx (MNIST)
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Reads one idx file (optionally gzipped): magic ``00 00 <dtype> <ndim>``, big-endian int32 dims, data."""
+    path = Path(path)
+    try:
+        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: cannot read ({e}); the file is corrupt or truncated - download it again") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an idx file (bad magic number {raw[:4].hex()!r})")
+    ndim = raw[3]
+    head = 4 + 4 * ndim
+    if len(raw) < head:
+        raise DataError(f"{path}: truncated idx header")
+    dims = struct.unpack(f">{ndim}I", raw[4:head])
+    dt = np.dtype(_IDX_DTYPES[raw[2]])
+    want = int(np.prod(dims)) * dt.itemsize
+    if len(raw) - head != want:
+        raise DataError(f"{path}: truncated or corrupt idx data: header says {dims} ({want} bytes), "
+                        f"file has {len(raw) - head} bytes of data")
+    return np.frombuffer(raw, dt, offset=head).reshape(dims).astype(dt.newbyteorder("="))
+
+
+def read_mnist(path: str | Path, split: str = "train", *, class_names=MNIST_CLASSES, name="mnist") -> Dataset:
+    """MNIST-layout folder: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]; or an .npz (see read_npz)."""
+    path = Path(path)
+    if path.is_file():
+        return read_npz(path, split, class_names=class_names, name=f"{name}:{path}")
+    if split == "all":
+        parts = [read_mnist(path, s, class_names=class_names, name=name) for s in ("train", "test")]
+        return _concat(parts, f"{name}:{path}")
+    prefix = "train" if split == "train" else "t10k"
+    arrays = []
+    for kind in ("images-idx3", "labels-idx1"):
+        stem = f"{prefix}-{kind}-ubyte"
+        cands = [path / (stem + ext) for ext in (".gz", "")] + [path / stem.replace("-idx", ".idx")]
+        found = next((c for c in cands if c.exists()), None)
+        if found is None:
+            raise MissingFileError(f"{name}: {path} lacks {stem}.gz (or {stem}); put the {name} idx files there")
+        arrays.append(read_idx(found))
+    x, y = arrays
+    if x.ndim != 3 or y.shape != (x.shape[0],):
+        raise DataError(f"{name}: {path}: images {x.shape} and labels {y.shape} do not match")
+    return Dataset(images=x.astype(np.uint8), labels=y, num_classes=len(class_names), class_names=class_names,
+                   name=f"{name}:{path}", meta={"path": str(path), "split": split})
+
+
+def _read_mnist(arg, split, **kw):
+    return read_mnist(_path(arg, "mnist", "a folder with train-images-idx3-ubyte.gz etc., or an .npz"), split, **kw)
+
+
+def _read_fashion(arg, split, **kw):
+    p = _path(arg, "fashion_mnist", "a folder with train-images-idx3-ubyte.gz etc., or an .npz")
+    return read_mnist(p, split, class_names=FASHION_CLASSES, name="fashion_mnist", **kw)
+
+
+# ------------------------------------------------------------------------------------------------ CIFAR
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
+        raise DataError(f"{path}: corrupt or truncated CIFAR batch ({e}); download it again") from e
+    if not isinstance(d, dict):
+        raise DataError(f"{path}: a CIFAR batch must be a pickled dict, got {type(d).__name__}")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    d = _unpickle(path)
+    if "data" not in d or label_key not in d:
+        raise DataError(f"{path}: CIFAR batch lacks 'data' or '{label_key}' (has {sorted(d)})")
+    data, y = np.asarray(d["data"]), np.asarray(d[label_key])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(y) != len(data):
+        raise DataError(f"{path}: 'data' must be uint8 (N, 3072) with N labels, got {data.dtype} {data.shape} "
+                        f"and {len(y)} labels")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y  # stored as channel planes (CHW)
+
+
+def read_cifar(path: str | Path, split: str = "train", *, variant: str = "cifar10", label: str = "fine") -> Dataset:
+    """CIFAR python batches: cifar10 ``data_batch_1..5``/``test_batch``/``batches.meta``; cifar100
+    ``train``/``test``/``meta`` with ``label="fine"`` (100 classes) or ``"coarse"`` (20). An .npz also works."""
+    path = Path(path)
+    if path.is_file():
+        return read_npz(path, split, class_names=CIFAR10_CLASSES if variant == "cifar10" else None,
+                        name=f"{variant}:{path}")
+    if split == "all":
+        return _concat([read_cifar(path, s, variant=variant, label=label) for s in ("train", "test")],
+                       f"{variant}:{path}")
+    if variant == "cifar10":
+        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        key, meta_file, names_key = "labels", "batches.meta", "label_names"
+    else:
+        if label not in ("fine", "coarse"):
+            raise ConfigError(f"cifar100 label must be 'fine' or 'coarse', got {label!r}")
+        files = ["train" if split == "train" else "test"]
+        key, meta_file, names_key = f"{label}_labels", "meta", f"{label}_label_names"
+    missing = [f for f in files if not (path / f).exists()]
+    if missing:
+        raise MissingFileError(f"{variant}: {path} lacks {missing}; put the extracted python-version batches "
+                               f"({'cifar-10-batches-py' if variant == 'cifar10' else 'cifar-100-python'}) there")
+    xs, ys = zip(*(_cifar_batch(path / f, key) for f in files), strict=True)
+    y = np.concatenate(ys)
+    names = CIFAR10_CLASSES if variant == "cifar10" else None
+    if (path / meta_file).exists():
+        m = _unpickle(path / meta_file)
+        if names_key in m:
+            names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in m[names_key])
+    k, names = _classes(y, names, 10 if variant == "cifar10" else (100 if label == "fine" else 20))
+    return Dataset(images=np.concatenate(xs), labels=y, num_classes=k, class_names=names,
+                   name=f"{variant}:{path}", meta={"path": str(path), "split": split})
+
+
+def _read_cifar10(arg, split, **kw):
+    return read_cifar(_path(arg, "cifar10", "cifar-10-batches-py (data_batch_1..5, test_batch)"), split,
+                      variant="cifar10", **kw)
+
+
+def _read_cifar100(arg, split, **kw):
+    return read_cifar(_path(arg, "cifar100", "cifar-100-python (train, test, meta)"), split, variant="cifar100", **kw)
+
+
+# ------------------------------------------------------------------------------------------------ folders
+_IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _read_image(path: Path, mode: str, size) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert(mode)
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(im, np.uint8)
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        raise DataError(f"{path}: cannot decode image ({e}); the file is corrupt or truncated") from e
+
+
+def read_folder(path: str | Path, split: str = "train", *, mode: str = "RGB", size=None) -> Dataset:
+    """Image folders, one subfolder per class (sorted names = class ids). With ``train``/``test`` subfolders
+    each is a split; otherwise the 80/20 rule of the module docstring applies per class. All images must have
+    one size unless ``size=(H, W)`` resizes them (bilinear). ``mode`` is a Pillow mode ("RGB" or "L")."""
+    path = Path(path)
+    root = path
+    if (path / "train").is_dir() and split != "all":
+        root = path / ("train" if split == "train" else "test")
+        if not root.is_dir():
+            raise MissingFileError(f"folder: {path} has train/ but no {root.name}/; put one folder per class there")
+        rule = "all"
+    else:
+        rule = split
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise DataError(f"folder: {root} has no class subfolders; put images in {root}/<class name>/")
+    files, labels = [], []
+    for ci, c in enumerate(classes):
+        fs = sorted(f for f in (root / c).iterdir() if f.suffix.lower() in _IMAGE_EXT)
+        fs = [fs[i] for i in _split_rule(len(fs), rule)]
+        files += fs
+        labels += [ci] * len(fs)
+    if not files:
+        raise DataError(f"folder: no images ({sorted(_IMAGE_EXT)}) for split {split!r} under {root}")
+    imgs = [_read_image(f, mode, size) for f in files]
+    shapes = {im.shape for im in imgs}
+    if len(shapes) > 1:
+        raise ShapeError(f"folder: images under {root} have different sizes {sorted(shapes)[:4]}...; "
+                         "pass size=(H, W) to resize them")
+    return Dataset(images=np.stack(imgs), labels=np.asarray(labels), num_classes=len(classes),
+                   class_names=tuple(classes), name=f"folder:{path}",
+                   meta={"path": str(path), "split": split, "files": [str(f) for f in files]})
+
+
+def _read_folder(arg, split, **kw):
+    return read_folder(_path(arg, "folder", "one subfolder of images per class"), split, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ TFDS
+def read_tfds(name: str, split: str = "train", *, data_dir: str | Path | None = None, image_key: str = "image",
+              label_key: str = "label", num_classes: int | None = None) -> Dataset:
+    """Any prepared TFDS data set via ``tfds.data_source`` (array_record; no TensorFlow needed to read).
+
+    ``image_key``/``label_key`` name the features; other features are sorted by shape: (H, W) integer arrays
+    become masks, scalars image_labels, ``landmarks``/``landmark_visible`` landmarks.
+    """
+    import tensorflow_datasets as tfds
+
+    if data_dir is not None and not Path(data_dir).exists():
+        raise MissingFileError(f"tfds: data_dir {data_dir} does not exist; prepare {name} there first "
+                               "(e.g. jinterp.data.prepare_synthparts(data_dir, ...))")
+    try:
+        builder = tfds.builder(name, data_dir=None if data_dir is None else str(data_dir))
+        if not builder.is_prepared():
+            raise MissingFileError(f"tfds: {name} is not prepared under {builder.data_dir}; prepare it there first")
+        tfds_split = "test" if split in ("val", "validation") and "test" in builder.info.splits else split
+        if split == "all":
+            tfds_split = "+".join(builder.info.splits)
+        src = builder.as_data_source(split=tfds_split)
+    except MissingFileError:
+        raise
+    except Exception as e:
+        raise DataError(f"tfds: cannot open {name} split {split!r} under {data_dir}: {e}") from e
+    n = len(src)
+    if n == 0:
+        raise DataError(f"tfds: {name} split {split!r} is empty")
+    recs = src.__getitems__(list(range(n))) if hasattr(src, "__getitems__") else [src[i] for i in range(n)]
+    cols = {k: np.stack([np.asarray(r[k]) for r in recs]) for k in recs[0]}
+    if image_key not in cols or label_key not in cols:
+        raise DataError(f"tfds: {name} has features {sorted(cols)}; pass image_key=/label_key= to pick them")
+    x, y = cols.pop(image_key), cols.pop(label_key)
+    feat = builder.info.features[label_key]
+    names = getattr(feat, "names", None)
+    k, names = _classes(y, names, num_classes or getattr(feat, "num_classes", None))
+    lm, vis = cols.pop("landmarks", None), cols.pop("landmark_visible", None)
+    masks = {c: v for c, v in cols.items() if v.shape == (n, *x.shape[1:3]) and v.dtype.kind in "iu"}
+    image_labels = {c: v for c, v in cols.items() if v.shape == (n,) and v.dtype.kind in "iub"}
+    meta_json = builder.info.metadata if builder.info.metadata else {}
+    return Dataset(images=x, labels=y, num_classes=k, class_names=names, masks=masks, image_labels=image_labels,
+                   landmarks=lm, landmark_visible=vis, concepts=dict(meta_json.get("concepts", {})),
+                   name=f"tfds:{name}", meta={"data_dir": str(builder.data_dir), "split": split})
+
+
+def _read_tfds(arg, split, **kw):
+    name, _, data_dir = arg.partition(":")
+    if not name:
+        raise ConfigError("the data spec needs a name: 'tfds:NAME[:DATA_DIR]'")
+    return read_tfds(name, split, data_dir=data_dir or kw.pop("data_dir", None), **kw)
+
+
+# ------------------------------------------------------------------------------------------------ Broden
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        raise MissingFileError(f"broden: {path} is missing; a Broden folder holds index.csv, label.csv, "
+                               "category.csv, c_<category>.csv and images/")
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _decode_mask(path: Path) -> np.ndarray:
+    """A Broden mask PNG: label number = R + 256 * G (B unused); 0 = unlabelled."""
+    rgb = _read_image(path, "RGB", None).astype(np.int32)
+    return rgb[..., 0] + 256 * rgb[..., 1]
+
+
+def _resize_nearest(m: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Nearest-neighbour resize of a label map (pixel centers): exact repeat for integer factors."""
+    ys = (np.arange(h) * m.shape[0]) // h
+    xs = (np.arange(w) * m.shape[1]) // w
+    return m[ys[:, None], xs[None, :]]
+
+
+def read_broden(path: str | Path, split: str = "train", *, categories=None, label_category: str | None = None,
+                max_images: int | None = None) -> Dataset:
+    """A Broden-format concept data set (NetDissect layout; see spec/uibe_and_metrics.md section 5.2).
+
+    Pixel categories (index.csv entries that name PNGs) become masks of per-category codes from
+    ``c_<cat>.csv`` (``concepts[cat][code]`` is the label name; 0 = unlabelled). Mask PNGs are decoded as
+    R + 256*G = global label number, mapped to the category code, merged over planes (the first, dominant plane
+    wins where labelled) and resized to the image size with nearest neighbour (Broden stores them at half size).
+    Image-level categories (scene, texture) become ``image_labels`` (first listed label's code; 0 = none).
+    Class labels come from ``label_category`` (default: "scene" if present, else all zero with one class).
+    ``split``: "train", "test"/"val" (Broden's val), or "all".
+    """
+    root = Path(path)
+    index = _read_csv(root / "index.csv")
+    labels_csv = _read_csv(root / "label.csv")
+    cats = [r["name"] for r in _read_csv(root / "category.csv")]
+    if not index:
+        raise DataError(f"broden: {root / 'index.csv'} lists no images")
+    fixed = {"image", "split", "ih", "iw", "sh", "sw"}
+    missing_cols = fixed - set(index[0])
+    if missing_cols:
+        raise DataError(f"broden: {root / 'index.csv'} lacks columns {sorted(missing_cols)}")
+    cats = [c for c in cats if c in index[0]] if categories is None else list(categories)
+    want = {"train": ("train",), "test": ("val", "test"), "val": ("val", "test"), "validation": ("val", "test"),
+            "all": None}[split]
+    rows = [r for r in index if want is None or r["split"] in want][:max_images]
+    if not rows:
+        raise DataError(f"broden: no images of split {split!r} in {root / 'index.csv'}")
+
+    # number -> per-category code, and names by code
+    names_by_number = {int(r["number"]): r["name"] for r in labels_csv}
+    code_of, concepts = {}, {}
+    for c in cats:
+        cfile = root / f"c_{c}.csv"
+        if cfile.exists():
+            entries = [(int(r["code"]), int(r["number"]), r["name"]) for r in _read_csv(cfile)]
+        else:  # derive dense codes from label.csv's category field, e.g. "color(289)" or "material(36);object(3)"
+            nums = sorted(int(r["number"]) for r in labels_csv
+                          if any(p.split("(")[0] == c for p in r.get("category", "").split(";")))
+            entries = [(i + 1, num, names_by_number[num]) for i, num in enumerate(nums)]
+        code_of[c] = {num: code for code, num, _ in entries}
+        names = ["-"] * (max((e[0] for e in entries), default=0) + 1)
+        for code, _, nm in entries:
+            names[code] = nm
+        concepts[c] = tuple(names)
+
+    pixel_cats = [c for c in cats if any(r.get(c, "").strip().lower().endswith(".png") for r in rows)]
+    image_cats = [c for c in cats if c not in pixel_cats]
+    imgs, masks, image_labels = [], {c: [] for c in pixel_cats}, {c: [] for c in image_cats}
+    for r in rows:
+        img = _read_image(root / "images" / r["image"], "RGB", None)
+        ih, iw = int(r["ih"]), int(r["iw"])
+        if img.shape[:2] != (ih, iw):
+            raise ShapeError(f"broden: images/{r['image']} is {img.shape[:2]}, index.csv says ({ih}, {iw})")
+        imgs.append(img)
+        for c in pixel_cats:
+            m = np.zeros((ih, iw), np.int32)
+            for plane in filter(None, r.get(c, "").split(";")):  # dominant plane first: fill only empty pixels
+                num = _decode_mask(root / "images" / plane)
+                if num.shape != (int(r["sh"]), int(r["sw"])) and num.shape != (ih, iw):
+                    raise ShapeError(f"broden: mask images/{plane} is {num.shape}, index.csv says "
+                                     f"({r['sh']}, {r['sw']})")
+                code = _codes(num, code_of[c], root / "images" / plane, c)
+                code = _resize_nearest(code, ih, iw)
+                m = np.where(m == 0, code, m)
+            masks[c].append(m)
+        for c in image_cats:
+            vals = [int(v) for v in r.get(c, "").split(";") if v.strip()]
+            image_labels[c].append(code_of[c].get(vals[0], 0) if vals else 0)
+    shapes = {im.shape for im in imgs}
+    if len(shapes) > 1:
+        raise ShapeError(f"broden: images in {root} have several sizes {sorted(shapes)}; use one Broden size")
+    il = {c: np.asarray(v, np.int32) for c, v in image_labels.items()}
+    label_category = label_category or ("scene" if "scene" in il else None)
+    if label_category is not None:
+        y, names = il[label_category], concepts[label_category]
+    else:
+        y, names = np.zeros(len(rows), np.int32), ("none",)
+    dtype = np.uint16 if max((len(v) for v in concepts.values()), default=0) < 65536 else np.int32
+    return Dataset(images=np.stack(imgs), labels=y, num_classes=len(names), class_names=names,
+                   masks={c: np.stack(v).astype(dtype) for c, v in masks.items()}, image_labels=il,
+                   concepts=concepts, name=f"broden:{root}",
+                   meta={"path": str(root), "split": split, "images": [r["image"] for r in rows],
+                         "pixel_categories": pixel_cats, "image_categories": image_cats,
+                         "label_numbers": {c: {code: num for num, code in code_of[c].items()} for c in cats}})
+
+
+def _codes(num: np.ndarray, table: dict[int, int], path: Path, cat: str) -> np.ndarray:
+    """Maps global label numbers to category codes with a lookup table (0 stays 0)."""
+    lut = np.zeros(max(max(table, default=0), int(num.max())) + 1, np.int32)
+    for n, c in table.items():
+        lut[n] = c
+    unknown = np.setdiff1d(np.unique(num), [0, *table])
+    if unknown.size:
+        raise DataError(f"broden: {path} holds label numbers {unknown[:8].tolist()} that c_{cat}.csv does not "
+                        f"list for category {cat!r}")
+    return lut[num]
+
+
+def _read_broden(arg, split, **kw):
+    return read_broden(_path(arg, "broden", "a Broden folder (index.csv, label.csv, category.csv, images/)"),
+                       split, **kw)
+
+
+_READERS = {
+    "synthparts": _read_synthparts, "npz": _read_npz, "mnist": _read_mnist, "fashion_mnist": _read_fashion,
+    "cifar10": _read_cifar10, "cifar100": _read_cifar100, "folder": _read_folder, "tfds": _read_tfds,
+    "broden": _read_broden,
+}
