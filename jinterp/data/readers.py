@@ -394,12 +394,12 @@ def read_tfds(name: str, split: str = "train", *, data_dir: str | Path | None = 
         raise DataError(f"tfds: {name} has features {sorted(cols)}; pass image_key=/label_key= to pick them")
     x, y = cols.pop(image_key), cols.pop(label_key)
     feat = builder.info.features[label_key]
-    names = getattr(feat, "names", None)
+    meta_json = builder.info.metadata or {}
+    names = getattr(feat, "names", None) or meta_json.get("class_names")
     k, names = _classes(y, names, num_classes or getattr(feat, "num_classes", None))
     lm, vis = cols.pop("landmarks", None), cols.pop("landmark_visible", None)
     masks = {c: v for c, v in cols.items() if v.shape == (n, *x.shape[1:3]) and v.dtype.kind in "iu"}
     image_labels = {c: v for c, v in cols.items() if v.shape == (n,) and v.dtype.kind in "iub"}
-    meta_json = builder.info.metadata if builder.info.metadata else {}
     return Dataset(images=x, labels=y, num_classes=k, class_names=names, masks=masks, image_labels=image_labels,
                    landmarks=lm, landmark_visible=vis, concepts=dict(meta_json.get("concepts", {})),
                    name=f"tfds:{name}", meta={"data_dir": str(builder.data_dir), "split": split})
