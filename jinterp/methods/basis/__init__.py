@@ -1,0 +1,1 @@
+"""Interpretable bases: UIBE (unsupervised) and IBD (supervised baseline)."""
