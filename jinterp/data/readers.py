@@ -215,15 +215,15 @@ def read_mnist(path: str | Path, split: str = "train", *, class_names=MNIST_CLAS
         parts = [read_mnist(path, s, class_names=class_names, name=name) for s in ("train", "test")]
         return _concat(parts, f"{name}:{path}")
     prefix = "train" if split == "train" else "t10k"
-    arrays = []
-    for kind in ("images-idx3", "labels-idx1"):
+    found = []
+    for kind in ("images-idx3", "labels-idx1"):  # look for both files before reading either
         stem = f"{prefix}-{kind}-ubyte"
         cands = [path / (stem + ext) for ext in (".gz", "")] + [path / stem.replace("-idx", ".idx")]
-        found = next((c for c in cands if c.exists()), None)
-        if found is None:
+        hit = next((c for c in cands if c.exists()), None)
+        if hit is None:
             raise MissingFileError(f"{name}: {path} lacks {stem}.gz (or {stem}); put the {name} idx files there")
-        arrays.append(read_idx(found))
-    x, y = arrays
+        found.append(hit)
+    x, y = (read_idx(f) for f in found)
     if x.ndim != 3 or y.shape != (x.shape[0],):
         raise DataError(f"{name}: {path}: images {x.shape} and labels {y.shape} do not match")
     return Dataset(images=x.astype(np.uint8), labels=y, num_classes=len(class_names), class_names=class_names,
@@ -369,6 +369,9 @@ def read_tfds(name: str, split: str = "train", *, data_dir: str | Path | None = 
     become masks, scalars image_labels, ``landmarks``/``landmark_visible`` landmarks.
     """
     import tensorflow_datasets as tfds
+
+    if name.split("/")[0] == "synthparts":  # registers our builder with TFDS
+        import jinterp.data.synthparts_tfds  # noqa: F401
 
     if data_dir is not None and not Path(data_dir).exists():
         raise MissingFileError(f"tfds: data_dir {data_dir} does not exist; prepare {name} there first "

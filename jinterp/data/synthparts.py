@@ -356,8 +356,8 @@ def _background(r: _Rand, cfg: SynthPartsConfig, b: int) -> tuple[np.ndarray, np
     gray = 70 + 120 * r.u(11)
     c1 = gray[:, None] + (r.u(12, 3) - 0.5) * 50
     sign = np.where(gray > 130, -1.0, 1.0)  # the second color moves toward mid-gray, so it stays in range
-    contrast = cfg.clutter * (45 + 55 * r.u(14)) * sign
-    c2 = np.clip(c1 + contrast[:, None] + (r.u(15, 3) - 0.5) * 30, 0, 255)
+    contrast = (45 + 55 * r.u(14)) * sign
+    c2 = np.clip(c1 + cfg.clutter * (contrast[:, None] + (r.u(15, 3) - 0.5) * 30), 0, 255)
     period = s * (0.07 + 0.1 * r.u(16))
     cos, sin = r.rotation(17, 90.0)
     phase = r.u(18, 2)
