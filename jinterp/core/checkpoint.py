@@ -1,0 +1,199 @@
+"""Checkpoints of a run: Orbax ``CheckpointManager`` with a state item and a JSON metadata item.
+
+Layout of ``<workdir>/checkpoints/<step>/``: ``state`` (the TrainState as a pure nested dict: step, params,
+model state, optimizer state, loop RNG) and ``meta`` (JSON: the config, the data-iterator position, the step,
+package versions). Orbax writes each step into a temporary directory and renames it when complete, so a run
+killed mid-save leaves only a ``*.orbax-checkpoint-tmp-*`` directory that is never listed as a step; the
+previous complete step is what a restart resumes from.
+
+A checkpoint that cannot be read, or that belongs to another run (different config, different parameter
+shapes), raises ``CheckpointError`` naming the directory and the fix; nothing is deleted or overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.serialization
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+import jinterp
+from jinterp.core import config as cfglib
+from jinterp.errors import CheckpointError
+
+STATE, META = "state", "meta"
+
+# Config fields that only affect logging/bookkeeping; a restart may change them without breaking bitwise
+# equality of the result.
+RESUMABLE_CHANGES = frozenset({"log_every", "eval_every", "ckpt_every", "keep"})
+
+log = logging.getLogger(__name__)
+
+
+def _abstract(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings when the leaves have them) for an Orbax restore target."""
+
+    def leaf(x):
+        sharding = getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+    return jax.tree.map(leaf, tree)
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    from jinterp.core.train import path_name  # local: train imports sharding/config only
+
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    out = {}
+    for p, x in flat:
+        shape = tuple(getattr(x, "shape", np.shape(x)))
+        dtype = str(getattr(x, "dtype", np.asarray(x).dtype))
+        out[path_name(p)] = (shape, dtype)
+    return out
+
+
+class Checkpointer:
+    """Save/restore a TrainState plus JSON metadata under ``directory`` (keeps the ``keep`` newest steps).
+
+    ``config`` (a dict from ``config.to_dict``) is stored with every save and compared on restore; keys in
+    ``RESUMABLE_CHANGES`` may differ. Saves are asynchronous (the device->host copy happens before ``save``
+    returns, so the caller may donate the state buffers right after); ``close()`` waits for the last one.
+    """
+
+    def __init__(self, directory: str | Path, *, keep: int = 3, config: Mapping[str, Any] | None = None,
+                 async_save: bool = True, ignore_config_keys: Iterable[str] = RESUMABLE_CHANGES):
+        self.directory = Path(directory).absolute()
+        self.config = dict(config) if config is not None else None
+        self.ignore = frozenset(ignore_config_keys)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CheckpointError(f"checkpoint directory {self.directory} exists and is not a directory; "
+                                  "use a new --workdir")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep or None, create=True, enable_async_checkpointing=async_save)
+        try:
+            self._mngr = ocp.CheckpointManager(
+                self.directory, options=options,
+                item_handlers={STATE: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler()})
+        except Exception as e:  # an unreadable directory, a file where a step dir should be, ...
+            raise CheckpointError(self._unreadable(self.directory, e)) from e
+
+    # ------------------------------------------------------------------------------------------ queries
+    def all_steps(self) -> list[int]:
+        """Complete (committed) steps, ascending; temporary directories of interrupted saves are excluded."""
+        return sorted(self._mngr.all_steps())
+
+    @property
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    # --------------------------------------------------------------------------------------------- save
+    def save(self, step: int, state: Any, *, data_state: Mapping[str, Any] | None = None,
+             extra: Mapping[str, Any] | None = None) -> None:
+        """Saves ``state`` (any pytree; TrainState is stored as a pure dict) at ``step``.
+
+        The caller guarantees the state is finite (the loop checks before saving); ``data_state`` is the
+        iterator position (JSON) to restore with the state.
+        """
+        meta = {
+            "step": int(step),
+            "config": self.config,
+            "data": dict(data_state) if data_state is not None else None,
+            "extra": dict(extra) if extra is not None else {},
+            "versions": {"jinterp": jinterp.__version__, "jax": jax.__version__},
+        }
+        state_dict = flax.serialization.to_state_dict(state)
+        self._mngr.save(int(step), args=ocp.args.Composite(
+            **{STATE: ocp.args.StandardSave(state_dict), META: ocp.args.JsonSave(meta)}), force=True)
+
+    # ------------------------------------------------------------------------------------------ restore
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """The JSON metadata of ``step`` (CheckpointError if unreadable)."""
+        try:
+            out = self._mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+            meta = out[META]
+        except Exception as e:
+            raise CheckpointError(self._unreadable(self._step_dir(step), e)) from e
+        if not isinstance(meta, Mapping) or "step" not in meta:
+            raise CheckpointError(self._unreadable(self._step_dir(step), ValueError("metadata is malformed")))
+        return dict(meta)
+
+    def check_config(self, meta: Mapping[str, Any], step: int) -> None:
+        if self.config is None or meta.get("config") is None:
+            return
+        d = {k: v for k, v in cfglib.diff(meta["config"], self.config).items()
+             if k.split(".")[-1] not in self.ignore}
+        if d:
+            changes = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(d.items()))
+            raise CheckpointError(
+                f"checkpoint {self._step_dir(step)} was written with a different config ({changes}). "
+                f"It was left untouched; rerun with the original settings to resume, or use a new --workdir "
+                f"(or delete {self.directory}) to start a new run.")
+
+    def check_shapes(self, target: Any, step: int) -> None:
+        try:
+            stored = self._mngr.item_metadata(step)[STATE]
+        except Exception as e:
+            raise CheckpointError(self._unreadable(self._step_dir(step), e)) from e
+        if stored is None:
+            raise CheckpointError(self._unreadable(self._step_dir(step), ValueError("no state item")))
+        want = _flat_shapes(flax.serialization.to_state_dict(target))
+        have = _flat_shapes(stored)
+        problems = [f"missing {k}" for k in sorted(set(want) - set(have))]
+        problems += [f"unexpected {k}" for k in sorted(set(have) - set(want))]
+        problems += [f"{k}: checkpoint {have[k][0]} {have[k][1]} vs model {want[k][0]} {want[k][1]}"
+                     for k in sorted(set(want) & set(have)) if have[k] != want[k]]
+        if problems:
+            shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} in all)" if len(problems) > 8 else "")
+            raise CheckpointError(
+                f"checkpoint {self._step_dir(step)} does not match this model/optimizer ({shown}). "
+                f"It was left untouched; use a new --workdir (or delete {self.directory}) to start over.")
+
+    def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """Restores ``step`` (default: latest) into the structure/shardings of ``target``.
+
+        Returns ``(state, meta)``. Raises CheckpointError if there is no checkpoint, if it is unreadable,
+        or if its config/shapes do not match.
+        """
+        if step is None:
+            step = self.latest_step
+            if step is None:
+                raise CheckpointError(f"no checkpoint in {self.directory}")
+        meta = self.read_meta(step)
+        self.check_config(meta, step)
+        self.check_shapes(target, step)
+        target_dict = flax.serialization.to_state_dict(target)
+        try:
+            out = self._mngr.restore(step, args=ocp.args.Composite(
+                **{STATE: ocp.args.StandardRestore(_abstract(target_dict))}))
+            state = flax.serialization.from_state_dict(target, out[STATE])
+        except Exception as e:
+            raise CheckpointError(self._unreadable(self._step_dir(step), e)) from e
+        return state, meta
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    def _unreadable(self, path: Path, e: BaseException) -> str:
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        return (f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {reason}). "
+                f"It was left untouched; use a new --workdir, or delete {self.directory} to start over.")
+
+    def wait(self) -> None:
+        self._mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mngr.wait_until_finished()
+        self._mngr.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,193 @@
+"""The training loop: progress bar, ``metrics.jsonl``, periodic eval and checkpoints, NaN guard, resume.
+
+    state, start = restore_or_init(ckpt, state, train_iter, workdir)
+    state = train_loop(state, train_step=step, train_iter=train_iter, num_steps=n, workdir=workdir,
+                       checkpointer=ckpt, eval_fn=lambda s: evaluate(...), ...)
+
+``train_iter`` is a resumable iterator of host batches: ``next(it)`` gives a dict of arrays with a leading
+batch axis, ``it.get_state()`` a JSON-able position (after the batches consumed so far) and
+``it.set_state(pos)`` seeks there. The loop stores the position with every checkpoint, so a restart sees the
+same batches an uninterrupted run would.
+
+Host syncs: metrics stay on device and are fetched every ``log_every`` steps, at eval/checkpoint steps and at
+the last step; that is also when the loss/gradient norm is checked for NaN/Inf. Every checkpoint step is a
+sync step, so a non-finite state is never saved: the run stops with ``TrainingError`` naming the first bad
+step and the last good checkpoint stays as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from jinterp.core import sharding as shd
+from jinterp.core.checkpoint import Checkpointer
+from jinterp.errors import TrainingError
+
+METRICS_FILE = "metrics.jsonl"
+# Metrics whose non-finite value means the run diverged.
+GUARDED = ("loss", "grad_norm")
+
+
+class MetricsWriter:
+    """Appends ``{"step", "split", "metrics", "time"}`` lines to ``<workdir>/metrics.jsonl``."""
+
+    def __init__(self, workdir: str | Path):
+        self.path = Path(workdir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
+        line = {"step": int(step), "split": split,
+                "metrics": {k: _jsonable(v) for k, v in metrics.items()}, "time": time.time()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drops lines past ``step`` (written by a run that was killed before its next checkpoint), so a
+        resumed run's log reads like an uninterrupted one."""
+        if not self.path.exists():
+            return
+        keep = []
+        for raw in self.path.read_text().splitlines():
+            try:
+                if json.loads(raw)["step"] <= step:
+                    keep.append(raw)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a kill
+        self.path.write_text("".join(k + "\n" for k in keep))
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+
+
+def _jsonable(v: Any) -> Any:
+    v = np.asarray(v)
+    return v.item() if v.ndim == 0 else v.tolist()
+
+
+def restore_or_init(checkpointer: Checkpointer | None, state: Any, train_iter: Any = None,
+                    workdir: str | Path | None = None) -> tuple[Any, int]:
+    """Resumes from the latest checkpoint if there is one; returns ``(state, start_step)``.
+
+    ``state`` is the freshly initialized state (its structure and shardings are the restore target). The
+    data position is restored into ``train_iter`` and ``metrics.jsonl`` is cut back to the restored step.
+    """
+    if checkpointer is None or checkpointer.latest_step is None:
+        return state, int(jax.device_get(state.step))
+    state, meta = checkpointer.restore(state)
+    if train_iter is not None and meta.get("data") is not None:
+        train_iter.set_state(meta["data"])
+    step = int(jax.device_get(state.step))
+    if workdir is not None:
+        MetricsWriter(workdir).truncate_after(step)
+    return state, step
+
+
+def _first_nonfinite(history: list[tuple[int, dict[str, np.ndarray]]]) -> tuple[int, str, float] | None:
+    for step, m in history:
+        for k in GUARDED:
+            if k in m and not np.all(np.isfinite(m[k])):
+                return step, k, float(np.asarray(m[k]).ravel()[0])
+    return None
+
+
+def _mean_metrics(history: list[tuple[int, dict[str, np.ndarray]]]) -> dict[str, float]:
+    keys = history[-1][1].keys()
+    out = {k: float(np.mean([np.asarray(m[k], np.float64) for _, m in history if k in m])) for k in keys}
+    if "lr" in out:
+        out["lr"] = float(history[-1][1]["lr"])  # the current value, not an average
+    return out
+
+
+def _batch_size(batch: Mapping[str, Any]) -> int:
+    leaves = jax.tree.leaves(batch)
+    return int(np.shape(leaves[0])[0]) if leaves else 0
+
+
+def train_loop(state: Any, *, train_step: Callable, train_iter: Any, num_steps: int,
+               workdir: str | Path, mesh: Mesh | None = None, checkpointer: Checkpointer | None = None,
+               eval_fn: Callable[[Any], Mapping[str, float]] | None = None, log_every: int = 50,
+               eval_every: int = 0, ckpt_every: int = 0, progress: bool = True,
+               desc: str = "train") -> Any:
+    """Runs ``train_step`` from ``state.step`` to ``num_steps``; returns the final state.
+
+    train_step: ``(state, batch) -> (state, metrics)`` (jitted, state donated). eval_fn: ``state -> dict``
+    of host floats, logged with split ``"test"`` every ``eval_every`` steps and at the end. Checkpoints every
+    ``ckpt_every`` steps and at the last step. Raises TrainingError on a NaN/Inf loss or gradient norm.
+    """
+    writer = MetricsWriter(workdir)
+    start = int(jax.device_get(state.step))
+    log_every = max(int(log_every), 1)
+    history: list[tuple[int, dict[str, Any]]] = []
+    pbar = tqdm(total=num_steps, initial=start, desc=desc, unit="step", disable=not progress,
+                dynamic_ncols=True, mininterval=1.0)
+    t_last, examples = time.perf_counter(), 0
+    last_good = checkpointer.latest_step if checkpointer is not None else None
+    try:
+        for step in range(start, num_steps):
+            batch = next(train_iter)
+            examples += _batch_size(batch)
+            batch = shd.shard_batch(batch, mesh) if mesh is not None else batch
+            state, metrics = train_step(state, batch)
+            history.append((step + 1, metrics))
+            done = step + 1
+            is_last = done == num_steps
+            do_eval = eval_fn is not None and ((eval_every and done % eval_every == 0) or is_last)
+            do_ckpt = checkpointer is not None and ((ckpt_every and done % ckpt_every == 0) or is_last)
+            if not (done % log_every == 0 or is_last or do_eval or do_ckpt):
+                continue
+
+            # ---- sync point: fetch metrics, guard against divergence, log
+            host = [(s, jax.device_get(m)) for s, m in history]
+            history.clear()
+            bad = _first_nonfinite(host)
+            if bad is not None:
+                bad_step, name, value = bad
+                where = (f"the last good checkpoint (step {last_good}) in {checkpointer.directory} is kept"
+                         if last_good is not None else "no checkpoint had been written yet")
+                raise TrainingError(
+                    f"training diverged: {name} is {value} at step {bad_step}; stopped without saving, "
+                    f"{where}. Lower the learning rate (--set optim.lr=...), clip gradients "
+                    f"(--set optim.clip_norm=1.0) or add warmup, and rerun with a new --workdir.")
+            now = time.perf_counter()
+            train_metrics = _mean_metrics(host)
+            train_metrics["examples_per_s"] = examples / max(now - t_last, 1e-9)
+            t_last, examples = now, 0
+            writer.write(done, "train", train_metrics)
+            pbar.update(done - pbar.n)
+            pbar.set_postfix(_postfix(train_metrics), refresh=False)
+
+            if do_eval:
+                eval_metrics = dict(eval_fn(state))
+                writer.write(done, "test", eval_metrics)
+                pbar.write(f"step {done}: " + ", ".join(f"test {k} {v:.4g}" for k, v in eval_metrics.items()
+                                                         if isinstance(v, float)))
+                t_last = time.perf_counter()  # keep eval time out of the training throughput
+            if do_ckpt:
+                data_state = train_iter.get_state() if hasattr(train_iter, "get_state") else None
+                checkpointer.save(done, state, data_state=data_state)
+                last_good = done
+    finally:
+        pbar.close()
+        if checkpointer is not None:
+            checkpointer.wait()
+    return state
+
+
+def _postfix(m: Mapping[str, float]) -> dict[str, str]:
+    out = {}
+    for k, short in (("loss", "loss"), ("accuracy", "acc"), ("examples_per_s", "ex/s")):
+        if k in m and math.isfinite(m[k]):
+            out[short] = f"{m[k]:.4g}" if k != "examples_per_s" else f"{m[k]:.0f}"
+    return out
