@@ -23,10 +23,14 @@ ALEXNET_CONVS = (
 
 
 class AlexNet(nn.Module):
-    """Input ``(N, H, W, 3)`` ImageNet-normalized, H, W >= 63; ``AdaptiveAvgPool2d((6, 6))``; 3 FC layers."""
+    """Input ``(N, H, W, 3)`` ImageNet-normalized, H, W >= 63; ``AdaptiveAvgPool2d((6, 6))``; 3 FC layers.
+
+    ``hidden`` is the width of the two hidden FC layers (torchvision: 4096).
+    """
 
     num_classes: int = 1000
     dropout: float = 0.5
+    hidden: int = 4096
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False):
@@ -46,7 +50,7 @@ class AlexNet(nn.Module):
         for j in (0, 3):  # Dropout → Linear → ReLU, twice
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
             feats[f"classifier.{j}"] = x
-            x = Linear(4096, name=f"classifier_{j + 1}")(x)
+            x = Linear(self.hidden, name=f"classifier_{j + 1}")(x)
             feats[f"classifier.{j + 1}"] = x
             x = nn.relu(x)
             feats[f"classifier.{j + 2}"] = x

@@ -177,8 +177,8 @@ def from_torch(arch: str, state_dict_or_path, image_shape=None, **create_kwargs)
 
     flat = {}
     for key, (path, _) in mapping.items():
-        arr = sd[key]
-        flat[path] = jnp.asarray(_to_flax(arr, arr.ndim).astype(np.float32))
+        arr = np.asarray(sd[key], np.float32)  # a view when already float32: one copy in all, below
+        flat[path] = jnp.asarray(_to_flax(arr, arr.ndim))
     return traverse_util.unflatten_dict(flat)
 
 

@@ -21,13 +21,15 @@ VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
 class VGG(nn.Module):
     """torchvision ``VGG``: ``features`` → ``AdaptiveAvgPool2d((7, 7))`` → 3-layer MLP classifier.
 
-    Input ``(N, H, W, 3)`` with H, W >= 32, ImageNet-normalized; logits ``(N, num_classes)``.
+    Input ``(N, H, W, 3)`` with H, W >= 32, ImageNet-normalized; logits ``(N, num_classes)``. ``hidden`` is
+    the width of the two hidden FC layers (torchvision: 4096; smaller widths keep tests light).
     """
 
     cfg: tuple = VGG16_CFG
     batch_norm: bool = False
     num_classes: int = 1000
     dropout: float = 0.5
+    hidden: int = 4096
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False):
@@ -55,7 +57,7 @@ class VGG(nn.Module):
         feats["avgpool"] = x
         x = ops.flatten_nchw(x)  # C·H·W order, as torch.flatten on NCHW
         for j in (0, 3):
-            x = Linear(4096, name=f"classifier_{j}")(x)
+            x = Linear(self.hidden, name=f"classifier_{j}")(x)
             feats[f"classifier.{j}"] = x
             x = nn.relu(x)
             feats[f"classifier.{j + 1}"] = x
