@@ -295,13 +295,21 @@ class TrainBackboneConfig:
     """Supervised training of a classification backbone (``jinterp train-backbone``).
 
     ``steps`` > 0 fixes the run length; otherwise it is ``epochs`` x (train size // batch_size).
-    ``num_classes`` 0 means "from the data set". ``augment``: ``none`` | ``flip`` | ``flip_crop`` (random
-    horizontal flip + random crop after ``crop_pad`` pixels of zero padding, as for CIFAR). Images are scaled
-    to [0, 1] and normalized with ``mean``/``std`` per channel. Intervals are in steps; 0 disables.
-    ``eval_every`` evaluates on the test split; ``log_every`` also bounds how late a NaN loss is noticed.
+    ``widths`` (``convnet`` only; empty: the arch default) sets the channel widths of the conv blocks.
+    ``data`` is a ``jinterp.data.load`` spec (``synthparts``, ``cifar10:PATH``, ...); for synthparts,
+    ``image_size``, ``train_size`` and ``test_size`` (0: the generator's defaults) pick the generated data,
+    other sources keep their own sizes. ``num_classes`` 0 means "from the data set". ``weights`` optionally
+    starts from a saved variables file (fine-tuning). ``augment``: ``none`` | ``flip`` | ``flip_crop`` (random
+    horizontal flip + random crop after ``crop_pad`` pixels of zero padding, as for CIFAR). ``normalization``:
+    ``arch`` (the backbone's own scheme, ``jinterp.backbones.NORMALIZATION``) or a preset name of
+    ``jinterp.data.NORMALIZATIONS``. Intervals are in steps; 0 disables. ``eval_every`` evaluates on the test
+    split; ``log_every`` also bounds how late a NaN loss is noticed.
     """
 
     arch: str = "convnet"
+    widths: tuple[int, ...] = ()
+    data: str = "synthparts"
+    weights: str = ""
     num_classes: int = 0
     image_size: int = 64
     batch_size: int = 128
@@ -310,8 +318,7 @@ class TrainBackboneConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     augment: typing.Literal["none", "flip", "flip_crop"] = "flip_crop"
     crop_pad: int = 4
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    std: tuple[float, ...] = (0.25, 0.25, 0.25)
+    normalization: str = "arch"
     label_smoothing: float = 0.0
     bf16: bool = False
     train_size: int = 0
@@ -351,8 +358,6 @@ class TrainBackboneConfig:
             raise ConfigError(f"batch_size must be > 0, got {self.batch_size}")
         if self.steps < 0 or self.epochs < 0 or (self.steps == 0 and self.epochs <= 0):
             raise ConfigError("set steps > 0 or epochs > 0")
-        if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
-            raise ConfigError(f"mean {self.mean} and std {self.std} must have equal length and std > 0")
         for name in ("log_every", "eval_every", "ckpt_every", "keep", "num_classes", "train_size", "test_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

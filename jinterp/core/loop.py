@@ -1,13 +1,15 @@
 """The training loop: progress bar, ``metrics.jsonl``, periodic eval and checkpoints, NaN guard, resume.
 
-    state, start = restore_or_init(ckpt, state, train_iter, workdir)
+    state, start, pos = restore_or_init(ckpt, state, workdir)   # pos: the saved data position or None
+    train_iter = BatchIterator(train_ds, batch_size, seed=seed, mesh=mesh, position=pos)
     state = train_loop(state, train_step=step, train_iter=train_iter, num_steps=n, workdir=workdir,
                        checkpointer=ckpt, eval_fn=lambda s: evaluate(...), ...)
 
-``train_iter`` is a resumable iterator of host batches: ``next(it)`` gives a dict of arrays with a leading
-batch axis, ``it.get_state()`` a JSON-able position (after the batches consumed so far) and
-``it.set_state(pos)`` seeks there. The loop stores the position with every checkpoint, so a restart sees the
-same batches an uninterrupted run would.
+``train_iter`` is a resumable iterator of batches: ``next(it)`` gives a dict of arrays with a leading batch
+axis, and ``it.get_state()`` (or ``it.position().to_dict()`` of a ``jinterp.data.BatchIterator``) a JSON-able
+position after the batches consumed so far, from which the caller rebuilds/seeks the iterator on resume.
+The loop stores the position with every checkpoint, so a restart sees the same batches an uninterrupted run
+would.
 
 Host syncs: metrics stay on device and are fetched every ``log_every`` steps, at eval/checkpoint steps and at
 the last step; that is also when the loss/gradient norm is checked for NaN/Inf. Every checkpoint step is a
@@ -76,22 +78,32 @@ def _jsonable(v: Any) -> Any:
     return v.item() if v.ndim == 0 else v.tolist()
 
 
-def restore_or_init(checkpointer: Checkpointer | None, state: Any, train_iter: Any = None,
-                    workdir: str | Path | None = None) -> tuple[Any, int]:
-    """Resumes from the latest checkpoint if there is one; returns ``(state, start_step)``.
+def restore_or_init(checkpointer: Checkpointer | None, state: Any,
+                    workdir: str | Path | None = None) -> tuple[Any, int, dict | None]:
+    """Resumes from the latest checkpoint if there is one; returns ``(state, start_step, data_state)``.
 
-    ``state`` is the freshly initialized state (its structure and shardings are the restore target). The
-    data position is restored into ``train_iter`` and ``metrics.jsonl`` is cut back to the restored step.
+    ``state`` is the freshly initialized state (its structure and shardings are the restore target);
+    ``data_state`` is the iterator position saved with the checkpoint (None for a fresh run), to build or
+    seek the train iterator with. ``metrics.jsonl`` is cut back to the restored step.
     """
     if checkpointer is None or checkpointer.latest_step is None:
-        return state, int(jax.device_get(state.step))
+        return state, int(jax.device_get(state.step)), None
     state, meta = checkpointer.restore(state)
-    if train_iter is not None and meta.get("data") is not None:
-        train_iter.set_state(meta["data"])
     step = int(jax.device_get(state.step))
     if workdir is not None:
         MetricsWriter(workdir).truncate_after(step)
-    return state, step
+    return state, step, meta.get("data")
+
+
+def data_position(train_iter: Any) -> dict | None:
+    """The JSON position of a resumable iterator: ``get_state()``, or ``position()`` of a
+    ``jinterp.data.BatchIterator``; None if it has neither."""
+    if hasattr(train_iter, "get_state"):
+        return train_iter.get_state()
+    if hasattr(train_iter, "position"):
+        pos = train_iter.position()
+        return pos.to_dict() if hasattr(pos, "to_dict") else pos
+    return None
 
 
 def _first_nonfinite(history: list[tuple[int, dict[str, np.ndarray]]]) -> tuple[int, str, float] | None:
@@ -165,8 +177,8 @@ def train_loop(state: Any, *, train_step: Callable, train_iter: Any, num_steps: 
             train_metrics["examples_per_s"] = examples / max(now - t_last, 1e-9)
             t_last, examples = now, 0
             writer.write(done, "train", train_metrics)
-            pbar.update(done - pbar.n)
             pbar.set_postfix(_postfix(train_metrics), refresh=False)
+            pbar.update(done - pbar.n)
 
             if do_eval:
                 eval_metrics = dict(eval_fn(state))
@@ -175,8 +187,7 @@ def train_loop(state: Any, *, train_step: Callable, train_iter: Any, num_steps: 
                                                          if isinstance(v, float)))
                 t_last = time.perf_counter()  # keep eval time out of the training throughput
             if do_ckpt:
-                data_state = train_iter.get_state() if hasattr(train_iter, "get_state") else None
-                checkpointer.save(done, state, data_state=data_state)
+                checkpointer.save(done, state, data_state=data_position(train_iter))
                 last_good = done
     finally:
         pbar.close()

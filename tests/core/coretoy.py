@@ -109,7 +109,9 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir)
     _, state, step, it = setup(steps=args.steps)
     ckpt = Checkpointer(workdir / "checkpoints", keep=3, config={"steps": args.steps})
-    state, _ = loop.restore_or_init(ckpt, state, it, workdir)
+    state, _, pos = loop.restore_or_init(ckpt, state, workdir)
+    if pos is not None:
+        it.set_state(pos)
 
     def slow_step(s, b):
         time.sleep(args.sleep)

@@ -1,0 +1,161 @@
+"""Supervised training of a classification backbone: the program behind ``jinterp train-backbone``.
+
+    from jinterp.core.config import TrainBackboneConfig
+    from jinterp.core.train_backbone import train_backbone
+    final = train_backbone(TrainBackboneConfig.tiny(), "runs/x")    # {"test_accuracy": ..., ...}
+
+The work directory receives ``config.json``, ``metrics.jsonl``, ``checkpoints/<step>/`` (resume: rerun the same
+command), and at the end ``params.npz`` (``jinterp.backbones.torch_import.save_variables`` format, loadable
+with ``load_variables`` / ``--weights``) and ``final_metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jinterp import backbones, data
+from jinterp.core import loop, train
+from jinterp.core import sharding as shd
+from jinterp.core.checkpoint import Checkpointer
+from jinterp.core.config import TrainBackboneConfig, to_dict, to_json
+from jinterp.errors import ConfigError, DataError, WeightsError
+
+PARAMS_FILE = "params.npz"
+FINAL_METRICS_FILE = "final_metrics.json"
+CONFIG_FILE = "config.json"
+
+
+def data_spec(cfg: TrainBackboneConfig) -> str:
+    """The ``jinterp.data.load`` spec: for a bare ``synthparts``, the config's size and split sizes."""
+    kind, _, arg = cfg.data.partition(":")
+    if kind != "synthparts":
+        return cfg.data
+    opts = [o for o in arg.split(",") if o.strip()]
+    given = {o.split("=", 1)[0].strip() for o in opts}
+    extra = {"size": cfg.image_size, "n_train": cfg.train_size or None, "n_test": cfg.test_size or None}
+    opts += [f"{k}={v}" for k, v in extra.items() if v is not None and k not in given]
+    return "synthparts:" + ",".join(opts) if opts else "synthparts"
+
+
+def normalization_stats(cfg: TrainBackboneConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) on [0, 1] pixels for ``cfg.normalization`` ("arch" = the backbone's own scheme)."""
+    name = backbones.NORMALIZATION[cfg.arch] if cfg.normalization == "arch" else cfg.normalization
+    if name in backbones.NORM_STATS:
+        stats = backbones.NORM_STATS[name]
+        return stats if stats is not None else ((0.0,), (1.0,))
+    if name in data.NORMALIZATIONS:
+        return data.NORMALIZATIONS[name]
+    raise ConfigError(f"unknown normalization {cfg.normalization!r}; use 'arch' or one of "
+                      f"{sorted({*backbones.NORM_STATS, *data.NORMALIZATIONS})}")
+
+
+def _load_weights(path: str, arch: str, init_vars: dict) -> dict:
+    from jinterp.backbones import torch_import
+
+    variables, _ = torch_import.load_variables(path, arch)
+    want = jax.tree_util.tree_flatten_with_path(init_vars)[0]
+    have = dict(jax.tree_util.tree_flatten_with_path(variables)[0])
+    bad = [f"{train.path_name(p)}: file {None if p not in have else tuple(have[p].shape)} vs model {x.shape}"
+           for p, x in want if p not in have or tuple(have[p].shape) != tuple(x.shape)]
+    if bad:
+        raise WeightsError(f"--weights {path} does not fit {arch} with this data ({'; '.join(bad[:5])}); "
+                           "check --arch and the number of classes")
+    return jax.tree_util.tree_unflatten(jax.tree.structure(init_vars),
+                                        [jnp.asarray(have[p], x.dtype) for p, x in want])
+
+
+def train_backbone(cfg: TrainBackboneConfig, workdir: str | Path, *, progress: bool = True,
+                   mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
+    """Trains (or resumes training of) ``cfg.arch`` on ``cfg.data``; returns the final metrics dict."""
+    t0 = time.perf_counter()
+    cfg.validate()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    # ---- data
+    spec = data_spec(cfg)
+    train_ds, test_ds = data.load(spec, "train"), data.load(spec, "test")
+    if len(train_ds) < cfg.batch_size:
+        raise DataError(f"{spec}: {len(train_ds)} training examples < batch_size {cfg.batch_size}; "
+                        "use a smaller --set batch_size or more data")
+    num_classes = cfg.num_classes or train_ds.num_classes
+    top = int(max(train_ds.labels.max(), test_ds.labels.max()))
+    if top >= num_classes:
+        raise ConfigError(f"labels go up to {top} but num_classes is {num_classes}; set num_classes >= {top + 1}")
+    image_shape = tuple(int(d) for d in train_ds.images.shape[1:])
+    steps_per_epoch = len(train_ds) // cfg.batch_size
+    total = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+    # ---- model, optimizer, state (replicated over the mesh)
+    mesh = mesh or shd.make_mesh()
+    shd.check_batch_size(cfg.batch_size, mesh)
+    model = backbones.create(cfg.arch, num_classes, **({"widths": cfg.widths} if cfg.widths else {}))
+    init_key, loop_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    variables = backbones.init(model, init_key, image_shape)
+    if cfg.weights:
+        variables = _load_weights(cfg.weights, cfg.arch, variables)
+    tx, schedule = train.make_optimizer(cfg.optim, total, variables["params"])
+    state = jax.jit(lambda v: train.create_train_state(v, tx, loop_key),
+                    out_shardings=shd.replicated(mesh))(variables)
+    del variables
+
+    ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.keep, config=to_dict(cfg))
+    state, start, pos = loop.restore_or_init(ckpt, state, workdir)  # raises before anything is written
+    (workdir / CONFIG_FILE).write_text(to_json(cfg) + "\n")
+
+    # ---- steps
+    mean, std = normalization_stats(cfg)
+    dtype = jnp.bfloat16 if cfg.bf16 else None
+    loss_fn = train.make_classifier_loss(model, mean=mean, std=std, augment=cfg.augment, crop_pad=cfg.crop_pad,
+                                         label_smoothing=cfg.label_smoothing,
+                                         compute_dtype=dtype or jnp.float32)
+    train_step = train.make_train_step(loss_fn, tx, mesh=mesh, schedule=schedule, compute_dtype=dtype)
+    eval_step = train.make_eval_step(
+        train.make_classifier_eval(model, mean=mean, std=std, compute_dtype=dtype or jnp.float32), mesh=mesh)
+    last_eval: dict[int, dict] = {}
+
+    def eval_fn(s):
+        it = data.BatchIterator(test_ds, cfg.batch_size, shuffle=False, num_epochs=1, mesh=mesh)
+        out = train.evaluate(eval_step, s, it, mesh=mesh)
+        last_eval.clear()
+        last_eval[int(jax.device_get(s.step))] = out
+        return out
+
+    train_iter = data.BatchIterator(train_ds, cfg.batch_size, seed=cfg.seed, drop_remainder=True, mesh=mesh,
+                                    position=pos)
+    try:
+        state = loop.train_loop(
+            state, train_step=train_step, train_iter=train_iter, num_steps=total, workdir=workdir, mesh=mesh,
+            checkpointer=ckpt, eval_fn=eval_fn, log_every=cfg.log_every, eval_every=cfg.eval_every,
+            ckpt_every=cfg.ckpt_every, progress=progress, desc=f"train {cfg.arch}")
+    finally:
+        train_iter.close()
+        ckpt.close()
+
+    # ---- outputs for later methods (--weights) and reports
+    final_step = int(jax.device_get(state.step))
+    result = last_eval.get(final_step) or eval_fn(state)
+    from jinterp.backbones import torch_import
+
+    host = jax.device_get(state.variables)
+    meta = {"arch": cfg.arch, "num_classes": num_classes, "image_shape": list(image_shape),
+            "normalization": backbones.NORMALIZATION[cfg.arch] if cfg.normalization == "arch"
+            else cfg.normalization, "data": spec, "step": final_step, "test_accuracy": result["accuracy"],
+            "source": "jinterp train-backbone", "config": to_dict(cfg)}
+    torch_import.save_variables(workdir / PARAMS_FILE, jax.tree.map(np.asarray, host), meta)
+    final = {
+        "arch": cfg.arch, "data": spec, "step": final_step, "steps": total, "resumed_from": start,
+        "test_accuracy": result["accuracy"], "test_loss": result["loss"], "test_count": result["count"],
+        "num_classes": num_classes, "image_shape": list(image_shape), "devices": int(mesh.devices.size),
+        "wall_time_s": time.perf_counter() - t0, "params": str(workdir / PARAMS_FILE),
+    }
+    (workdir / FINAL_METRICS_FILE).write_text(json.dumps(final, indent=2) + "\n")
+    return final
