@@ -295,7 +295,8 @@ class TrainBackboneConfig:
     """Supervised training of a classification backbone (``jinterp train-backbone``).
 
     ``steps`` > 0 fixes the run length; otherwise it is ``epochs`` x (train size // batch_size).
-    ``widths`` (``convnet`` only; empty: the arch default) sets the channel widths of the conv blocks.
+    ``widths`` sets the channel widths of ``convnet``'s conv blocks (empty: its default); other archs
+    ignore it, so that ``--config tiny --arch resnet20`` works.
     ``data`` is a ``jinterp.data.load`` spec (``synthparts``, ``cifar10:PATH``, ...); for synthparts,
     ``image_size``, ``train_size`` and ``test_size`` (0: the generator's defaults) pick the generated data,
     other sources keep their own sizes. ``num_classes`` 0 means "from the data set". ``weights`` optionally
@@ -337,18 +338,20 @@ class TrainBackboneConfig:
 
     @classmethod
     def tiny(cls) -> TrainBackboneConfig:
-        """A small CNN on synthparts 64 px in minutes on a 2-core CPU (see the issue note for numbers)."""
+        """A slim convnet on synthparts 64 px: >= 90 % test accuracy in a few minutes on a 2-core CPU
+        (96 % after 300 steps in the issue note's measurement). ``widths`` applies to convnet only."""
         return cls(
             arch="convnet",
+            widths=(16, 32, 64, 64),
             batch_size=64,
-            steps=600,
+            steps=300,
             train_size=6000,
             test_size=1000,
-            optim=OptimConfig(name="adam", lr=2e-3, weight_decay=0.0, warmup_steps=50),
+            optim=OptimConfig(name="adam", lr=3e-3, weight_decay=0.0, warmup_steps=50),
             augment="flip",
             log_every=25,
-            eval_every=200,
-            ckpt_every=200,
+            eval_every=100,
+            ckpt_every=100,
             keep=2,
         )
 

@@ -97,7 +97,8 @@ def train_backbone(cfg: TrainBackboneConfig, workdir: str | Path, *, progress: b
     # ---- model, optimizer, state (replicated over the mesh)
     mesh = mesh or shd.make_mesh()
     shd.check_batch_size(cfg.batch_size, mesh)
-    model = backbones.create(cfg.arch, num_classes, **({"widths": cfg.widths} if cfg.widths else {}))
+    model = backbones.create(cfg.arch, num_classes,
+                             **({"widths": cfg.widths} if cfg.widths and cfg.arch == "convnet" else {}))
     init_key, loop_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
     variables = backbones.init(model, init_key, image_shape)
     if cfg.weights:

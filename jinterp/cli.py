@@ -1,0 +1,144 @@
+"""The ``jinterp`` command: a thin argparse layer over importable programs.
+
+    jinterp train-backbone --arch convnet --data synthparts --config tiny --workdir runs/x
+    jinterp train-backbone --config paper --data cifar10:../data/cifar-10-batches-py --set optim.lr=0.05
+
+Every subcommand takes ``--config paper|tiny`` (the preset), ``--set key=value`` (repeatable, parsed by the
+config field's type), ``--workdir``, ``--data`` (a ``jinterp.data.load`` spec) and ``--weights`` (a saved
+variables file, e.g. ``<workdir>/params.npz`` of ``train-backbone``). Errors that jinterp raises on purpose
+(``JinterpError``) print as one line ``jinterp: error: ...`` and exit with status 2.
+
+Method subcommands plug in without editing this file: ``jinterp <name>`` imports ``jinterp.methods.<name>.cli``
+(or the module listed in ``RESERVED``) and calls its ``run(args) -> int`` with the parsed common options;
+until that module exists the command says which issue it waits for and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from jinterp.errors import JinterpError
+
+PROG = "jinterp"
+
+# name -> (module providing run(args), what it is, the issue it lands with)
+RESERVED: dict[str, tuple[str, str, str]] = {
+    "cladec": ("jinterp.methods.cladec.cli", "ClaDec: decode a layer's activations, contrast with a reference "
+               "auto-encoder", "the ClaDec issue (spec/cladec_and_csg.md part A)"),
+    "csg": ("jinterp.methods.csg.cli", "class-specific gates trained into the CNN",
+            "the class-specific gates issue (spec/cladec_and_csg.md part B)"),
+    "basis": ("jinterp.methods.basis.cli", "unsupervised interpretable basis extraction (+ supervised baseline)",
+              "the interpretable basis extraction issue (spec/uibe_and_metrics.md)"),
+    "graph": ("jinterp.methods.graph.cli", "explanatory graph of part patterns",
+              "the explanatory graph issue (spec/explainer_and_graph.md part A)"),
+    "explainer": ("jinterp.methods.explainer.cli", "explainer network distilled from a conv layer",
+                  "the explainer network issue (spec/explainer_and_graph.md parts B, C)"),
+    "demo": ("jinterp.report.demo", "all five methods on a small CNN, with an HTML report",
+             "the demo and report issue"),
+    "bench": ("experiments.bench.cli", "JAX vs PyTorch benchmarks", "the benchmarks issue"),
+}
+
+
+def _add_common(p: argparse.ArgumentParser, *, workdir_default: str) -> None:
+    g = p.add_argument_group("common options")
+    g.add_argument("--config", choices=("paper", "tiny"), default="paper",
+                   help="config preset: 'paper' (the published setting) or 'tiny' (seconds to minutes on a "
+                        "2-core CPU) (default: %(default)s)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, parsed by its type (repeatable), e.g. --set optim.lr=0.05 "
+                        "--set freeze=conv1,conv2; an unknown key lists the valid ones")
+    g.add_argument("--workdir", default=workdir_default,
+                   help="run directory: checkpoints, metrics.jsonl, results; rerunning the same command there "
+                        "resumes (default: %(default)s)")
+    g.add_argument("--data", default="synthparts",
+                   help="data spec: 'synthparts' (generated in memory), 'synthparts:size=64,n_train=2000', "
+                        "'cifar10:PATH', 'mnist:PATH', 'npz:PATH', 'folder:PATH', 'tfds:NAME[:DIR]', "
+                        "'broden:PATH' (default: %(default)s)")
+    g.add_argument("--weights", default=None, metavar="PATH",
+                   help="pretrained backbone variables (.npz from train-backbone's params.npz or "
+                        "jinterp.backbones.torch_import.save_variables)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="CNN-interpretability methods in JAX: train backbones, run the five methods, "
+        "benchmark against PyTorch.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "train-backbone", help="train a classification backbone (convnet, resnet20, vgg11_bn_cladec, vgg16...)",
+        description="Train a classification backbone with SGD/Adam, checkpoints and resume. Writes "
+        "<workdir>/config.json, metrics.jsonl, checkpoints/, and at the end params.npz (load with --weights) "
+        "and final_metrics.json. Config keys: see --set with an unknown key, or jinterp.core.config."
+        "TrainBackboneConfig.")
+    p.add_argument("--arch", default=None,
+                   help="backbone architecture (same as --set arch=...; default: the preset's, convnet)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(p, workdir_default="runs/train-backbone")
+    p.set_defaults(handler=_train_backbone)
+
+    for name, (_, what, issue) in RESERVED.items():
+        q = sub.add_parser(name, help=f"{what} (not implemented yet)",
+                           description=f"{what}. Not implemented yet: lands with {issue}.")
+        _add_common(q, workdir_default=f"runs/{name}")
+        if name == "demo":
+            q.add_argument("--quick", action="store_true", help="the tiny settings: a few minutes on a CPU")
+        q.set_defaults(handler=_reserved(name))
+    return parser
+
+
+def _train_backbone(args: argparse.Namespace) -> int:
+    from jinterp.core import config as cfglib
+    from jinterp.core.train_backbone import train_backbone
+
+    cfg = cfglib.preset(cfglib.TrainBackboneConfig, args.config)
+    cli_sets = [f"data={args.data}"]
+    if args.arch is not None:
+        cli_sets.append(f"arch={args.arch}")
+    if args.weights:
+        cli_sets.append(f"weights={args.weights}")
+    cfg = cfglib.apply_overrides(cfg, cli_sets + list(args.overrides))
+    final = train_backbone(cfg, args.workdir, progress=not args.quiet)
+    print(f"{final['arch']}: test accuracy {final['test_accuracy']:.4f} after {final['step']} steps "
+          f"({final['wall_time_s']:.0f} s); params: {final['params']}")
+    return 0
+
+
+def _reserved(name: str):
+    module, _, issue = RESERVED[name]
+
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name is None or not module.startswith(e.name):
+                raise  # a missing dependency inside an existing module is a real error
+            mod = None
+        run = getattr(mod, "run", None)
+        if run is None:
+            print(f"{PROG}: {name}: not implemented yet: lands with {issue}", file=sys.stderr)
+            return 2
+        return int(run(args) or 0)
+
+    return handler
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except JinterpError as e:
+        msg = " ".join(str(e).split())  # one line
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
