@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
@@ -187,6 +188,13 @@ def train_loop(state: Any, *, train_step: Callable, train_iter: Any, num_steps: 
                                                          if isinstance(v, float)))
                 t_last = time.perf_counter()  # keep eval time out of the training throughput
             if do_ckpt:
+                # Belt and braces: finite loss/gradients imply finite params unless the update itself
+                # overflowed; one reduction per checkpoint is cheap next to writing it.
+                if not bool(_all_finite(state.params)):
+                    raise TrainingError(
+                        f"training diverged: the parameters hold NaN/Inf at step {done}; stopped without "
+                        f"saving, the last good checkpoint (step {last_good}) in {checkpointer.directory} is "
+                        "kept. Lower the learning rate (--set optim.lr=...) and rerun with a new --workdir.")
                 checkpointer.save(done, state, data_state=data_position(train_iter))
                 last_good = done
     finally:
@@ -194,6 +202,12 @@ def train_loop(state: Any, *, train_step: Callable, train_iter: Any, num_steps: 
         if checkpointer is not None:
             checkpointer.wait()
     return state
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def _postfix(m: Mapping[str, float]) -> dict[str, str]:

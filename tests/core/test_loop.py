@@ -124,3 +124,18 @@ def test_kill9_and_restart_is_bitwise_equal(tmp_path):
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)  # bitwise
     steps = [x["step"] for x in loop.MetricsWriter(tmp_path / "run").read() if x["split"] == "train"]
     assert steps == sorted(set(steps)) and steps[-1] == 40  # no duplicated lines after the resume
+
+
+def test_nonfinite_params_are_never_saved(tmp_path):
+    """Finite loss and gradient norm but an overflowing update: the pre-save check catches it."""
+
+    @jax.jit
+    def step(state, batch):
+        w = jnp.where(state.step + 1 >= 4, jnp.inf, state.params["w"] + 1.0)
+        return state.replace(step=state.step + 1, params={"w": w}), {"loss": jnp.float32(1.0)}
+
+    with Checkpointer(tmp_path / "ckpt") as ck:
+        with pytest.raises(TrainingError, match="parameters hold NaN/Inf at step 4.*step 2"):
+            loop.train_loop(_counter_state(), train_step=step, train_iter=CountingIterator(), num_steps=8,
+                            workdir=tmp_path, checkpointer=ck, log_every=100, ckpt_every=2, progress=False)
+        assert ck.all_steps() == [2]
