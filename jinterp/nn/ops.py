@@ -3,6 +3,16 @@
 These are the single place where jinterp calls XLA's convolution and pooling primitives, so a faster exact
 formulation (see ``experiments/bench/conv.py``) replaces them for every backbone, decoder and explainer at once.
 
+Convolution dispatch (decided at trace time; every path is exact to float32 round-off, see
+``jinterp.nn.fastconv`` and ``tests/nn/test_fastconv.py``):
+  * non-CPU backends, grouped convs, or ``JINTERP_FASTCONV=0`` in the environment: XLA's native convolution.
+  * CPU ``conv_transpose2d``: GEMM + col2im (:func:`fastconv.conv_transpose2d_col2im`) — XLA's lhs-dilated
+    convolution and its gradients were 2-13x slower than PyTorch; col2im is at or below PyTorch for all of
+    ClaDec's decoder layers.
+  * CPU ``conv2d``: im2col + GEMM for 1x1 kernels and for small outputs (``Ho·Wo <= 16``, where Eigen's spatial
+    convolution was up to 47x slower than PyTorch, e.g. 256->512 channels at 2x2 px); XLA's convolution
+    otherwise (it was as fast as or faster than im2col there).
+
 Kernel layouts (stored in Flax params):
   * ``conv2d``: ``(kh, kw, in, out)`` (HWIO) — ``torch_weight.transpose(2, 3, 1, 0)``.
   * ``conv_transpose2d``: ``(kh, kw, in, out)`` where ``in`` is the transposed conv's input channels, *not*
@@ -11,11 +21,14 @@ Kernel layouts (stored in Flax params):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jinterp.nn import fastconv
 
 Pair = tuple[int, int]
 
@@ -27,32 +40,47 @@ def _pair(v: int | Sequence[int]) -> Pair:
     return (int(a), int(b))
 
 
-_DN = ("NHWC", "HWIO", "NHWC")
+# Outputs with at most this many pixels use im2col on CPU (see the module docstring).
+_IM2COL_MAX_OUT_PIXELS = 16
+
+
+def fast_paths_enabled() -> bool:
+    """True where the CPU formulations of :mod:`jinterp.nn.fastconv` apply: the default backend is the CPU and
+    ``JINTERP_FASTCONV`` is not ``0`` (read at trace time, so already-compiled functions keep their path)."""
+    return os.environ.get("JINTERP_FASTCONV", "1") != "0" and jax.default_backend() == "cpu"
+
+
+def conv2d_formulation(x_shape, kernel_shape, stride=1, padding=0, dilation=1, groups: int = 1) -> str:
+    """Which formulation :func:`conv2d` uses for these static shapes: ``"lax"`` or ``"im2col"``."""
+    if groups != 1 or not fast_paths_enabled():
+        return "lax"
+    kh, kw = kernel_shape[:2]
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    ho = (x_shape[1] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (x_shape[2] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if (kh, kw) == (1, 1) or ho * wo <= _IM2COL_MAX_OUT_PIXELS:
+        return "im2col"
+    return "lax"
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride=1, padding=0, dilation=1, groups: int = 1) -> jax.Array:
     """``torch.nn.functional.conv2d`` on NHWC input with an HWIO kernel; symmetric integer padding."""
-    ph, pw = _pair(padding)
-    return lax.conv_general_dilated(
-        x, kernel, window_strides=_pair(stride), padding=((ph, ph), (pw, pw)),
-        rhs_dilation=_pair(dilation), dimension_numbers=_DN, feature_group_count=groups)
+    args = (_pair(stride), _pair(padding), _pair(dilation))
+    if conv2d_formulation(x.shape, kernel.shape, stride, padding, dilation, groups) == "im2col":
+        return fastconv.conv2d_im2col(x, kernel, *args)
+    return fastconv.conv2d_lax(x, kernel, *args, groups=groups)
 
 
 def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride=1, padding=0, output_padding=0) -> jax.Array:
     """``torch.nn.functional.conv_transpose2d`` on NHWC input.
 
     ``kernel`` is ``(kh, kw, in, out)`` with PyTorch's spatial orientation. Output size per axis:
-    ``(H - 1) * stride - 2 * padding + k + output_padding``.
+    ``(H - 1) * stride - 2 * padding + k + output_padding``. CPU: GEMM + col2im; elsewhere XLA's lhs-dilated conv.
     """
-    kh, kw = kernel.shape[:2]
-    sh, sw = _pair(stride)
-    ph, pw = _pair(padding)
-    oh, ow = _pair(output_padding)
-    flipped = kernel[::-1, ::-1]
-    return lax.conv_general_dilated(
-        x, flipped, window_strides=(1, 1),
-        padding=((kh - 1 - ph, kh - 1 - ph + oh), (kw - 1 - pw, kw - 1 - pw + ow)),
-        lhs_dilation=(sh, sw), dimension_numbers=_DN)
+    args = (_pair(stride), _pair(padding), _pair(output_padding))
+    if fast_paths_enabled():
+        return fastconv.conv_transpose2d_col2im(x, kernel, *args)
+    return fastconv.conv_transpose2d_lax(x, kernel, *args)
 
 
 def _pool_out(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
