@@ -176,7 +176,11 @@ class SynthPartsConfig:
 
     @classmethod
     def default(cls, **kw) -> SynthPartsConfig:
-        """The default: a small CNN reaches high (>= 90%) but not perfect accuracy."""
+        """The default: a small CNN reaches high but not perfect accuracy.
+
+        Measured: a 4-block CNN (conv-BN-ReLU-pool, 32-128 channels; PyTorch, Adam 2e-3, batch 128, flips) on
+        8000 training images reached 90.3% test accuracy (2000 images) after 3 epochs and 97.3% after 4.
+        """
         return cls(**kw)
 
     @classmethod
