@@ -131,7 +131,7 @@ def load_state_dict(state_dict_or_path) -> dict[str, np.ndarray]:
     return out
 
 
-def _preview(items: list[str], limit: int = 20) -> str:
+def _preview(items: list[str], limit: int = 40) -> str:
     more = f", … ({len(items) - limit} more)" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
 
@@ -149,23 +149,21 @@ def from_torch(arch: str, state_dict_or_path, image_shape=None, **create_kwargs)
     Raises ``WeightsError`` listing missing, unexpected and shape-mismatched keys when the weights do not
     belong to ``arch``; ``MissingFileError`` for a missing path.
     """
-    arch_spec = registry.spec(arch)
+    registry.spec(arch)
     sd = load_state_dict(state_dict_or_path)
-    if "num_classes" not in create_kwargs and arch_spec.head in sd and sd[arch_spec.head].ndim == 1:
-        create_kwargs["num_classes"] = int(sd[arch_spec.head].shape[0])
-    if image_shape is None:
-        h, w, c = registry.default_input_shape(arch)
-        first = sd.get(arch_spec.first_conv)
-        image_shape = (h, w, int(first.shape[1]) if first is not None and first.ndim == 4 else c)
+    if "num_classes" not in create_kwargs:
+        create_kwargs["num_classes"] = _num_classes_from(arch, sd)
+    image_shape = image_shape or _image_shape_from(arch, sd)
     mapping = name_map(arch, image_shape, **create_kwargs)
 
-    missing = [k for k in mapping if k not in sd]
+    missing = sorted(k for k in mapping if k not in sd)
     unexpected = [k for k in sd if k not in mapping]
     mismatched = [f"{k} {tuple(sd[k].shape)} (expected {mapping[k][1]})"
                   for k in mapping if k in sd and tuple(sd[k].shape) != mapping[k][1]]
     if missing or unexpected or mismatched:
         src = state_dict_or_path if isinstance(state_dict_or_path, (str, os.PathLike)) else "the state_dict"
-        lines = [f"{src} does not match {arch} (arguments {create_kwargs}, image_shape {tuple(image_shape)}):"]
+        args = {k: v for k, v in create_kwargs.items() if v is not None}
+        lines = [f"{src} does not match {arch} (arguments {args}, image_shape {tuple(image_shape)}):"]
         if missing:
             lines.append(f"  missing keys ({len(missing)}): {_preview(missing)}")
         if unexpected:
@@ -180,6 +178,38 @@ def from_torch(arch: str, state_dict_or_path, image_shape=None, **create_kwargs)
         arr = np.asarray(sd[key], np.float32)  # a view when already float32: one copy in all, below
         flat[path] = jnp.asarray(_to_flax(arr, arr.ndim))
     return traverse_util.unflatten_dict(flat)
+
+
+def to_state_dict(arch: str, variables: Mapping, image_shape=None, **create_kwargs) -> dict[str, np.ndarray]:
+    """The inverse of :func:`from_torch`: Flax variables → PyTorch-layout numpy state_dict.
+
+    ``{k: torch.from_numpy(v) for k, v in out.items()}`` loads into the PyTorch module with ``strict=True``
+    (``num_batches_tracked`` aside). ``num_classes`` and input channels are read from ``variables``.
+    """
+    flat = traverse_util.flatten_dict(dict(variables))
+    out = {}
+    for path, value in flat.items():
+        collection, *modules, name = path
+        key = f"{_torch_module_path(tuple(modules))}.{_torch_leaf(collection, name)}"
+        arr = np.asarray(value, np.float32)
+        out[key] = arr.transpose(3, 2, 0, 1) if arr.ndim == 4 else (arr.T if arr.ndim == 2 else arr)
+    expected = name_map(arch, image_shape or _image_shape_from(arch, out),
+                        **{"num_classes": _num_classes_from(arch, out), **create_kwargs})
+    if set(expected) != set(out):
+        raise WeightsError(f"variables do not match {arch}: missing {sorted(set(expected) - set(out))[:20]}, "
+                           f"unexpected {sorted(set(out) - set(expected))[:20]}")
+    return out
+
+
+def _image_shape_from(arch: str, sd: Mapping) -> tuple[int, int, int]:
+    h, w, c = registry.default_input_shape(arch)
+    first = sd.get(registry.spec(arch).first_conv)
+    return (h, w, int(first.shape[1]) if first is not None and first.ndim == 4 else c)
+
+
+def _num_classes_from(arch: str, sd: Mapping) -> int | None:
+    head = sd.get(registry.spec(arch).head)
+    return int(head.shape[0]) if head is not None and head.ndim == 1 else None
 
 
 # --------------------------------------------------------------------------------------------------------------
