@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -80,14 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, workdir_default="runs/train-backbone")
     p.set_defaults(handler=_train_backbone)
 
-    for name, (_, what, issue) in RESERVED.items():
-        q = sub.add_parser(name, help=f"{what} (not implemented yet)",
-                           description=f"{what}. Not implemented yet: lands with {issue}.")
+    for name, (module, what, issue) in RESERVED.items():
+        if _available(module):
+            q = sub.add_parser(name, help=what, description=f"{what}.")
+        else:
+            q = sub.add_parser(name, help=f"{what} (not implemented yet)",
+                               description=f"{what}. Not implemented yet: lands with {issue}.")
         _add_common(q, workdir_default=f"runs/{name}")
         if name == "demo":
             q.add_argument("--quick", action="store_true", help="the tiny settings: a few minutes on a CPU")
         q.set_defaults(handler=_reserved(name))
     return parser
+
+
+def _available(module: str) -> bool:
+    """Whether a subcommand's module exists (so --help says which commands work), without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ModuleNotFoundError, ValueError):
+        return False
 
 
 def _train_backbone(args: argparse.Namespace) -> int:

