@@ -103,8 +103,8 @@ def max_pool2d(x: jax.Array, kernel_size, stride=None, padding=0, ceil_mode: boo
         out = _pool_out(size, k[axis], s[axis], p[axis], ceil_mode)
         hi = max((out - 1) * s[axis] + k[axis] - size - p[axis], 0)
         pads.append((p[axis], hi))
-    init = jnp.array(-jnp.inf, x.dtype)
-    return lax.reduce_window(x, init, lax.max, (1, *k, 1), (1, *s, 1), ((0, 0), *pads, (0, 0)))
+    # A Python scalar init (not an array) keeps reduce_window differentiable under jit.
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *k, 1), (1, *s, 1), ((0, 0), *pads, (0, 0)))
 
 
 def avg_pool2d(x: jax.Array, kernel_size, stride=None, padding=0, count_include_pad: bool = True) -> jax.Array:
@@ -113,11 +113,11 @@ def avg_pool2d(x: jax.Array, kernel_size, stride=None, padding=0, count_include_
     s = _pair(stride if stride is not None else kernel_size)
     p = _pair(padding)
     pads = ((0, 0), (p[0], p[0]), (p[1], p[1]), (0, 0))
-    summed = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1), pads)
+    summed = lax.reduce_window(x, 0.0, lax.add, (1, *k, 1), (1, *s, 1), pads)
     if count_include_pad:
         return summed / (k[0] * k[1])
     ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
-    counts = lax.reduce_window(ones, jnp.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1), pads)
+    counts = lax.reduce_window(ones, 0.0, lax.add, (1, *k, 1), (1, *s, 1), pads)
     return summed / counts
 
 
