@@ -98,6 +98,8 @@ def create(arch: str, num_classes: int | None = None, **kwargs) -> nn.Module:
     n = s.num_classes if num_classes is None else int(num_classes)
     if n < 1:
         raise ConfigError(f"{arch}: num_classes must be >= 1, got {num_classes}")
+    # Lists become tuples: modules must stay hashable (jit and init caches key on them).
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     try:
         return s.build(num_classes=n, **kwargs)
     except TypeError as e:

@@ -43,6 +43,8 @@ def test_archs_and_defaults():
     assert backbones.create("vgg11_bn_cladec").num_classes == 10
     assert backbones.create("alexnet").num_classes == 1000
     assert backbones.create("convnet", 4).num_classes == 4
+    small = backbones.create("convnet", widths=[8, 8])  # a list is fine: stored as a (hashable) tuple
+    assert backbones.init(small, jax.random.key(0), (16, 16, 1))["params"]["conv2"]["kernel"].shape == (3, 3, 8, 8)
 
 
 def test_unknown_arch_lists_valid_ones():
