@@ -110,12 +110,11 @@ def test_normalize():
         backbones.normalize(img, "caffe")
 
 
-# jinterp.nn.ops.max_pool2d/avg_pool2d pass their init value as a jnp array, which JAX does not recognize as
-# the max/add identity under jit, so it falls back to a generic reduce_window without reverse-mode autodiff.
-# Reported to jinterp/nn's owner (fix: a numpy/Python scalar init); non-strict so the fix turns this green.
-@pytest.mark.xfail(raises=ValueError, strict=False, reason="ops.max_pool2d not differentiable under jit")
 def test_convnet_learns_quickly():
-    """A few SGD steps on an easy 6-class problem lower the loss: the module trains (BN, grads, labels)."""
+    """A few SGD steps on an easy 6-class problem lower the loss: the module trains (BN, grads, labels).
+
+    Also guards that the pools differentiate under jit (they once did not: reduce_window with a jnp init).
+    """
     model = backbones.create("convnet", widths=(8, 16, 16, 16))
     variables = backbones.init(model, jax.random.key(0), (28, 28, 3))
     y = jnp.arange(48) % 6
