@@ -259,13 +259,15 @@ class _Block(nn.Module):
         y = Conv2d(self.features, 3, self.stride, 1, use_bias=False)(x)
         y = jax.nn.relu(BatchNorm2d()(y, train))
         y = BatchNorm2d()(Conv2d(self.features, 3, 1, 1, use_bias=False)(y), train)
-        if self.stride != 1 or x.shape[-1] != self.features:
-            x = BatchNorm2d()(Conv2d(self.features, 1, self.stride, 0, use_bias=False)(x), train)
+        if self.stride != 1 or x.shape[-1] != self.features:  # option A: subsample, zero-pad channels
+            pad = self.features // 4
+            x = jnp.pad(x[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (pad, pad)))
         return jax.nn.relu(x + y)
 
 
 class ResNet20(nn.Module):
-    """CIFAR ResNet-20 (He et al. 2016, 3 stages x 3 basic blocks, 16/32/64 ch; 1x1 projection shortcuts)."""
+    """CIFAR ResNet-20 (He et al. 2016: 3 stages x 3 basic blocks, 16/32/64 ch, option-A shortcuts); used only
+    when ``jinterp.backbones.create("resnet20")`` is unavailable. Returns ``(logits, {})`` like the registry."""
 
     num_classes: int = 10
 
@@ -275,23 +277,33 @@ class ResNet20(nn.Module):
         for stage, f in enumerate((16, 32, 64)):
             for b in range(3):
                 x = _Block(f, 2 if (stage > 0 and b == 0) else 1)(x, train)
-        return Linear(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+        return Linear(self.num_classes)(jnp.mean(x, axis=(1, 2))), {}
+
+
+def _resnet20_module() -> tuple[nn.Module, str]:
+    try:
+        from jinterp.backbones import registry
+    except ImportError:
+        return ResNet20(), "bench-local"
+    return registry.create("resnet20", num_classes=10), "jinterp.backbones"
 
 
 def _torch_resnet20(num_classes: int = 10):
     import torch.nn as tnn
+    import torch.nn.functional as F
 
     class Block(tnn.Module):
         def __init__(self, cin, f, s):
             super().__init__()
             self.c1, self.b1 = tnn.Conv2d(cin, f, 3, s, 1, bias=False), tnn.BatchNorm2d(f)
             self.c2, self.b2 = tnn.Conv2d(f, f, 3, 1, 1, bias=False), tnn.BatchNorm2d(f)
-            self.sc = (tnn.Sequential(tnn.Conv2d(cin, f, 1, s, 0, bias=False), tnn.BatchNorm2d(f))
-                       if s != 1 or cin != f else tnn.Identity())
+            self.pad = f // 4 if (s != 1 or cin != f) else None
 
         def forward(self, x):
             y = self.b2(self.c2(self.b1(self.c1(x)).relu()))
-            return (self.sc(x) + y).relu()
+            if self.pad is not None:  # option A, as akamaster/pytorch_resnet_cifar10
+                x = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+            return (x + y).relu()
 
     layers, cin = [tnn.Conv2d(3, 16, 3, 1, 1, bias=False), tnn.BatchNorm2d(16), tnn.ReLU()], 16
     for stage, f in enumerate((16, 32, 64)):
@@ -373,13 +385,14 @@ def _cladec_step(batch: int, fast: bool = True):
 
 
 def _resnet20_step(batch: int, fast: bool = True):
-    """(jax thunk, torch thunk, compile s): one SGD-momentum step of CIFAR ResNet-20 (BN in train mode)."""
+    """(jax thunk, torch thunk, compile s): one SGD-momentum step of CIFAR ResNet-20 (BN in train mode);
+    the JAX model is ``jinterp.backbones.create("resnet20")`` where present, PyTorch runs its akamaster twin."""
     import torch
 
     rng = np.random.default_rng(0)
     xn = rng.standard_normal((batch, 32, 32, 3), np.float32)
     yn = rng.integers(0, 10, batch)
-    model = ResNet20()
+    model, _ = _resnet20_module()
     variables = model.init(jax.random.key(0), jnp.asarray(xn))
     tx = optax.sgd(0.1, momentum=0.9)
     state = [variables["params"], variables["batch_stats"], tx.init(variables["params"])]
@@ -388,7 +401,8 @@ def _resnet20_step(batch: int, fast: bool = True):
     @jax.jit
     def step(params, stats, opt, x, y):
         def loss_fn(p):
-            logits, upd = model.apply({"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+            (logits, _), upd = model.apply({"params": p, "batch_stats": stats}, x, train=True,
+                                           mutable=["batch_stats"])
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd["batch_stats"]
 
         (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
