@@ -30,15 +30,15 @@ A name is the dotted path, in the PyTorch reference implementation, of the modul
 Flax parameter paths mirror the PyTorch state_dict keys with ``.<digit>`` written ``_<digit>``
 (``layer1.0.conv1.weight`` → ``params/layer1_0/conv1/kernel``); ``torch_import`` converts between them.
 
-Input normalization (``NORMALIZATION[arch]``, statistics in ``NORM_STATS``; ``normalize(images, arch)``
-applies it): ``"imagenet"`` (RGB in [0, 1], mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)) for the
-torchvision models; ``"cifar_resnet"`` (the same statistics, as akamaster trained) for the CIFAR ResNets;
-``"unit"`` (RGB or gray in [0, 1], no mean/std) for ``vgg11_bn_cladec`` (ClaDec's code) and ``convnet``.
+Input normalization: ``NORMALIZATION[arch]`` names a preset of ``jinterp.data.NORMALIZATIONS`` and
+``normalize(images, arch)`` applies it: ``"imagenet"`` (RGB in [0, 1], mean (0.485, 0.456, 0.406), std
+(0.229, 0.224, 0.225)) for the torchvision models; ``"cifar"`` (the same statistics, as akamaster trained) for
+the CIFAR ResNets; ``"unit"`` (RGB or gray in [0, 1], no mean/std) for ``vgg11_bn_cladec`` (ClaDec's code) and
+``convnet``.
 """
 
 from jinterp.backbones.registry import (
     ARCHS,
-    NORM_STATS,
     NORMALIZATION,
     check_layers,
     create,
@@ -51,6 +51,6 @@ from jinterp.backbones.registry import (
 )
 
 __all__ = [
-    "ARCHS", "NORMALIZATION", "NORM_STATS", "check_layers", "create", "default_input_shape", "init",
+    "ARCHS", "NORMALIZATION", "check_layers", "create", "default_input_shape", "init",
     "layer_names", "normalize", "spec", "variable_shapes",
 ]

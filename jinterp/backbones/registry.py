@@ -11,23 +11,14 @@ from collections.abc import Callable, Iterable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jinterp.backbones.alexnet import AlexNet
 from jinterp.backbones.cifar_resnet import CifarResNet
 from jinterp.backbones.convnet import ConvNet
 from jinterp.backbones.resnet import ResNet
 from jinterp.backbones.vgg import VGG, VGG16_CFG, ClaDecVGG
+from jinterp.data import pipeline
 from jinterp.errors import ConfigError, LayerError, ShapeError
-
-# Mean/std per normalization scheme (RGB, applied to images in [0, 1]); None = [0, 1] as is.
-IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-NORM_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
-    "imagenet": IMAGENET_STATS,
-    # akamaster's CIFAR ResNets were trained with the ImageNet mean/std (shared/data/README.md).
-    "cifar_resnet": IMAGENET_STATS,
-    "unit": None,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +29,7 @@ class ArchSpec:
       build: ``(num_classes, **kwargs) -> nn.Module``.
       num_classes: default number of classes.
       input_shape: default ``(H, W, C)``.
-      normalization: key of ``NORM_STATS`` the model expects its input normalized with.
+      normalization: preset of ``jinterp.data.NORMALIZATIONS`` the model expects its input normalized with.
       first_conv / head: PyTorch state_dict keys of the first conv weight and the last layer's bias (used to
         infer input channels and the number of classes from a checkpoint).
     """
@@ -52,7 +43,7 @@ class ArchSpec:
 
 
 def _cifar(depth: int) -> ArchSpec:
-    return ArchSpec(functools.partial(CifarResNet, depth), 10, (32, 32, 3), "cifar_resnet",
+    return ArchSpec(functools.partial(CifarResNet, depth), 10, (32, 32, 3), "cifar",
                     "conv1.weight", "linear.bias")
 
 
@@ -204,23 +195,12 @@ def check_layers(arch_or_names: str | Iterable[str], layers: str | Iterable[str]
 
 
 def normalize(images, arch_or_scheme: str) -> jax.Array:
-    """Map images to what a backbone expects: uint8 → /255; then ``(x - mean) / std`` of its scheme.
+    """Map images to what a backbone expects: its ``NORMALIZATION`` preset of ``jinterp.data.NORMALIZATIONS``.
 
-    ``images`` is ``(..., H, W, C)`` uint8 in [0, 255] or float in [0, 1]; the result is float32. With one
-    channel and an RGB scheme, the channel-mean of the statistics is used.
+    ``images`` is ``(..., H, W, C)`` uint8 in [0, 255] or float in [0, 1]; the result is float32.
     """
-    scheme = arch_or_scheme if arch_or_scheme in NORM_STATS else NORMALIZATION.get(arch_or_scheme)
-    if scheme is None:
+    scheme = NORMALIZATION.get(arch_or_scheme, arch_or_scheme)
+    if scheme not in pipeline.NORMALIZATIONS:
         raise ConfigError(f"unknown arch or normalization {arch_or_scheme!r}; valid: "
-                          f"{', '.join((*NORM_STATS, *ARCHS))}")
-    x = jnp.asarray(images)
-    x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
-    stats = NORM_STATS[scheme]
-    if stats is None:
-        return x
-    mean, std = (np.asarray(s, np.float32) for s in stats)
-    if x.shape[-1] != mean.shape[0]:
-        if x.shape[-1] != 1:
-            raise ShapeError(f"{scheme} normalization needs 1 or {mean.shape[0]} channels, got {x.shape[-1]}")
-        mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
-    return (x - mean) / std
+                          f"{', '.join((*pipeline.NORMALIZATIONS, *ARCHS))}")
+    return pipeline.normalize(images, scheme)

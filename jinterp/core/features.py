@@ -29,22 +29,14 @@ from jinterp.errors import DataError, LayerError, ShapeError
 Preprocess = Callable[[jax.Array], jax.Array]
 
 
-def unit_range(images: jax.Array) -> jax.Array:
-    """uint8 [0, 255] -> float32 [0, 1]; float input passes through unchanged."""
-    if jnp.issubdtype(images.dtype, jnp.integer):
-        return images.astype(jnp.float32) / 255.0
-    return images.astype(jnp.float32)
+@functools.cache
+def preset(name: str) -> Preprocess:
+    """The preprocess function of a normalization preset or an arch's own (one object per name, so the compiled
+    extractor is reused across calls)."""
+    from jinterp import backbones
 
-
-def normalizer(mean: Sequence[float], std: Sequence[float]) -> Preprocess:
-    """A preprocess function: unit range, then per-channel ``(x - mean) / std``."""
-    mean_a = jnp.asarray(mean, jnp.float32)
-    std_a = jnp.asarray(std, jnp.float32)
-
-    def preprocess(images: jax.Array) -> jax.Array:
-        return (unit_range(images) - mean_a) / std_a
-
-    return preprocess
+    backbones.normalize(np.zeros((1, 1, 1, 1), np.uint8), name)  # unknown names fail here, clearly
+    return functools.partial(backbones.normalize, arch_or_scheme=name)
 
 
 def _resolve_model(model_or_arch):
@@ -55,10 +47,21 @@ def _resolve_model(model_or_arch):
     return model_or_arch, getattr(model_or_arch, "arch", type(model_or_arch).__name__)
 
 
+def _resolve_preprocess(preprocess: Preprocess | str | None, arch: str) -> Preprocess:
+    if callable(preprocess):
+        return preprocess
+    if preprocess is None:
+        # An arch given by name brings its own normalization; a bare module gets [0, 1] pixels.
+        from jinterp import backbones
+
+        preprocess = arch if arch in backbones.ARCHS else "unit"
+    return preset(preprocess)
+
+
 @functools.lru_cache(maxsize=64)
-def _compiled_extractor(model, layers: tuple[str, ...], preprocess: Preprocess | None):
+def _compiled_extractor(model, layers: tuple[str, ...], preprocess: Preprocess):
     def run(variables, images):
-        x = (preprocess or unit_range)(images)
+        x = preprocess(images)
         logits, feats = model.apply(variables, x, train=False)
         feats = dict(feats)
         feats.setdefault("logits", logits)
@@ -114,7 +117,7 @@ def _padded(batch: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def iter_features(model, variables, batches: Iterable[np.ndarray] | np.ndarray, layers: Sequence[str],
-                  batch_size: int = 128, preprocess: Preprocess | None = None) -> Iterator[dict[str, np.ndarray]]:
+                  batch_size: int = 128, preprocess: Preprocess | str | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Yield ``{layer: array}`` per batch, on the host, trimmed to the batch's real length.
 
     Args:
@@ -124,9 +127,11 @@ def iter_features(model, variables, batches: Iterable[np.ndarray] | np.ndarray, 
       batches: an ``(N, H, W, C)`` array, or an iterable of such arrays (a data set streamed in chunks).
       layers: names from ``jinterp.backbones.layer_names(arch)`` or ``"logits"``.
       batch_size: the fixed compiled batch; shorter batches are padded (no recompilation).
-      preprocess: a traced function applied to each batch inside the jit (default: uint8 -> [0, 1]).
+      preprocess: a traced function applied to each batch inside the jit, or a normalization preset / arch
+        name (default: the arch's own normalization when ``model`` is an arch name, else uint8 -> [0, 1]).
     """
-    model, _ = _resolve_model(model)
+    model, arch = _resolve_model(model)
+    preprocess = _resolve_preprocess(preprocess, arch)
     if isinstance(batches, np.ndarray) or hasattr(batches, "shape"):
         images = np.asarray(batches)
         _check_images(images)
@@ -155,12 +160,12 @@ def _fingerprint(variables, layers: Sequence[str], images: np.ndarray, preproces
     h.update(json.dumps(list(layers)).encode())
     h.update(str(images.shape).encode() + str(images.dtype).encode())
     h.update(hashlib.sha256(np.ascontiguousarray(images).data).digest())
-    h.update(getattr(preprocess, "__qualname__", repr(preprocess)).encode())
+    h.update(repr(preprocess).encode())
     return h.hexdigest()[:16]
 
 
 def extract(model, variables, images: np.ndarray, layers: Sequence[str], batch_size: int = 128,
-            preprocess: Preprocess | None = None, cache_dir: str | Path | None = None) -> dict[str, np.ndarray]:
+            preprocess: Preprocess | str | None = None, cache_dir: str | Path | None = None) -> dict[str, np.ndarray]:
     """Activations of ``layers`` for every image: ``{layer: (N, h, w, c) or (N, d)}`` as host arrays.
 
     Args:
@@ -169,12 +174,13 @@ def extract(model, variables, images: np.ndarray, layers: Sequence[str], batch_s
       images: ``(N, H, W, C)`` uint8 or float array.
       layers: layer names; an unknown name raises :class:`~jinterp.errors.LayerError` listing valid ones.
       batch_size: compiled batch size.
-      preprocess: traced per-batch preprocessing (default uint8 -> [0, 1]).
+      preprocess: traced per-batch preprocessing or a preset name (see :func:`iter_features`).
       cache_dir: if given, features are written to ``cache_dir/<fingerprint>/<layer>.npy`` batch by batch
         (host memory stays bounded by one batch) and returned as read-only memory maps; an existing complete
         cache with the same fingerprint is reused.
     """
     model, arch = _resolve_model(model)
+    preprocess = _resolve_preprocess(preprocess, arch)
     images = np.asarray(images)
     _check_images(images)
     names = _check_layers(available_layers(model, variables, images.shape[1:]), layers)

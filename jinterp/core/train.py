@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 
 from jinterp.core import sharding as shd
 from jinterp.core.config import OptimConfig
+from jinterp.data.pipeline import augment, standardize
 from jinterp.errors import ConfigError
 
 PyTree = Any
@@ -168,31 +169,20 @@ def make_optimizer(cfg: OptimConfig, total_steps: int,
 # ------------------------------------------------------------------------------------------- classification
 def normalize_images(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...],
                      dtype: Any = jnp.float32) -> jax.Array:
-    """uint8 ``[N, H, W, C]`` in 0..255 -> ``(x / 255 - mean) / std`` as ``dtype``."""
-    x = images.astype(jnp.float32) / 255.0
-    x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-    return x.astype(dtype)
+    """uint8 ``[N, H, W, C]`` in 0..255 -> ``(x / 255 - mean) / std`` as ``dtype`` (the data layer's standardize)."""
+    return standardize(images, mean, std).astype(dtype)
 
 
 def augment_images(images: jax.Array, rng: jax.Array, mode: str = "flip_crop", pad: int = 4) -> jax.Array:
     """Random horizontal flip (+ random crop after zero-padding by ``pad``), per example, on device.
 
-    images: ``[N, H, W, C]`` (any dtype) -> same shape. Vectorized over the batch; deterministic in ``rng``.
+    images: ``[N, H, W, C]`` (any dtype) -> same shape; the data layer's :func:`jinterp.data.augment`.
     """
+    if mode not in ("none", "flip", "flip_crop"):
+        raise ConfigError(f"unknown augment mode {mode!r}; choose none, flip or flip_crop")
     if mode == "none":
         return images
-    n, h, w, _ = images.shape
-    k_flip, k_crop = jax.random.split(rng)
-    flip = jax.random.bernoulli(k_flip, 0.5, (n,))
-    images = jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
-    if mode == "flip_crop" and pad > 0:
-        padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        offs = jax.random.randint(k_crop, (n, 2), 0, 2 * pad + 1)
-        crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, img.shape[-1]))
-        images = jax.vmap(crop)(padded, offs)
-    elif mode not in ("flip", "flip_crop"):
-        raise ConfigError(f"unknown augment mode {mode!r}; choose none, flip or flip_crop")
-    return images
+    return augment({"image": images}, rng, flip=True, crop_pad=pad if mode == "flip_crop" else 0)["image"]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None,

@@ -48,13 +48,10 @@ def data_spec(cfg: TrainBackboneConfig) -> str:
 def normalization_stats(cfg: TrainBackboneConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) on [0, 1] pixels for ``cfg.normalization`` ("arch" = the backbone's own scheme)."""
     name = backbones.NORMALIZATION[cfg.arch] if cfg.normalization == "arch" else cfg.normalization
-    if name in backbones.NORM_STATS:
-        stats = backbones.NORM_STATS[name]
-        return stats if stats is not None else ((0.0,), (1.0,))
     if name in data.NORMALIZATIONS:
         return data.NORMALIZATIONS[name]
     raise ConfigError(f"unknown normalization {cfg.normalization!r}; use 'arch' or one of "
-                      f"{sorted({*backbones.NORM_STATS, *data.NORMALIZATIONS})}")
+                      f"{sorted(data.NORMALIZATIONS)}")
 
 
 def _load_weights(path: str, arch: str, init_vars: dict) -> dict:

@@ -44,16 +44,27 @@ RESERVED_KEYS = ("image", "label", "mask", "index", "landmarks", "landmark_visib
 
 
 # ------------------------------------------------------------------------------------------------ device side
-def normalize(images: jax.Array, preset: str = "imagenet") -> jax.Array:
-    """uint8 ``(..., H, W, C)`` -> float32 ``(x / 255 - mean) / std`` for a preset of :data:`NORMALIZATIONS`."""
-    if preset not in NORMALIZATIONS:
-        raise ConfigError(f"unknown normalization {preset!r}; use one of {sorted(NORMALIZATIONS)}")
-    mean, std = (np.asarray(v, np.float32) for v in NORMALIZATIONS[preset])
+def standardize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+    """``(..., H, W, C)`` uint8 in [0, 255] or float in [0, 1] -> float32 ``(x - mean) / std`` on [0, 1] pixels.
+
+    The one place jinterp normalizes images. RGB statistics on one-channel images use their channel means.
+    """
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     c = images.shape[-1]
     if mean.size not in (1, c):
-        raise ShapeError(f"normalization {preset!r} has {mean.size} channels, images have {c}")
-    x = images.astype(jnp.float32) * np.float32(1 / 255)
+        if c != 1:
+            raise ShapeError(f"normalization statistics have {mean.size} channels, images have {c}")
+        mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+    x = jnp.asarray(images)
+    x = x.astype(jnp.float32) * np.float32(1 / 255) if x.dtype == jnp.uint8 else x.astype(jnp.float32)
     return (x - mean) / std
+
+
+def normalize(images: jax.Array, preset: str = "imagenet") -> jax.Array:
+    """:func:`standardize` with the statistics of a preset of :data:`NORMALIZATIONS`."""
+    if preset not in NORMALIZATIONS:
+        raise ConfigError(f"unknown normalization {preset!r}; use one of {sorted(NORMALIZATIONS)}")
+    return standardize(images, *NORMALIZATIONS[preset])
 
 
 def _flip_crop(img, pad_value, flip, dy, dx, pad):

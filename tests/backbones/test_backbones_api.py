@@ -203,7 +203,7 @@ def test_save_load_roundtrip(tmp_path):
     path = torch_import.save_variables(tmp_path / "sub" / "r20.npz", variables, {"arch": "resnet20", "seed": 0})
     assert path.is_file() and not (tmp_path / "sub" / "r20.npz.tmp").exists()
     loaded, meta = torch_import.load_variables(path, arch="resnet20")
-    assert meta["arch"] == "resnet20" and meta["seed"] == 0 and meta["normalization"] == "cifar_resnet"
+    assert meta["arch"] == "resnet20" and meta["seed"] == 0 and meta["normalization"] == "cifar"
     jax.tree.map(np.testing.assert_array_equal, loaded, variables)
     x = jnp.ones((1, 32, 32, 3))
     model = backbones.create(meta["arch"])

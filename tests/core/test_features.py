@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from jinterp.core import features
+from jinterp.data.pipeline import standardize
 from jinterp.errors import DataError, LayerError, ShapeError
 
 
@@ -50,7 +53,7 @@ def test_one_compilation_for_any_dataset_length(net):
     model, variables, images = net
     features.extract(model, variables, images[:7], ["conv1"], batch_size=4)
     features.extract(model, variables, images[:9], ["conv1"], batch_size=4)
-    fn = features._compiled_extractor(model, ("conv1",), None)
+    fn = features._compiled_extractor(model, ("conv1",), features.preset("unit"))
     assert fn._cache_size() == 1
 
 
@@ -64,7 +67,7 @@ def test_streaming_over_chunks_equals_whole_array(net):
 
 def test_preprocess_runs_inside_the_jit(net):
     model, variables, images = net
-    pre = features.normalizer([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    pre = functools.partial(standardize, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     out = features.extract(model, variables, images, ["pool"], batch_size=8, preprocess=pre)["pool"]
     x = (images.astype(np.float32) / 255 - 0.5) / 0.25
     np.testing.assert_allclose(out, np.asarray(model.apply(variables, x)[1]["pool"]), rtol=1e-5, atol=1e-5)
@@ -124,3 +127,16 @@ def test_feature_shapes_without_compute(net):
     model, variables, _ = net
     shapes = features.feature_shapes(model, variables, (8, 8, 3), ["conv1", "conv2", "logits"])
     assert shapes == {"conv1": (8, 8, 4), "conv2": (4, 4, 6), "logits": (3,)}
+
+
+def test_arch_name_brings_its_own_normalization():
+    from jinterp import backbones
+
+    model = backbones.create("convnet")
+    variables = backbones.init(model, jax.random.key(0), (32, 32, 3))
+    images = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    out = features.extract("convnet", variables, images, ["avgpool"], batch_size=4)["avgpool"]
+    _, feats = model.apply(variables, backbones.normalize(images, "convnet"))
+    np.testing.assert_allclose(out, np.asarray(feats["avgpool"]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception, match="unknown arch or normalization"):
+        features.extract(model, variables, images, ["avgpool"], preprocess="caffe")

@@ -97,8 +97,14 @@ def test_normalize_presets():
     np.testing.assert_allclose(normalize(x, "imagenet")[0, 0, 0], (1 - np.array([0.485, 0.456, 0.406]))
                                / np.array([0.229, 0.224, 0.225]), rtol=1e-6)
     assert normalize(jnp.zeros((1, 2, 2, 1), jnp.uint8), "mnist").dtype == jnp.float32
+    # RGB statistics on gray images use their channel means; other channel mismatches are errors.
+    gray = normalize(jnp.zeros((1, 2, 2, 1), jnp.uint8), "cifar10_stats")
+    np.testing.assert_allclose(gray, -np.mean([0.4914, 0.4822, 0.4465]) / np.mean([0.2470, 0.2435, 0.2616]),
+                               rtol=1e-6)
     with pytest.raises(ShapeError):
-        normalize(jnp.zeros((1, 2, 2, 1), jnp.uint8), "cifar10_stats")
+        normalize(jnp.zeros((1, 2, 2, 2), jnp.uint8), "cifar10_stats")
+    # Float input is taken as [0, 1] pixels, not rescaled again.
+    np.testing.assert_allclose(normalize(jnp.ones((1, 2, 2, 3)), "unit"), 1.0)
     with pytest.raises(ConfigError):
         normalize(x, "bogus")
 
