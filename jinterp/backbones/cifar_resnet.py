@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jinterp.backbones._common import check_images
+from jinterp.backbones._common import basic_branch, check_images
 from jinterp.errors import ConfigError
 from jinterp.nn import ops
 from jinterp.nn.layers import BatchNorm2d, Conv2d, Linear
@@ -38,10 +38,7 @@ class CifarBasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        out = Conv2d(self.planes, 3, self.stride, padding=1, use_bias=False, name="conv1")(x)
-        out = nn.relu(BatchNorm2d(name="bn1")(out, train))
-        out = Conv2d(self.planes, 3, 1, padding=1, use_bias=False, name="conv2")(out)
-        out = BatchNorm2d(name="bn2")(out, train)
+        out = basic_branch(x, self.planes, self.stride, train)
         # akamaster's condition; its lambda subsamples whenever it applies (only at stride 2 in practice).
         if self.stride != 1 or x.shape[-1] != self.planes:
             x = shortcut_a(x, self.planes)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from jinterp.backbones._common import check_images
+from jinterp.backbones._common import basic_branch, check_images
 from jinterp.nn import ops
 from jinterp.nn.layers import BatchNorm2d, Conv2d, Linear
 
@@ -24,10 +24,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        out = Conv2d(self.planes, 3, self.stride, padding=1, use_bias=False, name="conv1")(x)
-        out = nn.relu(BatchNorm2d(name="bn1")(out, train))
-        out = Conv2d(self.planes, 3, 1, padding=1, use_bias=False, name="conv2")(out)
-        out = BatchNorm2d(name="bn2")(out, train)
+        out = basic_branch(x, self.planes, self.stride, train)
         if self.downsample:
             x = Conv2d(self.planes, 1, self.stride, use_bias=False, name="downsample_0")(x)
             x = BatchNorm2d(name="downsample_1")(x, train)
