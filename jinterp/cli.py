@@ -9,7 +9,8 @@ variables file, e.g. ``<workdir>/params.npz`` of ``train-backbone``). Errors tha
 (``JinterpError``) print as one line ``jinterp: error: ...`` and exit with status 2.
 
 Method subcommands plug in without editing this file: ``jinterp <name>`` imports ``jinterp.methods.<name>.cli``
-(or the module listed in ``RESERVED``) and calls its ``run(args) -> int`` with the parsed common options;
+(or the module listed in ``RESERVED``) and calls its ``run(args) -> int`` with the parsed common options
+(plus any the module adds through an optional ``add_arguments(parser)``; keep such modules light to import);
 until that module exists the command says which issue it waits for and exits with status 2.
 """
 
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
             q = sub.add_parser(name, help=f"{what} (not implemented yet)",
                                description=f"{what}. Not implemented yet: lands with {issue}.")
         _add_common(q, workdir_default=f"runs/{name}")
+        _add_method_arguments(q, module)
         if name == "demo":
             q.add_argument("--quick", action="store_true", help="the tiny settings: a few minutes on a CPU")
         q.set_defaults(handler=_reserved(name))
@@ -100,6 +102,19 @@ def _available(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ModuleNotFoundError, ValueError):
         return False
+
+
+def _add_method_arguments(parser: argparse.ArgumentParser, module: str) -> None:
+    """Lets a method's cli module add its own options (``add_arguments(parser)``, e.g. ``--layer``)."""
+    if not _available(module):
+        return
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError:
+        return  # reported when the command runs
+    add = getattr(mod, "add_arguments", None)
+    if add is not None:
+        add(parser)
 
 
 def _train_backbone(args: argparse.Namespace) -> int:
