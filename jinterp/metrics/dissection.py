@@ -105,6 +105,56 @@ def concepts_from_label_maps(pixel_maps: Mapping[str, np.ndarray], image_maps: M
     return ConceptSet(np.stack(planes, 1), image_labels, tuple(all_names), np.asarray(cat_of, np.int32), tuple(cats))
 
 
+def _nearest(maps: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Nearest-neighbour resize of ``(N, H, W)`` label maps (pixel-centre sampling, as ``jax.image.resize``)."""
+    if size is None or tuple(maps.shape[1:]) == tuple(size):
+        return maps
+    h, w = maps.shape[1:]
+    ys = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(int), h - 1)
+    xs = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(int), w - 1)
+    return maps[:, ys[:, None], xs[None, :]]
+
+
+def concepts_from_dataset(ds, categories: Sequence[str] | None = None, size: tuple[int, int] | None = None,
+                          exclude: Sequence[str] = ("slot",)) -> ConceptSet:
+    """A :class:`ConceptSet` from a ``jinterp.data.Dataset`` (synthparts or ``broden:PATH``).
+
+    Pixel categories come from ``ds.masks``, image-level ones from ``ds.image_labels``; ``ds.concepts[cat][v]``
+    names value ``v`` and value 0 ("-", "none", "background", synthparts' "plain" texture) means no label, as the
+    Dataset documents. ``categories`` picks a subset (default: every annotated category but ``exclude``; synthparts'
+    ``slot`` is bookkeeping, not a concept). ``size`` nearest-resizes the label maps (NetDissect scores at half the
+    image size: pass ``(H // 2, W // 2)``).
+    """
+    names_all = dict(ds.concepts)
+    cats = [c for c in (categories or list(ds.masks) + list(ds.image_labels)) if c not in exclude]
+    missing = [c for c in cats if c not in ds.masks and c not in ds.image_labels]
+    if missing:
+        raise DataError(f"{ds.name or 'the data set'} has no annotation category {missing}; it has "
+                        f"{sorted(list(ds.masks) + list(ds.image_labels))}.")
+    unnamed = [c for c in cats if c not in names_all]
+    if unnamed:
+        raise DataError(f"{ds.name or 'the data set'} names no concepts for category {unnamed} (Dataset.concepts).")
+    pixel = {c: _nearest(np.asarray(ds.masks[c]), size) for c in cats if c in ds.masks}
+    image = {c: np.asarray(ds.image_labels[c]) for c in cats if c not in ds.masks}
+    names = {c: names_all[c][1:] for c in cats}
+    return concepts_from_label_maps(pixel, image, names)
+
+
+def downsample_labels(concepts: ConceptSet, size: tuple[int, int]) -> np.ndarray:
+    """Per-pixel concept membership on a feature grid: ``(N, h, w, L)`` bool, the label planes nearest-downsampled
+    to ``size`` (IBD's training labels, spec §3.1) and image-level concepts covering every pixel."""
+    n = len(concepts.pixel_labels)
+    planes = np.stack([_nearest(concepts.pixel_labels[:, p], size) for p in range(concepts.pixel_labels.shape[1])], 1)
+    out = np.zeros((n, *size, concepts.num_concepts + 1), bool)
+    ii = np.arange(n)[:, None, None]
+    yy, xx = np.meshgrid(np.arange(size[0]), np.arange(size[1]), indexing="ij")
+    for p in range(planes.shape[1]):
+        out[ii, yy[None], xx[None], planes[:, p]] = True
+    for q in range(concepts.image_labels.shape[1]):
+        out[np.arange(n), :, :, concepts.image_labels[:, q]] = True
+    return out[..., 1:]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Thresholds
 
@@ -204,7 +254,9 @@ def _tally_batch(tally: Tally, acts, thresholds, dead, valid, pixel_labels, imag
 
     # Present concepts per image, padded to max_labels (0 = pad); pixel and image-level labels together.
     flat = pixel_labels.reshape(b, -1, h * w)
-    ids = jnp.concatenate([flat.reshape(b, -1), image_labels], axis=1)
+    # A leading 0 guarantees that the sorted unique ids start with 0 (dropped), also for images labelled everywhere.
+    ids = jnp.concatenate([jnp.zeros((b, 1), flat.dtype), flat.reshape(b, -1), image_labels.astype(flat.dtype)],
+                          axis=1)
     present = jax.vmap(lambda r: jnp.unique(r, size=max_labels + 1, fill_value=0))(ids)[:, 1:]
     present = jnp.where(valid[:, None], present, 0)
     # onehot[b, s, c]: pixel s of image b carries present concept c (any plane); image-level ones cover all pixels.

@@ -90,6 +90,17 @@ def test_matches_numpy_reference(quantile):
     assert np.all(table[3] == 0) and not np.isnan(table).any()
 
 
+def test_images_labelled_at_every_pixel_keep_all_their_concepts():
+    # Regression: with no unlabelled pixel in an image, the lowest present concept must still be tallied.
+    rng = np.random.default_rng(4)
+    labels = rng.integers(1, 4, (5, 6, 6))
+    concepts = dis.concepts_from_label_maps({"c": labels}, {}, {"c": ["a", "b", "d"]})
+    acts = np.stack([labels == k for k in (1, 2, 3)], -1).astype(np.float32)
+    th = dis.Thresholds(np.full(3, 0.5, np.float32), np.zeros(3, bool))
+    table = dis.iou(dis.tally([acts], concepts, th, batch_size=5), concepts)
+    np.testing.assert_allclose(table, np.eye(3), atol=1e-6)
+
+
 def test_concept_names_and_categories():
     _, concepts = _fixture()
     assert concepts.names == ("-", "object:a", "object:b", "part:p", "part:q", "part:r", "texture:s", "texture:t")
@@ -138,3 +149,52 @@ def test_bad_inputs_are_rejected():
                                      {"a": ["x"], "b": ["y"]})
     with pytest.raises(DataError, match="range"):
         dis.concepts_from_label_maps({"a": np.full((2, 4, 4), 3)}, {}, {"a": ["x"]})
+
+
+def _write_broden():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "data" / "test_data_readers.py"
+    spec = importlib.util.spec_from_file_location("_broden_fixture", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.write_broden
+
+
+def test_concepts_from_a_broden_format_dataset(tmp_path):
+    from jinterp.data import load
+
+    expect = _write_broden()(tmp_path, n=6, ih=16, sh=8)
+    ds = load(f"broden:{tmp_path}")
+    cs = dis.concepts_from_dataset(ds, categories=["color", "object", "part", "texture"], size=(8, 8))
+    assert cs.names == ("-", "color:red", "color:blue", "object:dog", "object:cat", "part:head", "part:leg",
+                        "texture:striped")
+    assert cs.pixel_labels.shape == (4, 3, 8, 8)
+    # object codes 1..2 map to global ids 3..4; half-size nearest resize of the image-size masks.
+    obj = np.stack(expect["object"][:4])[:, ::2, ::2]
+    np.testing.assert_array_equal(cs.pixel_labels[:, 1], np.where(obj > 0, obj + 2, 0))
+    np.testing.assert_array_equal(cs.image_labels[:, 0], np.where(ds.image_labels["texture"] > 0, 7, 0))
+    # The IoU of a unit equal to the "dog" mask is 1 on these labels.
+    acts = (cs.pixel_labels[:, 1] == 3).astype(np.float32)[..., None]
+    th = dis.Thresholds(np.array([0.5], np.float32), np.zeros(1, bool))
+    table = dis.iou(dis.tally([acts], cs, th, batch_size=4), cs)
+    assert table[0, 2] == pytest.approx(1.0)
+
+
+def test_concepts_from_synthparts_and_feature_grid_labels():
+    from jinterp.data import load
+
+    ds = load("synthparts:n_train=6,n_test=2,size=32", "train")
+    cs = dis.concepts_from_dataset(ds, size=(16, 16))
+    assert cs.categories == ("object", "part", "color", "texture") and "slot" not in "".join(cs.names)
+    lab = dis.downsample_labels(cs, (4, 4))
+    assert lab.shape == (6, 4, 4, cs.num_concepts)
+    # Image-level texture concepts cover every pixel of their images; pixel concepts are nearest-sampled.
+    tex0 = cs.names.index("texture:stripes") - 1
+    assert np.array_equal(lab[:, :, :, tex0].all((1, 2)), ds.image_labels["texture"] == 1)
+    obj = cs.pixel_labels[:, 0][:, 2::4, 2::4]
+    for j in range(1, 7):
+        np.testing.assert_array_equal(lab[..., j - 1], obj == j)
+    with pytest.raises(DataError, match="no annotation category"):
+        dis.concepts_from_dataset(ds, categories=["scene"])

@@ -79,7 +79,13 @@ class UIBEConfig:
     def tiny(cls) -> UIBEConfig:
         return cls(batch_size=1024, epochs=40, plateau_patience=5, plateau_cooldown=2)
 
-    def validate(self, dim: int) -> int:
+    def validate(self, dim: int | None = None) -> int:
+        """Raises ConfigError on bad settings; with ``dim`` (the layer's channels) returns the number of
+        directions."""
+        if self.num_directions < 0:
+            raise ConfigError(f"num_directions must be >= 0 (0 = 0.98·D), got {self.num_directions}")
+        if dim is None:
+            dim = max(self.num_directions, 1)
         n = self.num_directions or max(1, round(0.98 * dim))
         if n > dim:
             raise ConfigError(f"num_directions={n} exceeds the layer's {dim} channels; an orthonormal basis of "
@@ -90,6 +96,8 @@ class UIBEConfig:
             raise ConfigError(f"init must be 'haar' or 'pca', got {self.init!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.restarts < 1:
             raise ConfigError("batch_size, epochs and restarts must be positive")
+        if self.lr <= 0 or self.margin_init <= 0:
+            raise ConfigError("lr and margin_init must be positive")
         return n
 
 
