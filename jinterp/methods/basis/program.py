@@ -1,0 +1,289 @@
+"""``jinterp basis`` end to end: bases of one layer's feature space, scored with Network Dissection.
+
+data (with concept masks) → backbone → the layer's features, streamed → bases → dissection → results + figures.
+
+Bases compared (spec ``uibe_and_metrics.md`` §2–4):
+
+* ``natural`` — the layer's own units (raw channels);
+* ``random``  — a Haar-random rotation of the standardised feature space (NetDissect's rotation baseline);
+* ``uibe``    — the unsupervised interpretable basis (fitted on train-split pixels, no labels);
+* ``ibd``     — supervised IBD concept classifiers, one per concept (train-split masks at the feature grid).
+
+Each basis is dissected with NetDissect's per-direction top-``quantile`` thresholds (``@q`` rows); UIBE and IBD are
+also dissected with their own decision rule (``@own``: UIBE ``Qᵀx̃ > b·M``, IBD ``wᵀx + b > 0``). Labels come from
+the train split, IoUs for S¹/S² and detector counts from the test split. All bases are projected on the fly per
+image batch (one unit axis holding every basis), so no data-set-sized activation array is ever held: the
+backbone is re-run for each pass (pixel sample for fitting, thresholds, train tally, test tally).
+
+Writes ``<workdir>/results.json``, ``<workdir>/bases.npz`` (directions, thresholds, labels) and figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jinterp import backbones, data
+from jinterp.core import features
+from jinterp.errors import ConfigError, DataError, LayerError
+from jinterp.methods.basis import ibd, uibe
+from jinterp.methods.basis.config import BasisConfig
+from jinterp.metrics import dissection as dis
+
+
+def _load_backbone(cfg: BasisConfig, train_ds, workdir: Path, progress: bool):
+    from jinterp.backbones import torch_import
+    from jinterp.core.train_backbone import PARAMS_FILE, train_backbone
+
+    path = Path(cfg.weights) if cfg.weights else workdir / "backbone" / PARAMS_FILE
+    info: dict[str, Any] = {"arch": cfg.arch, "weights": str(path)}
+    if not cfg.weights and not path.exists():
+        bcfg = dataclasses.replace(cfg.backbone, arch=cfg.arch, data=cfg.data, seed=cfg.seed)
+        final = train_backbone(bcfg, workdir / "backbone", progress=progress)
+        info.update(trained_here=True, train_time_s=final.get("wall_time_s"),
+                    test_accuracy=final.get("test_accuracy", final.get("eval_accuracy")))
+    variables, meta = torch_import.load_variables(path, cfg.arch)
+    kw = {}
+    if cfg.arch == "convnet":
+        widths = tuple((meta.get("config") or {}).get("widths") or ()) or tuple(cfg.backbone.widths)
+        kw = {"widths": widths} if widths else {}
+    model = backbones.create(cfg.arch, int(meta.get("num_classes") or train_ds.num_classes), **kw)
+    return model, variables, info
+
+
+class _Stream:
+    """Re-iterable per-batch feature maps of one layer for a data set (re-runs the backbone on every pass)."""
+
+    def __init__(self, model, variables, ds, layer, batch_size, arch):
+        self.model, self.variables, self.ds, self.layer, self.bs, self.arch = (model, variables, ds, layer,
+                                                                                batch_size, arch)
+
+    def __call__(self):
+        for out in features.iter_features(self.model, self.variables, self.ds.images, [self.layer], self.bs,
+                                          preprocess=self.arch):
+            yield out[self.layer]
+
+
+@jax.jit
+def _project(feats, mean, scale, basis):
+    x = (feats.astype(jnp.float32) - mean) / scale
+    return jnp.einsum("bhwd,du->bhwu", x, basis, precision=jax.lax.Precision.HIGHEST)
+
+
+def _sample_pixels(stream: _Stream, labels_grid_fn, max_pixels: int, n_images: int, seed: int):
+    """A uniform random subset of the layer's pixels (and their feature-grid concept labels), drawn per batch."""
+    rng = np.random.default_rng(seed)
+    xs, ys, start = [], [], 0
+    for feats in stream():
+        b, h, w, d = feats.shape
+        per_batch = max(1, int(round(max_pixels * b / n_images)))
+        flat = feats.reshape(-1, d)
+        pick = rng.choice(len(flat), min(per_batch, len(flat)), replace=False)
+        xs.append(flat[pick])
+        ys.append(labels_grid_fn(start, b, (h, w)).reshape(len(flat), -1)[pick])
+        start += b
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
+
+
+def run(cfg: BasisConfig, workdir: str | Path, *, progress: bool = True) -> dict:
+    cfg.validate()
+    t0 = time.perf_counter()
+    times: dict[str, float] = {}
+    workdir = Path(workdir)
+    (workdir / "figures").mkdir(parents=True, exist_ok=True)
+
+    train_ds, test_ds = data.load(cfg.data, "train"), data.load(cfg.data, "test")
+    if cfg.n_train:
+        train_ds = train_ds.take(np.arange(min(cfg.n_train, len(train_ds))))
+    if cfg.n_test:
+        test_ds = test_ds.take(np.arange(min(cfg.n_test, len(test_ds))))
+    if not train_ds.masks:
+        raise DataError(f"{cfg.data} carries no concept masks; dissection needs a data set with concept "
+                        "annotations (synthparts or broden:PATH).")
+    h_img, w_img = train_ds.image_shape[:2]
+    seg = (max(1, int(round(h_img * cfg.seg_scale))), max(1, int(round(w_img * cfg.seg_scale))))
+    cats = list(cfg.categories) or None
+    c_train = dis.concepts_from_dataset(train_ds, cats, size=seg)
+    c_test = dis.concepts_from_dataset(test_ds, cats, size=seg)
+    names = c_train.names[1:]
+
+    model, variables, binfo = _load_backbone(cfg, train_ds, workdir, progress)
+    times["backbone_s"] = time.perf_counter() - t0
+    if cfg.layer not in backbones.layer_names(cfg.arch):
+        raise LayerError(f"unknown layer {cfg.layer!r} for {cfg.arch}; valid: {backbones.layer_names(cfg.arch)}")
+    tr_stream = _Stream(model, variables, train_ds, cfg.layer, cfg.batch_size, cfg.arch)
+    te_stream = _Stream(model, variables, test_ds, cfg.layer, cfg.batch_size, cfg.arch)
+
+    # ---- pixel sample for fitting (UIBE: features only; IBD: + concept labels on the feature grid)
+    t = time.perf_counter()
+    grid_labels = lambda s, b, hw: dis.downsample_labels(  # noqa: E731
+        dataclasses.replace(c_train, pixel_labels=c_train.pixel_labels[s:s + b],
+                            image_labels=c_train.image_labels[s:s + b]), hw)
+    px, py = _sample_pixels(tr_stream, grid_labels, cfg.fit_pixels, len(train_ds), cfg.seed)
+    dim = px.shape[1]
+    times["sample_s"] = time.perf_counter() - t
+    if "uibe" in cfg.methods and cfg.uibe.num_directions > dim:
+        raise ConfigError(f"uibe.num_directions={cfg.uibe.num_directions} but layer {cfg.layer} has {dim} "
+                          "channels; lower it or pick a wider layer.")
+
+    # ---- bases: each (D, U) in a common affine frame x̃ = (x - mean) / scale, plus per-unit own thresholds
+    key = jax.random.key(cfg.seed)
+    zeros, ones = np.zeros(dim, np.float32), np.ones(dim, np.float32)
+    bases: dict[str, dict[str, Any]] = {}
+    if "natural" in cfg.methods:
+        bases["natural"] = dict(mean=zeros, scale=ones, basis=np.eye(dim, dtype=np.float32), own=None)
+    if "random" in cfg.methods or "uibe" in cfg.methods:
+        std = uibe.standardizer(px, cfg.uibe.standardization)
+        mean, scale = np.asarray(std.mean), np.asarray(std.std)
+    if "random" in cfg.methods:
+        bases["random"] = dict(mean=mean, scale=scale, basis=uibe.random_rotation(jax.random.fold_in(key, 1), dim),
+                               own=None)
+    if "uibe" in cfg.methods:
+        t = time.perf_counter()
+        res = uibe.fit(px, dataclasses.replace(cfg.uibe, seed=cfg.seed))
+        times["uibe_fit_s"] = time.perf_counter() - t
+        bases["uibe"] = dict(mean=mean, scale=scale, basis=res.basis, own=uibe.detector_thresholds(res),
+                             extra=dict(margin=res.margin, bias=res.bias, final_loss=res.history[-1].tolist()))
+    if "ibd" in cfg.methods:
+        t = time.perf_counter()
+        r = ibd.fit(px, py, dataclasses.replace(cfg.ibd, seed=cfg.seed))
+        times["ibd_fit_s"] = time.perf_counter() - t
+        bases["ibd"] = dict(mean=zeros, scale=ones, basis=r.weights, own=-r.bias,
+                            extra=dict(concepts=[names[i] for i in r.concepts], mean_val_ap=float(r.val_ap.mean()),
+                                       val_ap=r.val_ap.tolist()))
+
+    # One unit axis for every (basis, threshold rule): the frame differs per basis, so fold it into the basis:
+    # (x - m)/s @ B = x @ (B / s) - (m / s) @ B.
+    cols, offs, rows = [], [], []
+    for name, b in bases.items():
+        eff = b["basis"] / b["scale"][:, None]
+        off = (b["mean"] / b["scale"]) @ b["basis"]
+        rules = [("q", None)] + ([("own", b["own"])] if b["own"] is not None else [])
+        for rule, own in rules:
+            cols.append(eff)
+            offs.append(off)
+            rows.append((name, rule, eff.shape[1], own))
+    big = jnp.asarray(np.concatenate(cols, 1), jnp.float32)
+    big_off = np.concatenate(offs).astype(np.float32)
+    proj = lambda stream: (lambda: (np.asarray(_project(f, 0.0, 1.0, big)) - big_off for f in stream()))  # noqa: E731
+
+    # ---- thresholds: NetDissect quantile on the train split; own rules where defined
+    t = time.perf_counter()
+    first = next(iter(tr_stream()))
+    th = dis.quantile_thresholds(proj(tr_stream)(), len(train_ds) * first.shape[1] * first.shape[2], cfg.quantile)
+    value, start = th.value.copy(), 0
+    for _name, _rule, n, own in rows:
+        if own is not None:
+            value[start:start + n] = own
+        start += n
+    dead = th.dead.copy()
+    thresholds = dis.Thresholds(value, dead)
+    times["thresholds_s"] = time.perf_counter() - t
+
+    # ---- tallies (train: labels, test: scores); per-image max per unit on test for the figures
+    t = time.perf_counter()
+    iou_tr = dis.iou(dis.tally(proj(tr_stream)(), c_train, thresholds, cfg.batch_size, max_labels=64), c_train)
+    img_max = []
+
+    def test_batches():
+        for a in proj(te_stream)():
+            img_max.append(a.max((1, 2)))
+            yield a
+
+    iou_te = dis.iou(dis.tally(test_batches(), c_test, thresholds, cfg.batch_size, max_labels=64), c_test)
+    img_max = np.concatenate(img_max)
+    times["tally_s"] = time.perf_counter() - t
+
+    # ---- scores per basis and rule
+    results: dict[str, Any] = {}
+    start = 0
+    per_unit: dict[str, dict] = {}
+    for name, rule, n, _ in rows:
+        sl = slice(start, start + n)
+        start += n
+        s1, s2 = dis.s1_s2(iou_tr[sl], iou_te[sl])
+        lab_tr = dis.label_units(iou_tr[sl], dead[sl])
+        phi = iou_te[sl][np.arange(n), lab_tr.best_concept]
+        det = phi > dis.IOU_DETECTOR_THRESHOLD
+        key_ = f"{name}@{rule}"
+        cat_counts: dict[str, int] = {}
+        for c in lab_tr.best_concept[det]:
+            cat = names[c].split(":")[0]
+            cat_counts[cat] = cat_counts.get(cat, 0) + 1
+        results[key_] = dict(directions=n, S1=s1, S2=s2, detectors=int(det.sum()),
+                             unique_detectors=int(len(np.unique(lab_tr.best_concept[det]))),
+                             S1_per_direction=s1 / n, dead=int(dead[sl].sum()), detectors_by_category=cat_counts)
+        per_unit[key_] = dict(label=lab_tr.best_concept, iou=phi, slice=sl)
+    for name, b in bases.items():
+        if "extra" in b:
+            results.setdefault(f"{name}@own" if b["own"] is not None else f"{name}@q", {}).update(b["extra"])
+
+    # ---- save bases, labels, figures
+    np.savez(workdir / "bases.npz", **{f"{k}_basis": b["basis"] for k, b in bases.items()},
+             **{f"{k}_mean": b["mean"] for k, b in bases.items()},
+             **{f"{k}_scale": b["scale"] for k, b in bases.items()},
+             **{f"{k}_thresholds": thresholds.value[v["slice"]] for k, v in per_unit.items()},
+             **{f"{k}_labels": np.asarray([names[i] for i in v["label"]]) for k, v in per_unit.items()},
+             **{f"{k}_iou": v["iou"] for k, v in per_unit.items()})
+    t = time.perf_counter()
+    figs = {}
+    try:
+        from jinterp.report.figures import basis as figlib
+
+        for key_ in [k for k in ("uibe@own", "ibd@own", "natural@q", "random@q") if k in per_unit]:
+            v = per_unit[key_]
+            top = np.argsort(-v["iou"])[: cfg.figure_directions]
+            sl = v["slice"]
+            units = np.arange(sl.start, sl.stop)[top]
+            imgs = np.argsort(-img_max[:, units], axis=0)[: cfg.figure_images].T          # (dirs, images)
+            sel = np.unique(imgs)
+            maps = np.asarray(_project(next(features.iter_features(
+                model, variables, test_ds.images[sel], [cfg.layer], max(len(sel), 1), preprocess=cfg.arch))[cfg.layer],
+                0.0, 1.0, big)) - big_off
+            pos = {int(s): i for i, s in enumerate(sel)}
+            rows_ = []
+            for d, u in enumerate(units):
+                rows_.append([(test_ds.images[i], maps[pos[int(i)], :, :, u] >= thresholds.value[u]) for i in imgs[d]])
+            labels = [f"#{top[d]} {names[v['label'][top[d]]]} ({v['iou'][top[d]]:.2f})" for d in range(len(top))]
+            path = workdir / "figures" / f"directions_{key_.replace('@', '_')}.png"
+            figlib.direction_grid(rows_, labels, path, title=f"{cfg.arch} {cfg.layer}: {key_} top directions")
+            figs[key_] = str(path)
+        path = workdir / "figures" / "scores.png"
+        figlib.score_bars(results, path, title=f"{cfg.arch} {cfg.layer} on {test_ds.name}")
+        figs["scores"] = str(path)
+    except ImportError:  # pragma: no cover - matplotlib missing
+        pass
+    times["figures_s"] = time.perf_counter() - t
+    times["total_s"] = time.perf_counter() - t0
+
+    out = dict(arch=cfg.arch, layer=cfg.layer, data=cfg.data, channels=dim, n_train=len(train_ds),
+               n_test=len(test_ds), fit_pixels=int(len(px)), concepts=len(names), backbone=binfo, bases=results,
+               figures=figs, wall_times_s=times, config=_as_dict(cfg))
+    (workdir / "results.json").write_text(json.dumps(out, indent=2, default=_json_default))
+    return out
+
+
+def _as_dict(cfg) -> dict:
+    from jinterp.core import config as cfglib
+
+    try:
+        return cfglib.to_dict(cfg)
+    except Exception:  # noqa: BLE001 - informational only
+        return dataclasses.asdict(cfg)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
