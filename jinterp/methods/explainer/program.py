@@ -1,0 +1,393 @@
+"""The explainer program: performer → explainer training → evaluation → figures → ``results.json``.
+
+    from jinterp.methods.explainer.config import ExplainerConfig
+    from jinterp.methods.explainer.program import run
+    res = run(ExplainerConfig.tiny(), "runs/explainer")
+
+Steps: load data (synthparts by default); load the performer (``weights``) or train one into
+``<workdir>/backbone``; train the explainer on the performer's (frozen) ``layer`` → ``target`` features with
+checkpoints/resume in ``<workdir>/checkpoints``; evaluate on the test split (spec C4): relative
+reconstruction error, performer accuracy with ``target`` replaced by the reconstruction (and the drop), the
+distribution of p, location instability (ICNN variant, per synthparts category, landmarks = part centers)
+of the explainer's interpretable filters vs the performer's filters at the input depth and at the target;
+optionally a λ/η sweep trained as one vmapped model stack; figures under ``<workdir>/figures``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jinterp import backbones, data
+from jinterp.core import loop, train
+from jinterp.core.checkpoint import Checkpointer
+from jinterp.core.config import TrainBackboneConfig, apply_overrides, to_dict, to_json
+from jinterp.errors import ConfigError, DataError
+from jinterp.methods.explainer import model as M
+from jinterp.methods.explainer.config import ExplainerConfig
+
+RESULTS_FILE = "results.json"
+
+
+# ------------------------------------------------------------------------------------------------ performer
+def data_spec(cfg: ExplainerConfig) -> str:
+    kind, _, arg = cfg.data.partition(":")
+    if kind != "synthparts":
+        return cfg.data
+    opts = [o for o in arg.split(",") if o.strip()]
+    given = {o.split("=", 1)[0].strip() for o in opts}
+    extra = {"size": cfg.image_size, "n_train": cfg.train_size or None, "n_test": cfg.test_size or None}
+    opts += [f"{k}={v}" for k, v in extra.items() if v is not None and k not in given]
+    return "synthparts:" + ",".join(opts)
+
+
+def _arch_kwargs(arch: str, variables: dict) -> dict:
+    if arch == "convnet":
+        p = variables["params"]
+        n = sum(1 for k in p if k.startswith("conv"))
+        return {"widths": tuple(int(p[f"conv{i}"]["kernel"].shape[-1]) for i in range(1, n + 1))}
+    return {}
+
+
+def _num_classes(arch: str, variables: dict) -> int:
+    head = {"convnet": "fc"}.get(arch, "linear" if arch.startswith("resnet") else "fc")
+    return int(variables["params"][head]["bias"].shape[0])
+
+
+def load_performer(cfg: ExplainerConfig, workdir: Path, progress: bool = True) -> tuple[Any, dict, dict]:
+    """``(module, variables, info)``: from ``cfg.weights`` or trained into ``<workdir>/backbone``."""
+    from jinterp.backbones import torch_import
+    from jinterp.core.train_backbone import PARAMS_FILE, train_backbone
+
+    info: dict[str, Any] = {}
+    path = Path(cfg.weights) if cfg.weights else workdir / "backbone" / PARAMS_FILE
+    if not cfg.weights and not path.is_file():
+        bcfg = TrainBackboneConfig.tiny() if cfg.backbone_steps else TrainBackboneConfig.paper()
+        sets = [f"arch={cfg.arch}", f"data={cfg.data}", f"image_size={cfg.image_size}",
+                f"train_size={cfg.train_size}", f"test_size={cfg.test_size}", f"seed={cfg.seed}"]
+        if cfg.backbone_steps:
+            sets.append(f"steps={cfg.backbone_steps}")
+        bcfg = apply_overrides(bcfg, sets)
+        t0 = time.perf_counter()
+        final = train_backbone(bcfg, workdir / "backbone", progress=progress)
+        info = {"trained": True, "backbone_test_accuracy": final["test_accuracy"],
+                "backbone_time_s": time.perf_counter() - t0}
+    variables, meta = torch_import.load_variables(path, cfg.arch)
+    variables = {k: v for k, v in variables.items()}
+    performer = backbones.create(cfg.arch, _num_classes(cfg.arch, variables), **_arch_kwargs(cfg.arch, variables))
+    info.update({"weights": str(path), "performer_meta_accuracy": meta.get("test_accuracy")})
+    return performer, variables, info
+
+
+# ------------------------------------------------------------------------------------------------- building
+@dataclasses.dataclass
+class Setup:
+    cfg: ExplainerConfig
+    performer: Any
+    perf_vars: dict
+    layer: str
+    target: str
+    in_shape: tuple[int, int, int]
+    out_shape: tuple[int, int, int]
+    explainer: M.Explainer
+    feats: Any
+    logits: Any
+
+
+def build(cfg: ExplainerConfig, performer, perf_vars, images: np.ndarray) -> Setup:
+    """Checks the layers, measures the feature shapes on ``images`` and builds the explainer module."""
+    layer, target = cfg.layers()
+    backbones.check_layers(backbones.layer_names(cfg.arch, **_arch_kwargs(cfg.arch, perf_vars)), [layer, target])
+    feats = M.performer_features(performer, cfg.arch, (layer, target))
+    f, fp = jax.jit(feats)(perf_vars, jnp.asarray(images[:8]))
+    out_relu = bool(jnp.min(fp) >= 0)
+    explainer = M.Explainer(
+        out_shape=tuple(int(d) for d in fp.shape[1:]), filters=cfg.filters or int(fp.shape[-1]),
+        decoder_width=cfg.decoder_width, location=cfg.location, beta_init=cfg.beta_init,
+        norm_momentum=cfg.norm_momentum, norm_eps=cfg.norm_eps, p_bias_init=cfg.p_bias_init, out_relu=out_relu)
+    logits = M.replaced_logits(performer, cfg.arch, target) if out_relu else None
+    return Setup(cfg, performer, perf_vars, layer, target, tuple(int(d) for d in f.shape[1:]),
+                 explainer.out_shape, explainer, feats, logits)
+
+
+def make_step(s: Setup, tx, steps_per_epoch: int, *, num_models: int = 0):
+    """Jitted ``step(state, perf_vars, images, lam, eta) -> (state, metrics)``; with ``num_models`` > 0 the
+    state, lam and eta carry a leading model axis and the update is vmapped (features computed once)."""
+    cfg = s.cfg
+    loss_fn = M.make_loss(s.explainer, template_beta=cfg.template_beta, prior_alpha=cfg.prior_alpha or None,
+                          loss_input=cfg.loss_input, surrogate=cfg.surrogate, surrogate_coef=cfg.surrogate_coef)
+    update = M.make_update(loss_fn, tx, learn_beta=cfg.learn_beta, beta_rate=cfg.beta_rate,
+                           beta_scale=cfg.beta_scale, beta_clip=cfg.beta_clip, beta_bounds=cfg.beta_bounds,
+                           location=cfg.location, steps_per_epoch=steps_per_epoch)
+    if num_models:
+        update = jax.vmap(update, in_axes=(0, None, None, 0, 0))
+
+    def step(state, perf_vars, images, lam, eta):
+        f, fp = s.feats(perf_vars, images)
+        return update(state, f, fp, lam, eta)
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def init_state(s: Setup, tx, key: jax.Array) -> train.TrainState:
+    k_init, k_loop = jax.random.split(key)
+    variables = M.init_explainer(s.explainer, k_init, s.in_shape)
+    return train.create_train_state(variables, tx, k_loop)
+
+
+# -------------------------------------------------------------------------------------------------- evaluation
+def _pad(x: np.ndarray, n: int) -> np.ndarray:
+    if len(x) == n:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)], axis=0)
+
+
+def collect(s: Setup, variables: dict, images: np.ndarray, labels: np.ndarray, batch_size: int) -> dict[str, Any]:
+    """Per test image: relative error, p, correct (original / replaced), and the maps' argmax cells/scores."""
+    from jinterp.metrics.localization import argmax_positions
+
+    def fn(variables, perf_vars, imgs):
+        f, fp = s.feats(perf_vars, imgs)
+        recon, aux = s.explainer.apply(variables, f, train=False)
+        out = {"rel": M.relative_error(fp, recon), "p": aux["p"], "f": f, "fp": fp, "a2": aux["a2"],
+               "y2": aux["y2"], "sq_err": jnp.sum(jnp.square(fp - recon), axis=(1, 2, 3)),
+               "sq_norm": jnp.sum(jnp.square(fp), axis=(1, 2, 3))}
+        if s.logits is not None:
+            out["logits"] = s.logits(perf_vars, imgs, fp)
+            out["logits_rec"] = s.logits(perf_vars, imgs, recon)
+        return out
+
+    jfn = jax.jit(fn)
+    n = len(images)
+    acc: dict[str, list] = {}
+    for start in range(0, n, batch_size):
+        imgs = _pad(images[start:start + batch_size], batch_size)
+        out = jax.device_get(jfn(variables, s.perf_vars, jnp.asarray(imgs)))
+        m = min(batch_size, n - start)
+        for k, v in out.items():
+            v = np.asarray(v)[:m]
+            if k in ("f", "fp", "a2", "y2"):
+                cells, scores = argmax_positions(v)
+                acc.setdefault(k + "_cells", []).append(cells)
+                acc.setdefault(k + "_scores", []).append(scores)
+                if k in ("y2", "a2") and start == 0:
+                    acc.setdefault(k + "_maps", []).append(v)
+            else:
+                acc.setdefault(k, []).append(v)
+    res = {k: np.concatenate(v, axis=0) for k, v in acc.items()}
+    res["labels"] = labels
+    return res
+
+
+def instability(cells: np.ndarray, scores: np.ndarray, map_hw: tuple[int, int], ds: data.Dataset,
+                top_n: int) -> dict[str, Any]:
+    """ICNN-variant location instability per synthparts category (landmarks = that category's part centers),
+    averaged over categories (the ICNN protocol evaluates single-category performers)."""
+    from jinterp.metrics.localization import cells_to_pixels, location_instability
+
+    if ds.landmarks is None:
+        return {"value": float("nan"), "note": "data set has no landmarks"}
+    h_img, w_img = ds.images.shape[1:3]
+    stride = (w_img / map_hw[1], h_img / map_hw[0])          # cells are (x, y)
+    xy = cells_to_pixels(cells, stride)
+    per_cat = {}
+    for k in range(ds.num_classes):
+        idx = np.nonzero(ds.labels == k)[0]
+        vis = ds.landmark_visible[idx]
+        keep = vis.any(axis=0)
+        if len(idx) < 2 or not keep.any():
+            continue
+        r = location_instability(xy[idx], scores[idx], ds.landmarks[idx][:, keep], vis[:, keep], (h_img, w_img),
+                                 variant="icnn", top_n=top_n)
+        per_cat[ds.class_names[k]] = float(r.value)
+    vals = [v for v in per_cat.values() if np.isfinite(v)]
+    return {"value": float(np.mean(vals)) if vals else float("nan"), "per_category": per_cat}
+
+
+def evaluate(s: Setup, variables: dict, test: data.Dataset, *, with_instability: bool = True) -> dict[str, Any]:
+    cfg = s.cfg
+    c = collect(s, variables, test.images, test.labels, min(cfg.eval_batch_size, len(test)))
+    out: dict[str, Any] = {
+        "relative_error": float(np.mean(c["rel"])),
+        "relative_error_pooled": float(np.sum(c["sq_err"]) / max(np.sum(c["sq_norm"]), 1e-12)),
+        "p_mean": float(np.mean(c["p"])), "p_std": float(np.std(c["p"])),
+        "p_quantiles": {str(q): float(np.quantile(c["p"], q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)},
+    }
+    if "logits" in c:
+        a0 = float(np.mean(np.argmax(c["logits"], -1) == c["labels"]))
+        a1 = float(np.mean(np.argmax(c["logits_rec"], -1) == c["labels"]))
+        out.update({"accuracy": a0, "accuracy_replaced": a1, "accuracy_drop": a0 - a1,
+                    "prediction_agreement": float(np.mean(np.argmax(c["logits"], -1)
+                                                          == np.argmax(c["logits_rec"], -1)))})
+    if with_instability:
+        hw_in, hw_out = s.in_shape[:2], s.out_shape[:2]
+        top = cfg.instability_top_n
+        out["instability"] = {
+            "explainer_interp2_masked": instability(c["y2_cells"], c["y2_scores"], hw_in, test, top),
+            "explainer_interp2": instability(c["a2_cells"], c["a2_scores"], hw_in, test, top),
+            f"performer_{s.layer}": instability(c["f_cells"], c["f_scores"], hw_in, test, top),
+            f"performer_{s.target}": instability(c["fp_cells"], c["fp_scores"], hw_out, test, top),
+        }
+    out["_collected"] = c
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------- sweep
+def run_sweep(s: Setup, train_ds: data.Dataset, test: data.Dataset, key: jax.Array) -> list[dict[str, Any]]:
+    """Trains the λ × η grid as one vmapped stack of explainers (same init, same batches) and evaluates each."""
+    cfg = s.cfg
+    grid = [(lam, eta) for lam in cfg.sweep_lams for eta in cfg.sweep_etas]
+    steps = cfg.sweep_steps
+    tx, _ = train.make_optimizer(cfg.optim, steps)
+    one = init_state(s, tx, key)
+    states = jax.tree.map(lambda x: jnp.stack([x] * len(grid)), one)
+    lams = jnp.asarray([g[0] for g in grid], jnp.float32)
+    etas = jnp.asarray([g[1] for g in grid], jnp.float32)
+    step = make_step(s, tx, max(len(train_ds) // cfg.batch_size, 1), num_models=len(grid))
+    it = data.BatchIterator(train_ds, cfg.batch_size, seed=cfg.seed + 1, drop_remainder=True)
+    t0 = time.perf_counter()
+    try:
+        for _ in range(steps):
+            states, metrics = step(states, s.perf_vars, jnp.asarray(next(it)["image"]), lams, etas)
+        jax.block_until_ready(states)
+    finally:
+        it.close()
+    train_time = time.perf_counter() - t0
+    rows = []
+    for i, (lam, eta) in enumerate(grid):
+        st = jax.tree.map(lambda x, i=i: x[i], states)
+        ev = evaluate(s, st.variables, test)
+        rows.append({"lam": lam, "eta": eta, "relative_error": ev["relative_error"], "p_mean": ev["p_mean"],
+                     "accuracy_replaced": ev.get("accuracy_replaced"),
+                     "instability_interp2": ev["instability"]["explainer_interp2"]["value"],
+                     "instability_interp2_masked": ev["instability"]["explainer_interp2_masked"]["value"],
+                     "filter_loss": float(metrics["filter"][i])})
+    for r in rows:
+        r["sweep_train_time_s"] = train_time
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------- run
+def _json_ready(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _json_ready(v) for k, v in x.items() if not k.startswith("_")}
+    if isinstance(x, list | tuple):
+        return [_json_ready(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def run(cfg: ExplainerConfig, workdir: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Runs the whole method (see the module docstring); returns and writes ``<workdir>/results.json``."""
+    t_start = time.perf_counter()
+    cfg.validate()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+
+    spec = data_spec(cfg)
+    train_ds, test_ds = data.load(spec, "train"), data.load(spec, "test")
+    if len(train_ds) < cfg.batch_size:
+        raise DataError(f"{spec}: {len(train_ds)} training images < batch_size {cfg.batch_size}")
+    t0 = time.perf_counter()
+    performer, perf_vars, perf_info = load_performer(cfg, workdir, progress)
+    times["performer_s"] = time.perf_counter() - t0
+    s = build(cfg, performer, perf_vars, train_ds.images)
+    if s.logits is None:
+        raise ConfigError(f"target layer {s.target!r} has negative values; the explainer reconstructs post-ReLU "
+                          "layers (relu*/pool*/layer*), pick one with --target")
+
+    # ---- train the explainer (checkpointed, resumable)
+    steps_per_epoch = max(len(train_ds) // cfg.batch_size, 1)
+    total = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    tx, _ = train.make_optimizer(cfg.optim, total)
+    root = jax.random.PRNGKey(cfg.seed)
+    state = init_state(s, tx, jax.random.fold_in(root, 0))
+    ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.keep, config=to_dict(cfg))
+    state, start, pos = loop.restore_or_init(ckpt, state, workdir)
+    (workdir / "config.json").write_text(to_json(cfg) + "\n")
+    step = make_step(s, tx, steps_per_epoch)
+    lam, eta = jnp.float32(cfg.lam), jnp.float32(cfg.eta)
+    train_step = lambda st, batch: step(st, s.perf_vars, batch["image"], lam, eta)
+    it = data.BatchIterator(train_ds, cfg.batch_size, seed=cfg.seed, drop_remainder=True, position=pos)
+    perf_before = jax.tree.map(np.asarray, jax.device_get(perf_vars))
+    t0 = time.perf_counter()
+    try:
+        state = loop.train_loop(state, train_step=train_step, train_iter=it, num_steps=total, workdir=workdir,
+                                checkpointer=ckpt, log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
+                                progress=progress, desc="train explainer")
+    finally:
+        it.close()
+        ckpt.close()
+    times["explainer_train_s"] = time.perf_counter() - t0
+    perf_unchanged = all(np.array_equal(a, np.asarray(b)) for a, b in
+                         zip(jax.tree.leaves(perf_before), jax.tree.leaves(jax.device_get(s.perf_vars)), strict=True))
+
+    # ---- evaluate
+    t0 = time.perf_counter()
+    ev = evaluate(s, state.variables, test_ds)
+    times["evaluate_s"] = time.perf_counter() - t0
+    history = loop.MetricsWriter(workdir).read()
+    train_curve = [{"step": h["step"], **{k: h["metrics"][k] for k in ("loss", "recon", "filter", "p_mean")
+                                          if k in h["metrics"]}} for h in history if h["split"] == "train"]
+
+    sweep: list[dict] = []
+    if cfg.sweep_steps and cfg.sweep_lams and cfg.sweep_etas:
+        t0 = time.perf_counter()
+        sweep = run_sweep(s, train_ds, test_ds, jax.random.fold_in(root, 1))
+        times["sweep_s"] = time.perf_counter() - t0
+
+    icnn_perf: dict[str, Any] = {}
+    if cfg.icnn_performer:
+        from jinterp.methods.explainer import performer as P
+
+        t0 = time.perf_counter()
+        icnn_perf = P.train_and_compare(cfg, train_ds, test_ds, jax.random.fold_in(root, 2), progress=progress)
+        times["icnn_performer_s"] = time.perf_counter() - t0
+
+    # ---- figures
+    t0 = time.perf_counter()
+    figures = {}
+    try:
+        from jinterp.report.figures import explainer as F
+
+        figdir = workdir / "figures"
+        c = ev["_collected"]
+        n_fig = len(c["y2_maps"])
+        figures["part_maps"] = str(F.part_maps(test_ds.images[:n_fig], c["y2_maps"], c["y2_scores"][:n_fig],
+                                               figdir / "part_maps.png", num_filters=cfg.num_figure_filters,
+                                               title=f"explainer interp2 part maps ({s.layer} -> {s.target})"))
+        figures["p_hist"] = str(F.p_histogram(c["p"], figdir / "p_hist.png"))
+        if train_curve:
+            figures["training"] = str(F.training_curve(train_curve, figdir / "training.png"))
+        if sweep:
+            figures["sweep"] = str(F.sweep_tradeoff(sweep, figdir / "sweep.png"))
+    except ImportError as e:  # matplotlib missing: results without figures
+        figures["error"] = f"figures skipped: {e}"
+    times["figures_s"] = time.perf_counter() - t0
+    times["total_s"] = time.perf_counter() - t_start
+
+    results = {
+        "method": "explainer", "arch": cfg.arch, "data": spec, "layer": s.layer, "target": s.target,
+        "in_shape": list(s.in_shape), "out_shape": list(s.out_shape), "filters": s.explainer.filters,
+        "steps": int(jax.device_get(state.step)), "resumed_from": start, "lam": cfg.lam, "eta": cfg.eta,
+        "surrogate": cfg.surrogate, "performer": perf_info, "performer_unchanged": perf_unchanged,
+        "beta_mean": {k: float(np.mean(v)) for k, v in jax.device_get(state.model_state["icnn"]).items()},
+        **{k: v for k, v in ev.items() if not k.startswith("_")},
+        "train_curve": train_curve, "sweep": sweep, "icnn_performer": icnn_perf, "figures": figures,
+        "times": times, "devices": jax.device_count(), "backend": jax.default_backend(),
+    }
+    results = _json_ready(results)
+    (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    return results
