@@ -19,14 +19,16 @@ Algorithm per column (exact, O(N log N) instead of scikit-learn's trees):
 3. ``I = psi(n) + <psi(k_i)> - <psi(n_class(i))> - <psi(m_i)>`` over the points whose label occurs more than
    once, clipped at 0.
 
-Precision: scikit-learn works in float64. Under ``jax.enable_x64(True)`` (and with float64 inputs) this module
-matches it to round-off when given the same noise (:func:`sklearn_noise`); in float32 (JAX's default) the
-1e-10 noise survives only on near-zero values (e.g. pooled activations of filters that are off), so the estimate
-agrees to a few 1e-3 nats (tests/metrics/test_information.py measures both).
+Precision: scikit-learn works in float64, and its 1e-10 jitter only exists in float64 (in float32 it vanishes on
+O(1) values, and repeated values then stay tied: on a fixture with rounded values the MI moved by 0.2 nats). So
+the public functions compute in float64 by default (``precision="float64"`` runs them under
+``jax.enable_x64(True)``); with the same noise (:func:`sklearn_noise`) they then match scikit-learn to
+round-off. ``precision="float32"`` is faster on accelerators and agrees where values are not repeated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -129,23 +131,34 @@ def _check(features, labels):
         raise ShapeError(f"need at least 2 samples for a kNN estimate, got {features.shape[0]}")
 
 
-def mutual_info_classif(features, labels, *, n_neighbors: int = 3, noise=None, num_labels: int | None = None
-                        ) -> jax.Array:
+def _x64(precision: str):
+    if precision == "float64":
+        return jax.enable_x64(True)
+    if precision == "float32":
+        return contextlib.nullcontext()
+    raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
+
+
+def _as_float(features, precision: str) -> jax.Array:
+    return jnp.asarray(np.asarray(features), jnp.float64 if precision == "float64" else jnp.float32)
+
+
+def mutual_info_classif(features, labels, *, n_neighbors: int = 3, noise=None, num_labels: int | None = None,
+                        precision: str = "float64") -> np.ndarray:
     """Per-feature MI (nats) with a discrete target, as ``sklearn.feature_selection.mutual_info_classif``.
 
     features: ``(N, K)`` continuous; labels: ``(N,)`` ints in ``[0, num_labels)`` (default ``max + 1``).
     noise: ``(N, K)`` standard-normal draws for the tie-breaking jitter (``sklearn_noise(shape, seed)`` to
-    reproduce ``random_state=seed``); ``None`` adds no jitter.
+    reproduce ``random_state=seed``); ``None`` adds no jitter. Returns a host array ``(K,)``.
     """
-    features = jnp.asarray(features)
-    if not jnp.issubdtype(features.dtype, jnp.floating):
-        features = features.astype(jnp.float32)
-    labels = jnp.asarray(labels).astype(jnp.int32)
-    _check(features, labels)
-    if num_labels is None:
-        num_labels = int(jax.device_get(labels.max())) + 1
-    x = preprocess(features, None if noise is None else jnp.asarray(noise, features.dtype))
-    return _mi_matrix(x, labels, int(num_labels), int(n_neighbors))
+    with _x64(precision):
+        features = _as_float(jax.device_get(features), precision)
+        labels = jnp.asarray(np.asarray(labels)).astype(jnp.int32)
+        _check(features, labels)
+        if num_labels is None:
+            num_labels = int(jax.device_get(labels.max())) + 1
+        x = preprocess(features, None if noise is None else jnp.asarray(np.asarray(noise), features.dtype))
+        return np.asarray(_mi_matrix(x, labels, int(num_labels), int(n_neighbors)))
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "n_neighbors"))
@@ -158,26 +171,25 @@ def _mi_class_matrix(x, labels, num_classes, n_neighbors):
 
 
 def mutual_information_score(features, labels, num_classes: int, *, n_neighbors: int = 3, noise="sklearn",
-                             random_state: int = 0) -> tuple[jax.Array, jax.Array]:
+                             random_state: int = 0, precision: str = "float64") -> tuple[float, np.ndarray]:
     """CSG's MIS (spec B.5.2): ``mean_k max_c I(a_k ; 1[y = c])``.
 
     features: pooled activations ``(N, K)``; labels ``(N,)`` in ``[0, num_classes)``. Returns ``(mis, M)`` with
     ``M[c, k]`` the MI of filter k with the class-c indicator. ``noise="sklearn"`` uses scikit-learn's draws
     for ``random_state`` (the released evaluation calls ``mutual_info_classif(..., random_state=0)`` once per
-    class, i.e. the same jitter for every class); an array gives explicit draws; ``None`` none.
+    class, i.e. the same jitter for every class); an array gives explicit draws; ``None`` none. Host results.
     """
-    features = jnp.asarray(features)
-    if not jnp.issubdtype(features.dtype, jnp.floating):
-        features = features.astype(jnp.float32)
-    labels = jnp.asarray(labels).astype(jnp.int32)
-    _check(features, labels)
-    if isinstance(noise, str):
-        if noise != "sklearn":
-            raise ValueError(f"noise must be 'sklearn', an array or None, got {noise!r}")
-        noise = sklearn_noise(tuple(features.shape), random_state)
-    x = preprocess(features, None if noise is None else jnp.asarray(noise, features.dtype))
-    m = _mi_class_matrix(x, labels, int(num_classes), int(n_neighbors))
-    return m.max(axis=0).mean(), m
+    with _x64(precision):
+        features = _as_float(jax.device_get(features), precision)
+        labels = jnp.asarray(np.asarray(labels)).astype(jnp.int32)
+        _check(features, labels)
+        if isinstance(noise, str):
+            if noise != "sklearn":
+                raise ValueError(f"noise must be 'sklearn', an array or None, got {noise!r}")
+            noise = sklearn_noise(tuple(features.shape), random_state)
+        x = preprocess(features, None if noise is None else jnp.asarray(np.asarray(noise), features.dtype))
+        m = np.asarray(_mi_class_matrix(x, labels, int(num_classes), int(n_neighbors)))
+    return float(m.max(axis=0).mean()), m
 
 
 def gate_density(gate) -> jax.Array:
