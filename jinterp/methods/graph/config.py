@@ -91,9 +91,9 @@ class GraphConfig:
     @classmethod
     def tiny(cls) -> GraphConfig:
         """convnet (widths 16-64) on synthparts 64 px: graph on bn3 (16×16) and bn4 (8×8) pre-ReLU maps,
-        K = 13 and 7 nodes per filter, 300 lamp images, 300 negatives; ~1 min on a 2-core CPU after the backbone."""
+        K = 13 and 7 nodes per filter, 150 lamp images, 150 negatives (the paper: 2000 + 1000)."""
         return cls(arch="convnet", layers=("bn3", "bn4"), density=(0.05, 0.1), top_n=(15, 0), top_m=(600, 0),
-                   num_images=300, num_negatives=300, image_size=64, stability_units=167, transfer_top_t=30)
+                   num_images=150, num_negatives=150, image_size=64, stability_units=167, transfer_top_t=30)
 
     @classmethod
     def resnet20(cls) -> GraphConfig:

@@ -106,12 +106,14 @@ def _image(r_chw, coord, delta, log_lam, *, geom: LayerGeom, r_win, offs, s_eff,
     ph = offs + frac[..., 0, None]  # (C, K, S) candidate h relative to the window center
     pw = offs + frac[..., 1, None]
     qf = q.astype(jnp.float32)
-    dh2 = (ph[..., :, None] - qf) ** 2  # (C, K, S_h, Wn_h)
-    dw2 = (pw[..., :, None] - qf) ** 2  # (C, K, S_w, Wn_w)
-    d2 = dw2[:, :, :, None, None, :] + dh2[:, :, None, :, :, None]  # (C, K, S_w, S_h, Wn_h, Wn_w)
     sm = geom.map_sigma
-    kern = jnp.where(d2 < (3.0 * sm) ** 2, jnp.exp(-d2 / (2 * sm * sm)), math.exp(-4.5)) / (SQRT2PI * sm)
-    e = jnp.einsum("ckabhw,ckhw->ckab", kern, win, precision=jax.lax.Precision.HIGHEST)  # (C, K, S_w, S_h)
+    # κ(d) = G(d) for ‖d‖ < 3σ_m, else the constant G(3σ_m) = exp(−4.5)/(√(2π)σ_m); G decreases with ‖d‖, so this
+    # is max(G, floor) with a separable G: only (S × Wn) exps per axis, and the contraction is a fused
+    # multiply-reduce (no kernel tensor is materialized).
+    gh = jnp.exp(-((ph[..., :, None] - qf) ** 2) / (2 * sm * sm))  # (C, K, S_h, Wn_h)
+    gw = jnp.exp(-((pw[..., :, None] - qf) ** 2) / (2 * sm * sm))  # (C, K, S_w, Wn_w)
+    kern = jnp.maximum(gw[:, :, :, None, None, :] * gh[:, :, None, :, :, None], math.exp(-4.5))
+    e = jnp.sum(kern * win[:, :, None, None], axis=(-2, -1)) / (SQRT2PI * sm)  # (C, K, S_w, S_h)
 
     # prior g[c, k, iw, ih] (own offsets, std s_eff)
     lg = (log_lam - shift)[..., None, None] + _log_normal(offs, s_eff[..., None])[..., :, None] \
