@@ -26,6 +26,7 @@ updates).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -257,5 +258,11 @@ def replaced_logits(performer: nn.Module, arch: str, target: str):
 
 
 def init_explainer(model: Explainer, key: jax.Array, in_shape: tuple[int, int, int]) -> dict[str, Any]:
-    """Variables ``{"params", "batch_stats", "icnn"}`` for inputs of shape ``(H, W, C)``."""
-    return dict(jax.jit(lambda k: model.init(k, jnp.zeros((2, *in_shape), jnp.float32), train=True))(key))
+    """Variables ``{"params", "batch_stats", "icnn"}`` for inputs of shape ``(H, W, C)`` (compiled once per
+    module and shape)."""
+    return dict(_compiled_init(model, tuple(int(d) for d in in_shape))(key))
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_init(model: Explainer, in_shape: tuple[int, int, int]):
+    return jax.jit(lambda k: model.init(k, jnp.zeros((2, *in_shape), jnp.float32), train=True))
