@@ -116,7 +116,8 @@ class Trainer:
     # ---- state
     def init_state(self, variables: PyTree, num_filters: int) -> dict:
         cfg = self.cfg
-        variables = dict(variables)
+        # Copies: the jitted steps donate the state, which must not delete the caller's variables.
+        variables = dict(jax.tree.map(lambda x: jnp.array(x, copy=True), dict(variables)))
         params = {"backbone": variables.pop("params"), "gate": gates.init_gate(num_filters, self.num_classes,
                                                                                cfg.gate_init)}
         std_stages = cfg.std_optim.train_stages
