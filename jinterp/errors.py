@@ -46,3 +46,11 @@ class CheckpointError(JinterpError, RuntimeError):
 
 class TrainingError(JinterpError, RuntimeError):
     """Training diverged (NaN/Inf loss) or cannot continue."""
+
+
+class StorageError(JinterpError, OSError):
+    """A file or directory cannot be written: the disk is full, the work directory is read-only, or a file
+    stands where a directory should be. What was saved before stays as it was."""
+
+    def __str__(self) -> str:  # OSError would format (errno, strerror); print the message plainly.
+        return str(self.args[0]) if self.args else ""

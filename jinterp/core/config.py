@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -86,7 +87,10 @@ def parse_value(text: str, t: Any, key: str = "value") -> Any:
                     raise ValueError(f"expected an int, got {text!r}") from None
                 return int(f)
         if t is float:
-            return float(s)
+            f = float(s)
+            if not math.isfinite(f):
+                raise ValueError(f"expected a finite number, got {text!r}")
+            return f
         if t is str:
             return text
         if origin is typing.Literal:
@@ -134,7 +138,7 @@ def _check_value(value: Any, t: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif t is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     elif t is str:
         if isinstance(value, str):
@@ -288,6 +292,14 @@ class OptimConfig:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0 or self.clip_norm < 0 or self.weight_decay < 0:
             raise ConfigError("optim.warmup_steps, optim.clip_norm and optim.weight_decay must be >= 0")
+        if not (0 <= self.momentum < 1 and 0 <= self.b1 < 1 and 0 <= self.b2 < 1):
+            raise ConfigError(f"optim.momentum, optim.b1 and optim.b2 must lie in [0, 1), got {self.momentum}, "
+                              f"{self.b1}, {self.b2}")
+        if self.eps <= 0 or self.decay_factor <= 0:
+            raise ConfigError(f"optim.eps and optim.decay_factor must be > 0, got {self.eps}, {self.decay_factor}")
+        if any(d <= 0 for d in self.decay_steps):
+            raise ConfigError(f"optim.decay_steps must be > 0 (fractions of the run < 1, or steps), got "
+                              f"{self.decay_steps}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,9 +376,18 @@ class TrainBackboneConfig:
             raise ConfigError(f"batch_size must be > 0, got {self.batch_size}")
         if self.steps < 0 or self.epochs < 0 or (self.steps == 0 and self.epochs <= 0):
             raise ConfigError("set steps > 0 or epochs > 0")
-        for name in ("log_every", "eval_every", "ckpt_every", "keep", "num_classes", "train_size", "test_size"):
+        for name in ("log_every", "eval_every", "ckpt_every", "keep", "num_classes", "train_size", "test_size",
+                     "crop_pad"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.image_size < 1:
+            raise ConfigError(f"image_size must be >= 1, got {self.image_size}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if not self.arch or not self.data:
+            raise ConfigError("arch and data must not be empty (e.g. arch=convnet, data=synthparts)")
+        if any(w < 1 for w in self.widths):
+            raise ConfigError(f"widths must be positive channel counts, got {self.widths}")
 
 
 PRESETS = ("paper", "tiny")

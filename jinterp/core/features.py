@@ -19,12 +19,13 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+import flax.errors
 import jax
 import jax.numpy as jnp
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from jinterp.errors import DataError, LayerError, ShapeError
+from jinterp.errors import ConfigError, DataError, JinterpError, LayerError, ShapeError, StorageError, WeightsError
 
 Preprocess = Callable[[jax.Array], jax.Array]
 
@@ -71,13 +72,43 @@ def _compiled_extractor(model, layers: tuple[str, ...], preprocess: Preprocess):
 
 
 def available_layers(model, variables, image_shape: Sequence[int]) -> tuple[str, ...]:
-    """Names of the model's intermediates (plus ``logits``), found by shape evaluation (no compute)."""
+    """Names of the model's intermediates (plus ``logits``), found by shape evaluation (no compute).
+
+    Variables that do not fit the model on images of ``image_shape`` (another architecture, width or number of
+    classes, or images with other channels/size than the weights expect) raise :class:`WeightsError` listing
+    the mismatching parameters, instead of Flax's error from inside the trace.
+    """
     x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    logits, feats = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    try:
+        logits, feats = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    except JinterpError:
+        raise
+    except (flax.errors.FlaxError, TypeError, ValueError) as e:
+        raise WeightsError(_mismatch_message(model, variables, tuple(image_shape), e)) from None
     return (*feats.keys(), "logits")
 
 
-def _check_images(images: np.ndarray, what: str = "images") -> None:
+def _mismatch_message(model, variables, image_shape: tuple[int, ...], err: Exception) -> str:
+    """Which variables differ from what ``model`` needs on images of ``image_shape`` (by shape evaluation)."""
+    what = f"the variables do not fit {getattr(model, 'arch', type(model).__name__)} on images of shape {image_shape}"
+    try:
+        x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+        want = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+        flat = lambda t: {jax.tree_util.keystr(p): tuple(np.shape(v))
+                          for p, v in jax.tree_util.tree_leaves_with_path(t)}
+        w, h = flat(want), flat(dict(variables))
+        keys = sorted(set(w) | set(h), key=lambda k: ("['params']" not in k, k))  # params first
+        diffs = [f"{k}: given {h.get(k)} vs needed {w.get(k)}" for k in keys if w.get(k) != h.get(k)]
+        detail = "; ".join(diffs[:4]) + (f"; ... ({len(diffs)} in all)" if len(diffs) > 4 else "")
+    except Exception:  # the model cannot even be built for these images: report Flax's reason
+        detail = ""
+    detail = detail or str(err).strip().splitlines()[0][:300]
+    return (f"{what} ({detail}). Either the weights belong to another architecture, width or number of classes "
+            "(load the matching file / create the model with the same arguments), or the images differ in "
+            "channels or size from the ones the weights were trained on (convert or resize them).")
+
+
+def _check_images(images: np.ndarray, what: str = "images", unit_range: bool = False) -> None:
     if images.ndim != 4:
         raise ShapeError(
             f"{what} must be a 4-D NHWC array (batch, height, width, channels); got shape {images.shape}. "
@@ -91,6 +122,22 @@ def _check_images(images: np.ndarray, what: str = "images") -> None:
                          "Convert with images.astype(np.float32) / 255 or keep them as uint8.")
     if not np.all(np.isfinite(images)):
         raise ShapeError(f"{what} contain NaN or Inf values; clean or drop those images before extracting.")
+    if unit_range:
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -_RANGE_TOL or hi > 1 + _RANGE_TOL:
+            raise ShapeError(
+                f"float {what} must lie in [0, 1] (the normalization presets read them as uint8 / 255); got values "
+                f"in [{lo:.4g}, {hi:.4g}]. Pass uint8 images, divide 0..255 floats by 255, or give a callable "
+                "preprocess= for inputs that are already normalized.")
+
+
+_RANGE_TOL = 1e-3
+
+
+def _check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+    return int(batch_size)
 
 
 def _check_layers(valid: Sequence[str], layers: Sequence[str]) -> tuple[str, ...]:
@@ -131,21 +178,27 @@ def iter_features(model, variables, batches: Iterable[np.ndarray] | np.ndarray, 
         name (default: the arch's own normalization when ``model`` is an arch name, else uint8 -> [0, 1]).
     """
     model, arch = _resolve_model(model)
+    unit = not callable(preprocess)  # the presets read float pixels as [0, 1]
     preprocess = _resolve_preprocess(preprocess, arch)
+    batch_size = _check_batch_size(batch_size)
     if isinstance(batches, np.ndarray) or hasattr(batches, "shape"):
         images = np.asarray(batches)
-        _check_images(images)
+        _check_images(images, unit_range=unit)
         chunks: Iterable[np.ndarray] = _batches_of(images, batch_size)
     else:
         chunks = batches
     fn = None
     for chunk in chunks:
         chunk = np.asarray(chunk)
-        _check_images(chunk, "a batch of images")
+        _check_images(chunk, "a batch of images", unit_range=unit)
         if fn is None:
             valid = available_layers(model, variables, chunk.shape[1:])
             names = _check_layers(valid, layers)
             fn = _compiled_extractor(model, names, preprocess)
+            first_shape = chunk.shape[1:]
+        elif chunk.shape[1:] != first_shape:
+            raise ShapeError(f"a batch of images has shape {chunk.shape[1:]} per image but the first batch had "
+                             f"{first_shape}; stream images of one size (resize them first).")
         for start in range(0, len(chunk), batch_size):
             part = chunk[start:start + batch_size]
             out = fn(variables, _padded(part, batch_size))
@@ -180,9 +233,11 @@ def extract(model, variables, images: np.ndarray, layers: Sequence[str], batch_s
         cache with the same fingerprint is reused.
     """
     model, arch = _resolve_model(model)
+    unit = not callable(preprocess)
     preprocess = _resolve_preprocess(preprocess, arch)
+    batch_size = _check_batch_size(batch_size)
     images = np.asarray(images)
-    _check_images(images)
+    _check_images(images, unit_range=unit)
     names = _check_layers(available_layers(model, variables, images.shape[1:]), layers)
     if cache_dir is None:
         parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
@@ -194,8 +249,29 @@ def extract(model, variables, images: np.ndarray, layers: Sequence[str], batch_s
     root = Path(cache_dir) / _fingerprint(variables, names, images, preprocess)
     done = root / "complete.json"
     if done.exists():
-        return {k: np.load(root / f"{_safe(k)}.npy", mmap_mode="r") for k in names}
-    root.mkdir(parents=True, exist_ok=True)
+        cached = _load_cache(root, names, len(images))
+        if cached is not None:
+            return cached
+        done.unlink()  # a damaged cache (truncated/edited files): extract again over it
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return _extract_to_cache(model, variables, images, names, batch_size, preprocess, root, arch)
+    except OSError as e:
+        raise StorageError(f"cannot write the feature cache under {root} ({e.strerror or e}); free disk space or "
+                           "pass a writable cache_dir (or cache_dir=None to keep features in memory).") from e
+
+
+def _load_cache(root: Path, names: Sequence[str], n: int) -> dict[str, np.ndarray] | None:
+    """The cached memory maps, or None when a file is missing, truncated or holds the wrong number of rows."""
+    try:
+        out = {k: np.load(root / f"{_safe(k)}.npy", mmap_mode="r") for k in names}
+    except (OSError, ValueError, EOFError):
+        return None
+    return out if all(len(v) == n for v in out.values()) else None
+
+
+def _extract_to_cache(model, variables, images, names, batch_size, preprocess, root: Path, arch: str):
+    done = root / "complete.json"
     out_maps: dict[str, np.ndarray] = {}
     offset = 0
     for out in iter_features(model, variables, images, names, batch_size, preprocess):

@@ -26,7 +26,7 @@ from jinterp.core import loop, train
 from jinterp.core import sharding as shd
 from jinterp.core.checkpoint import Checkpointer
 from jinterp.core.config import TrainBackboneConfig, to_dict, to_json
-from jinterp.errors import ConfigError, DataError, WeightsError
+from jinterp.errors import ConfigError, DataError, StorageError, WeightsError
 
 PARAMS_FILE = "params.npz"
 FINAL_METRICS_FILE = "final_metrics.json"
@@ -74,8 +74,12 @@ def train_backbone(cfg: TrainBackboneConfig, workdir: str | Path, *, progress: b
     """Trains (or resumes training of) ``cfg.arch`` on ``cfg.data``; returns the final metrics dict."""
     t0 = time.perf_counter()
     cfg.validate()
+    backbones.spec(cfg.arch)  # an unknown arch or normalization fails before anything is written
+    normalization_stats(cfg)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    if workdir.exists() and not workdir.is_dir():
+        raise StorageError(f"--workdir {workdir} is a file; pass a directory (it is created when missing)")
+    _writing(workdir, lambda: workdir.mkdir(parents=True, exist_ok=True))
 
     # ---- data
     spec = data_spec(cfg)
@@ -107,7 +111,7 @@ def train_backbone(cfg: TrainBackboneConfig, workdir: str | Path, *, progress: b
 
     ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.keep, config=to_dict(cfg))
     state, start, pos = loop.restore_or_init(ckpt, state, workdir)  # raises before anything is written
-    (workdir / CONFIG_FILE).write_text(to_json(cfg) + "\n")
+    _writing(workdir / CONFIG_FILE, lambda: (workdir / CONFIG_FILE).write_text(to_json(cfg) + "\n"))
 
     # ---- steps
     mean, std = normalization_stats(cfg)
@@ -148,12 +152,26 @@ def train_backbone(cfg: TrainBackboneConfig, workdir: str | Path, *, progress: b
             "normalization": backbones.NORMALIZATION[cfg.arch] if cfg.normalization == "arch"
             else cfg.normalization, "data": spec, "step": final_step, "test_accuracy": result["accuracy"],
             "source": "jinterp train-backbone", "config": to_dict(cfg)}
-    torch_import.save_variables(workdir / PARAMS_FILE, jax.tree.map(np.asarray, host), meta)
+    _writing(workdir / PARAMS_FILE,
+             lambda: torch_import.save_variables(workdir / PARAMS_FILE, jax.tree.map(np.asarray, host), meta))
     final = {
         "arch": cfg.arch, "data": spec, "step": final_step, "steps": total, "resumed_from": start,
         "test_accuracy": result["accuracy"], "test_loss": result["loss"], "test_count": result["count"],
         "num_classes": num_classes, "image_shape": list(image_shape), "devices": int(mesh.devices.size),
         "wall_time_s": time.perf_counter() - t0, "params": str(workdir / PARAMS_FILE),
     }
-    (workdir / FINAL_METRICS_FILE).write_text(json.dumps(final, indent=2) + "\n")
+    _writing(workdir / FINAL_METRICS_FILE,
+             lambda: (workdir / FINAL_METRICS_FILE).write_text(json.dumps(final, indent=2) + "\n"))
     return final
+
+
+def _writing(path: Path, write):
+    """Runs ``write()``; a file-system failure (disk full, read-only work directory) becomes a StorageError."""
+    try:
+        return write()
+    except OSError as e:
+        if isinstance(e, StorageError):
+            raise
+        raise StorageError(f"cannot write {path} ({e.strerror or e}); free disk space or make the work directory "
+                           "writable, then rerun the same command: training resumes from the last complete "
+                           "checkpoint, which is intact.") from e

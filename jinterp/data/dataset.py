@@ -104,7 +104,8 @@ class Dataset:
 def _as_int32(x, what: str) -> np.ndarray:
     a = np.asarray(x)
     if a.dtype.kind not in "iub":
-        raise ShapeError(f"{what} must be integers, got dtype {a.dtype}")
+        raise ShapeError(f"{what} must be integers, got dtype {a.dtype}; cast whole-number labels with "
+                         ".astype(np.int32)")
     return a.astype(np.int32, copy=False)
 
 
@@ -124,7 +125,8 @@ def _validate(ds: Dataset) -> None:
     if ds.num_classes < 1:
         raise DataError(f"num_classes must be >= 1, got {ds.num_classes}{where}")
     if len(ds.class_names) != ds.num_classes:
-        raise DataError(f"{len(ds.class_names)} class_names for num_classes={ds.num_classes}{where}")
+        raise DataError(f"{len(ds.class_names)} class_names for num_classes={ds.num_classes}{where}; give one "
+                        "name per class")
     lo, hi = int(ds.labels.min()), int(ds.labels.max())
     if lo < 0 or hi >= ds.num_classes:
         raise DataError(f"labels must lie in [0, {ds.num_classes}), found range [{lo}, {hi}]{where}")

@@ -53,7 +53,8 @@ def standardize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) 
     c = images.shape[-1]
     if mean.size not in (1, c):
         if c != 1:
-            raise ShapeError(f"normalization statistics have {mean.size} channels, images have {c}")
+            raise ShapeError(f"normalization statistics have {mean.size} channels, images have {c}; convert the "
+                             f"images to {mean.size} channels (or grayscale) or pick a matching normalization")
         mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
     x = jnp.asarray(images)
     x = x.astype(jnp.float32) * np.float32(1 / 255) if x.dtype == jnp.uint8 else x.astype(jnp.float32)

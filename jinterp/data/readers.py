@@ -105,6 +105,11 @@ def synthparts_dataset(split: str = "train", *, n: int | None = None, size: int 
     ``n`` overrides the split's size (``n_train`` / ``n_test``). ``config`` or ``preset`` + ``config_kw`` (any
     :class:`SynthPartsConfig` field, e.g. ``noise=0``) pick the generator settings. "all" is train + test.
     """
+    for key, value in (("n", n), ("size", size), ("n_train", n_train), ("n_test", n_test), ("seed", seed)):
+        if (value is None and key != "n") or (
+                value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer))):
+            raise ConfigError(f"synthparts option {key} must be an integer, got {value!r} "
+                              f"(e.g. synthparts:size=64,n_train=2000,seed=0)")
     if config is None:
         if preset not in ("easy", "default", "hard"):
             raise ConfigError(f"synthparts preset {preset!r} unknown; use easy, default or hard")
@@ -113,7 +118,13 @@ def synthparts_dataset(split: str = "train", *, n: int | None = None, size: int 
         if bad:
             raise ConfigError(f"unknown synthparts option(s) {bad}; valid: n, n_train, n_test, seed, size, "
                               f"preset, {sorted(fields)}")
-        config = getattr(sp.SynthPartsConfig, preset)(size=size, **config_kw)
+        try:
+            config = getattr(sp.SynthPartsConfig, preset)(size=size, **config_kw)
+        except (TypeError, IndexError) as e:  # e.g. scale=abc or distractors=3 (a pair is needed)
+            defaults = sp.SynthPartsConfig()
+            types_ = ", ".join(f"{k}={getattr(defaults, k)!r}" for k in sorted(config_kw))
+            raise ConfigError(f"synthparts option(s) {sorted(config_kw)} have the wrong type ({e}); the defaults "
+                              f"show the expected form: {types_}") from None
     if split == "all":
         parts = [synthparts_dataset(s, n_train=n_train, n_test=n_test, seed=seed, config=config)
                  for s in ("train", "test")]
@@ -163,8 +174,12 @@ def read_npz(path: str | Path, split: str = "train", *, class_names=None, num_cl
                 x = np.concatenate([z["train_x"], z["test_x"]])
                 y = np.concatenate([z["train_y"], z["test_y"]])
             elif {"x", "y"} <= keys:
-                idx = _split_rule(len(z["y"]), split)
-                x, y = z["x"][idx], z["y"][idx]
+                x, y = z["x"], z["y"]
+                if len(x) != len(y):
+                    raise DataError(f"{path}: x holds {len(x)} images but y {len(y)} labels; give one label per "
+                                    "image")
+                idx = _split_rule(len(y), split)
+                x, y = x[idx], y[idx]
             else:
                 raise DataError(f"{path}: expected arrays train_x/train_y/test_x/test_y or x/y, found {sorted(keys)}")
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -192,17 +207,18 @@ def read_idx(path: str | Path) -> np.ndarray:
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise DataError(f"{path}: cannot read ({e}); the file is corrupt or truncated - download it again") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{path}: not an idx file (bad magic number {raw[:4].hex()!r})")
+        raise DataError(f"{path}: not an idx file (bad magic number {raw[:4].hex()!r}); point the spec at the "
+                        "original MNIST-format idx files (or an .npz)")
     ndim = raw[3]
     head = 4 + 4 * ndim
     if len(raw) < head:
-        raise DataError(f"{path}: truncated idx header")
+        raise DataError(f"{path}: truncated idx header; the file is incomplete - download it again")
     dims = struct.unpack(f">{ndim}I", raw[4:head])
     dt = np.dtype(_IDX_DTYPES[raw[2]])
     want = int(np.prod(dims)) * dt.itemsize
     if len(raw) - head != want:
         raise DataError(f"{path}: truncated or corrupt idx data: header says {dims} ({want} bytes), "
-                        f"file has {len(raw) - head} bytes of data")
+                        f"file has {len(raw) - head} bytes of data; download it again")
     return np.frombuffer(raw, dt, offset=head).reshape(dims).astype(dt.newbyteorder("="))
 
 

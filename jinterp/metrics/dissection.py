@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jinterp.errors import DataError, ShapeError
+from jinterp.errors import ConfigError, DataError, ShapeError
 
 IOU_DETECTOR_THRESHOLD = 0.04
 TOP_QUANTILE = 0.005
@@ -80,8 +80,19 @@ def concepts_from_label_maps(pixel_maps: Mapping[str, np.ndarray], image_maps: M
     """
     planes, img_cols, all_names, cat_of, cats = [], [], ["-"], [0], []
     n = None
+    unnamed = [c for c in list(pixel_maps) + list(image_maps) if c not in names]
+    if unnamed:
+        raise DataError(f"no concept names for category {unnamed}; give names[category] = the concept names of "
+                        f"labels 1..k (names covers {sorted(names)}).")
     for g, (cat, maps) in enumerate(list(pixel_maps.items()) + list(image_maps.items())):
         maps = np.asarray(maps)
+        want = 3 if cat in pixel_maps else 1
+        if maps.ndim != want:
+            form = "(N, H, W) per-pixel label maps" if want == 3 else "(N,) image-level labels"
+            raise ShapeError(f"concept labels of category {cat!r} have shape {maps.shape}; expected {form}.")
+        if maps.dtype.kind not in "iub":
+            raise ShapeError(f"concept labels of category {cat!r} must be integers, got dtype {maps.dtype}; "
+                             "round and cast them (labels are 0 = none or 1..k).")
         n = len(maps) if n is None else n
         if len(maps) != n:
             raise ShapeError(f"concept labels of category {cat!r} cover {len(maps)} images, others cover {n}; "
@@ -109,6 +120,8 @@ def _nearest(maps: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     """Nearest-neighbour resize of ``(N, H, W)`` label maps (pixel-centre sampling, as ``jax.image.resize``)."""
     if size is None or tuple(maps.shape[1:]) == tuple(size):
         return maps
+    if len(size) != 2 or min(size) < 1:
+        raise ShapeError(f"label maps can only be resized to a positive (H, W), got {tuple(size)}")
     h, w = maps.shape[1:]
     ys = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(int), h - 1)
     xs = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(int), w - 1)
@@ -194,9 +207,11 @@ def quantile_thresholds(batches: Iterable[np.ndarray], total_positions: int,
       quantile: upper tail mass (NetDissect: 0.005, i.e. the 0.995 quantile).
     """
     if not 0 < quantile < 1:
-        raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
+        raise ConfigError(f"quantile must lie in (0, 1), got {quantile} (NetDissect: 0.005)")
+    if total_positions < 1:
+        raise DataError(f"total_positions must be >= 1 (N·h·w of the streamed data), got {total_positions}")
     k = max(1, math.ceil(quantile * total_positions))
-    top = lo = hi = None
+    top = lo = hi = finite = None
     seen = 0
     for acts in batches:
         acts = jnp.asarray(acts, jnp.float32)
@@ -204,15 +219,31 @@ def quantile_thresholds(batches: Iterable[np.ndarray], total_positions: int,
         if top is None:
             top = jnp.full((u, k), -jnp.inf, jnp.float32)
             lo, hi = jnp.full((u,), jnp.inf), jnp.full((u,), -jnp.inf)
+            finite = jnp.bool_(True)
+        elif u != top.shape[0]:
+            raise ShapeError(f"activation batches disagree in their number of units ({top.shape[0]} then {u}); "
+                             "stream one layer of one model.")
+        finite = finite & _all_finite(acts)  # stays on device: checked once at the end
         top = _merge_top(top, acts)
         lo, hi = _merge_range(lo, hi, acts)
         seen += math.prod(acts.shape[:-1])
     if top is None:
-        raise DataError("no activations given: the data set is empty.")
+        raise DataError("no activations given: the data set is empty; stream at least one batch of activations.")
     if seen != total_positions:
         raise DataError(f"total_positions={total_positions} but the batches held {seen} positions per unit; "
                         "pass N·h·w of the data actually streamed.")
+    if not bool(finite):
+        raise ShapeError(_NONFINITE)
     return Thresholds(np.asarray(top[:, -1]), np.asarray(lo >= hi))
+
+
+_NONFINITE = ("the activations contain NaN or Inf, so thresholds and IoU would be meaningless; check the "
+              "images (NaN pixels), the weights (a diverged model) and the preprocessing.")
+
+
+@jax.jit
+def _all_finite(acts: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(acts))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -291,6 +322,13 @@ def tally(act_batches: Iterable[np.ndarray], concepts: ConceptSet, thresholds: T
       batch_size: the fixed compiled batch (the last batch is padded and masked).
       max_labels: the most distinct concepts one image carries (an image with more raises an error).
     """
+    if np.ndim(concepts.pixel_labels) != 4 or np.ndim(concepts.image_labels) != 2:
+        raise ShapeError(f"concept labels must be pixel_labels (N, P, H, W) and image_labels (N, Q); got "
+                         f"{np.shape(concepts.pixel_labels)} and {np.shape(concepts.image_labels)}. Build them with "
+                         "concepts_from_label_maps or concepts_from_dataset.")
+    if len(concepts.image_labels) != len(concepts.pixel_labels):
+        raise ShapeError(f"image_labels cover {len(concepts.image_labels)} images, pixel_labels "
+                         f"{len(concepts.pixel_labels)}; give labels for the same images.")
     n, _, h, w = concepts.pixel_labels.shape
     need = _max_distinct(concepts)
     if need > max_labels:
@@ -308,7 +346,10 @@ def tally(act_batches: Iterable[np.ndarray], concepts: ConceptSet, thresholds: T
         if start + m > n:
             raise ShapeError(f"activations cover more images than the concept labels ({n}); pass matching data.")
         if acts.shape[-1] != len(th):
-            raise ShapeError(f"activations have {acts.shape[-1]} units but thresholds {len(th)}.")
+            raise ShapeError(f"activations have {acts.shape[-1]} units but thresholds {len(th)}; compute the "
+                             "thresholds and the tally on the same layer.")
+        if not np.all(np.isfinite(acts)):
+            raise ShapeError(_NONFINITE)
         if state is None:
             state = empty_tally(acts.shape[-1], concepts.num_concepts, len(concepts.categories))
             rh, rw = _bilinear_matrix(acts.shape[1], h), _bilinear_matrix(acts.shape[2], w)
@@ -320,7 +361,7 @@ def tally(act_batches: Iterable[np.ndarray], concepts: ConceptSet, thresholds: T
                              num_categories=len(concepts.categories))
         start += m
     if state is None:
-        raise DataError("no activations given: the data set is empty.")
+        raise DataError("no activations given: the data set is empty; stream at least one batch of activations.")
     if start != n:
         raise ShapeError(f"activations cover {start} images but the concept labels {n}; pass matching data.")
     return state
@@ -330,7 +371,8 @@ def _pad(a: np.ndarray, size: int) -> np.ndarray:
     if len(a) == size:
         return a
     if len(a) > size:
-        raise ShapeError(f"a batch of {len(a)} exceeds batch_size={size}.")
+        raise ShapeError(f"a batch of {len(a)} exceeds batch_size={size}; stream batches of at most batch_size "
+                         "images (or raise batch_size).")
     return np.concatenate([a, np.zeros((size - len(a), *a.shape[1:]), a.dtype)])
 
 
@@ -342,6 +384,10 @@ def _max_distinct(concepts: ConceptSet) -> int:
 
 def iou(t: Tally, concepts: ConceptSet) -> np.ndarray:
     """``(U, L)`` IoU of every unit with every concept (column j is concept id j + 1). Never NaN."""
+    if t.intersection.shape[1] != concepts.num_concepts + 1 or t.activated.shape[1] != len(concepts.categories):
+        raise ShapeError(f"the tally counts {t.intersection.shape[1] - 1} concepts in {t.activated.shape[1]} "
+                         f"categories but the concept set has {concepts.num_concepts} in {len(concepts.categories)}; "
+                         "pass the concept set the tally was made with.")
     inter = np.asarray(t.intersection)[:, 1:]
     act = np.asarray(t.activated)[:, concepts.category_of[1:]]
     lab = np.asarray(t.label_count)[1:]
@@ -374,6 +420,9 @@ def label_units(iou_table: np.ndarray, dead: np.ndarray | None = None,
                 threshold: float = IOU_DETECTOR_THRESHOLD) -> DissectionResult:
     """NetDissect labelling: each unit's top concept; a detector if its IoU exceeds ``threshold`` (0.04)."""
     iou_table = np.asarray(iou_table)
+    if iou_table.ndim != 2 or not np.all(np.isfinite(iou_table)):
+        raise ShapeError(f"the IoU table must be a finite (units, concepts) array, got shape {iou_table.shape}"
+                         + ("" if iou_table.ndim != 2 else " with NaN/Inf entries") + "; compute it with iou().")
     best = np.argmax(iou_table, axis=1)           # argmax takes the lowest index on ties
     best_iou = iou_table[np.arange(len(best)), best]
     det = best_iou > threshold
@@ -389,6 +438,9 @@ def s1_s2(iou_train: np.ndarray, iou_val: np.ndarray) -> tuple[float, float]:
     iou_train, iou_val = np.asarray(iou_train), np.asarray(iou_val)
     if iou_train.shape != iou_val.shape:
         raise ShapeError(f"train and val IoU tables differ in shape: {iou_train.shape} vs {iou_val.shape}.")
+    if iou_train.ndim != 2 or not (np.all(np.isfinite(iou_train)) and np.all(np.isfinite(iou_val))):
+        raise ShapeError(f"IoU tables must be finite (units, concepts) arrays, got shape {iou_train.shape}"
+                         + ("" if iou_train.ndim != 2 else " with NaN/Inf entries") + "; compute them with iou().")
     best = np.argmax(iou_train, axis=1)
     phi = np.clip(iou_val[np.arange(len(best)), best], 0.0, 1.0)
     s1 = float(phi.sum())
@@ -406,7 +458,12 @@ def dissect(act_batches_fn, concepts: ConceptSet, batch_size: int, quantile: flo
     Returns:
       ``(iou_table (U, L), DissectionResult)``.
     """
-    first = next(iter(act_batches_fn()))
+    first = next(iter(act_batches_fn()), None)
+    if first is None:
+        raise DataError("no activations given: the data set is empty; stream at least one batch of activations.")
+    first = np.asarray(first)
+    if first.ndim != 4:
+        raise ShapeError(f"dissection needs spatial activations (B, h, w, U); got shape {first.shape}.")
     n = len(concepts.pixel_labels)
     th = quantile_thresholds(act_batches_fn(), n * first.shape[1] * first.shape[2], quantile)
     table = iou(tally(act_batches_fn(), concepts, th, batch_size, max_labels), concepts)
