@@ -348,14 +348,6 @@ def run(cfg: ExplainerConfig, workdir: str | Path, *, progress: bool = True) -> 
         sweep = run_sweep(s, train_ds, test_ds, jax.random.fold_in(root, 1))
         times["sweep_s"] = time.perf_counter() - t0
 
-    icnn_perf: dict[str, Any] = {}
-    if cfg.icnn_performer:
-        from jinterp.methods.explainer import performer as P
-
-        t0 = time.perf_counter()
-        icnn_perf = P.train_and_compare(cfg, train_ds, test_ds, jax.random.fold_in(root, 2), progress=progress)
-        times["icnn_performer_s"] = time.perf_counter() - t0
-
     # ---- figures
     t0 = time.perf_counter()
     figures = {}
@@ -385,7 +377,7 @@ def run(cfg: ExplainerConfig, workdir: str | Path, *, progress: bool = True) -> 
         "surrogate": cfg.surrogate, "performer": perf_info, "performer_unchanged": perf_unchanged,
         "beta_mean": {k: float(np.mean(v)) for k, v in jax.device_get(state.model_state["icnn"]).items()},
         **{k: v for k, v in ev.items() if not k.startswith("_")},
-        "train_curve": train_curve, "sweep": sweep, "icnn_performer": icnn_perf, "figures": figures,
+        "train_curve": train_curve, "sweep": sweep, "figures": figures,
         "times": times, "devices": jax.device_count(), "backend": jax.default_backend(),
     }
     results = _json_ready(results)
