@@ -44,9 +44,9 @@ RESERVED: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _add_common(p: argparse.ArgumentParser, *, workdir_default: str) -> None:
+def _add_common(p: argparse.ArgumentParser, *, workdir_default: str, config_default: str = "paper") -> None:
     g = p.add_argument_group("common options")
-    g.add_argument("--config", choices=("paper", "tiny"), default="paper",
+    g.add_argument("--config", choices=("paper", "tiny"), default=config_default,
                    help="config preset: 'paper' (the published setting) or 'tiny' (seconds to minutes on a "
                         "2-core CPU) (default: %(default)s)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             q = sub.add_parser(name, help=f"{what} (not implemented yet)",
                                description=f"{what}. Not implemented yet: lands with {issue}.")
-        _add_common(q, workdir_default=f"runs/{name}")
+        # The demo's point is a first look in minutes: its presets default to tiny.
+        _add_common(q, workdir_default=f"runs/{name}", config_default="tiny" if name == "demo" else "paper")
         _add_method_arguments(q, module)
         if name == "demo":
             q.add_argument("--quick", action="store_true", help="the tiny settings: a few minutes on a CPU")

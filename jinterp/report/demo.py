@@ -1,0 +1,338 @@
+"""``jinterp demo``: one small CNN interpreted by all five methods, evaluated against ground truth, in one report.
+
+    jinterp demo                      # synthparts, trains the small ConvNet, every method's tiny preset (~15 min CPU)
+    jinterp demo --quick              # reduced sizes: a few minutes on a 2-core CPU (run by the tests)
+    jinterp demo --weights ../shared/weights/resnet20-12fca82f.th --arch resnet20 \\
+                 --data npz:../shared/data/cifar10_subset.npz
+
+Stages: data → backbone (trained here, or ``--weights``: a jinterp ``.npz`` or a PyTorch checkpoint, converted) →
+explainer network → explanatory graph → interpretable bases (natural, random, UIBE, IBD) → ClaDec (+ RefAE) →
+class-specific gates. Each method runs its own program (``jinterp.methods.<m>.program.run``) in
+``<workdir>/<method>/`` with its ``tiny`` preset (``--config paper``: the published settings; hours), pointed at the
+same backbone and data. A method whose evaluation needs annotations the data lacks (part landmarks, concept masks)
+is skipped and the report says why; a method that fails is reported with its error and the others still run.
+
+Writes ``<workdir>/report.html`` (self-contained), ``<workdir>/summary.json`` and each method's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+METHODS = ("explainer", "graph", "basis", "cladec", "csg")
+TITLES = {
+    "backbone": "Backbone",
+    "explainer": "Explainer network (Zhang et al.)",
+    "graph": "Explanatory graph (Zhang et al., AAAI 2018)",
+    "basis": "Interpretable basis: UIBE vs natural, random and IBD (Doumanoglou et al.)",
+    "cladec": "ClaDec vs reference auto-encoder (Schneider & Vlachos)",
+    "csg": "Class-specific gates (Liang et al., ECCV 2020)",
+}
+# What each method's evaluation needs from the data (Dataset attributes); absent -> skipped with the reason.
+NEEDS = {"graph": ("landmarks",), "basis": ("masks",)}
+NEED_TEXT = {"landmarks": "part landmarks (e.g. synthparts' part centers)",
+             "masks": "per-pixel concept masks (e.g. synthparts or Broden-format data)"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", default=None,
+                        help="backbone of --weights (default: from the weights file's meta; convnet when training)")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="root seed of every stage (default: %(default)s)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """What the demo shares across methods. ``quick`` shrinks every stage (tests, first look)."""
+
+    data: str = "synthparts"
+    arch: str = "convnet"
+    weights: str = ""
+    seed: int = 0
+    quick: bool = False
+    preset: str = "tiny"
+    image_size: int = 64
+    methods: tuple[str, ...] = METHODS
+
+    def data_spec(self) -> str:
+        kind, _, arg = self.data.partition(":")
+        if kind != "synthparts":
+            return self.data
+        opts = [o for o in arg.split(",") if o.strip()]
+        given = {o.split("=", 1)[0] for o in opts}
+        extra = {"size": self.image_size, "n_train": 800 if self.quick else 3000,
+                 "n_test": 200 if self.quick else 600, "seed": self.seed}
+        opts += [f"{k}={v}" for k, v in extra.items() if k not in given]
+        return "synthparts:" + ",".join(opts)
+
+
+# ----------------------------------------------------------------------------------------------------- backbone
+def prepare_backbone(s: DemoSettings, workdir: Path, progress: bool) -> dict[str, Any]:
+    """Trains the ConvNet on the demo data, or converts/loads ``--weights``; returns {arch, weights, accuracy...}."""
+    from jinterp.backbones import torch_import
+
+    out = workdir / "backbone"
+    if s.weights:
+        src = Path(s.weights)
+        if src.suffix == ".npz":
+            _, meta = torch_import.load_variables(src, s.arch if s.arch else None)
+            return {"arch": meta["arch"], "weights": str(src), "source": str(src), "trained_here": False}
+        variables = torch_import.from_torch(s.arch, src)
+        path = torch_import.save_variables(out / "params.npz", variables,
+                                           {"arch": s.arch, "source": src.name})
+        return {"arch": s.arch, "weights": str(path), "source": src.name, "trained_here": False,
+                "converted_from": "pytorch"}
+    from jinterp.core import config as cfglib
+    from jinterp.core.train_backbone import train_backbone
+
+    cfg = cfglib.TrainBackboneConfig.tiny() if s.preset == "tiny" else cfglib.TrainBackboneConfig.paper()
+    cfg = dataclasses.replace(cfg, arch=s.arch, data=s.data_spec(), image_size=s.image_size, seed=s.seed,
+                              train_size=0, test_size=0)
+    if s.quick:
+        cfg = dataclasses.replace(cfg, steps=150, eval_every=0, ckpt_every=0, log_every=25)
+    final = train_backbone(cfg, out, progress=progress)
+    return {"arch": s.arch, "weights": str(out / "params.npz"), "trained_here": True,
+            "test_accuracy": final["test_accuracy"], "steps": final["step"], "seconds": final["wall_time_s"]}
+
+
+# ------------------------------------------------------------------------------------------- method configs
+def _common(cfg, s: DemoSettings, backbone: dict, **extra):
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    values = {"arch": backbone["arch"], "weights": backbone["weights"], "data": s.data_spec(), "seed": s.seed,
+              "image_size": s.image_size, **extra}
+    return dataclasses.replace(cfg, **{k: v for k, v in values.items() if k in fields})
+
+
+def method_config(name: str, s: DemoSettings, backbone: dict):
+    """The method's preset (tiny or paper) pointed at the demo's backbone and data, shrunk further with --quick."""
+    import importlib
+
+    mod = importlib.import_module(f"jinterp.methods.{name}.config")
+    cls = {"explainer": "ExplainerConfig", "graph": "GraphConfig", "basis": "BasisConfig",
+           "cladec": "ClaDecConfig", "csg": "CSGConfig"}[name]
+    cfg = getattr(getattr(mod, cls), s.preset)()
+    cfg = _common(cfg, s, backbone)
+    if name == "csg":  # CSG trains its own gated CNN (from the backbone's weights as initialization)
+        cfg = dataclasses.replace(cfg, widths=_backbone_widths(backbone))
+    if s.quick:
+        cfg = dataclasses.replace(cfg, **QUICK.get(name, {}))
+    return cfg
+
+
+def _backbone_widths(backbone: dict) -> tuple[int, ...]:
+    if backbone["arch"] != "convnet":
+        return ()
+    from jinterp.backbones import torch_import
+
+    variables, _ = torch_import.load_variables(backbone["weights"], "convnet")
+    p = variables["params"]
+    return tuple(int(p[f"conv{i}"]["kernel"].shape[-1]) for i in range(1, 10) if f"conv{i}" in p)
+
+
+# Reductions for --quick on top of the tiny presets (fields of each method's config).
+QUICK: dict[str, dict[str, Any]] = {
+    "explainer": {"train_size": 600, "test_size": 200, "filters": 16, "steps": 60, "sweep_steps": 30,
+                  "sweep_lams": (1e-3,), "sweep_etas": (0.1, 1.0), "log_every": 20, "ckpt_every": 0,
+                  "eval_batch_size": 100, "num_figure_filters": 4},
+    "graph": {"num_images": 60, "num_negatives": 60, "iterations": 4, "stability_units": 40},
+    "basis": {"n_train": 200, "n_test": 100, "fit_pixels": 5000, "batch_size": 50},
+    "cladec": {"train_size": 512, "test_size": 128, "layers": ("relu3",), "epochs": 2, "retrain_epochs": 1,
+               "grid_rows": 4},
+    "csg": {},
+}
+
+
+# ------------------------------------------------------------------------------------------------ sections
+def _get(d: dict, *path, default=float("nan")):
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def _figures(results: dict, workdir: Path):
+    from jinterp.report.html import Figure
+
+    figs = results.get("figures") or {}
+    items = figs.items() if isinstance(figs, dict) else enumerate(figs)
+    out = []
+    for key, val in items:
+        paths = val if isinstance(val, (list, tuple)) else [val]
+        for p in paths:
+            if isinstance(p, dict):
+                p = p.get("path")
+            if isinstance(p, str) and p.endswith(".png"):
+                path = Path(p) if Path(p).is_absolute() or Path(p).exists() else workdir / p
+                out.append(Figure(path, str(key).replace("_", " ")))
+    if not out:  # a program that lists no figures: show what it wrote
+        out = [Figure(p, p.stem.replace("_", " ")) for p in sorted((workdir / "figures").glob("*.png"))]
+    return out
+
+
+def _scalars(d: dict, prefix: str = "", depth: int = 2) -> list[tuple[str, Any]]:
+    """Numeric leaves of a results dict (for the fallback table)."""
+    rows: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        if k in ("config", "figures", "times", "wall_times_s", "train_curve"):
+            continue
+        name = f"{prefix}{k}"
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, (int, float)):
+            rows.append((name, v))
+        elif isinstance(v, dict) and depth > 0:
+            rows += _scalars(v, name + ".", depth - 1)
+    return rows
+
+
+def section_for(name: str, results: dict, workdir: Path, seconds: float):
+    """The report section of a method: its headline table (with baselines) from ``results``, and its figures."""
+    from jinterp.report.html import Section, Table
+
+    builder = SECTION_BUILDERS.get(name)
+    tables, notes, intro = [], [], ""
+    if builder is not None:
+        try:
+            intro, tables, notes = builder(results)
+        except (KeyError, TypeError, IndexError, ValueError) as e:
+            notes.append(f"(headline table unavailable: {type(e).__name__}: {e})")
+    if not tables:
+        tables = [Table("metrics", ["metric", "value"], _scalars(results)[:40])]
+    return Section(TITLES.get(name, name), intro=intro, tables=tables, figures=_figures(results, workdir),
+                   notes=notes, seconds=seconds)
+
+
+SECTION_BUILDERS: dict[str, Callable[[dict], tuple[str, list, list[str]]]] = {}
+
+
+# ------------------------------------------------------------------------------------------------------ run
+def _header(s: DemoSettings, timings: dict[str, float]) -> dict[str, Any]:
+    import flax
+    import jax
+    import optax
+
+    return {"command": "jinterp demo" + (" --quick" if s.quick else ""), "data": s.data_spec(),
+            "backbone": s.arch + (f" ({Path(s.weights).name})" if s.weights else " (trained here)"),
+            "preset": s.preset, "seed": s.seed,
+            "device": f"{jax.default_backend()} x{jax.device_count()} ({jax.devices()[0].device_kind})",
+            "versions": f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, "
+                        f"python {platform.python_version()}",
+            "total time": f"{sum(timings.values()):.0f} s"}
+
+
+def _missing(name: str, ds) -> list[str]:
+    miss = []
+    for need in NEEDS.get(name, ()):
+        value = getattr(ds, need, None)
+        if value is None or (hasattr(value, "__len__") and len(value) == 0):
+            miss.append(need)
+    return miss
+
+
+def run_demo(s: DemoSettings, workdir: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Runs every stage; writes ``report.html`` and ``summary.json``; returns the summary."""
+    import importlib
+
+    from tqdm.auto import tqdm
+
+    from jinterp import data
+    from jinterp.report.html import Section, Table, write_report
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    summary: dict[str, Any] = {"settings": dataclasses.asdict(s), "methods": {}}
+    sections = []
+    stages = tqdm(("backbone", *s.methods), desc="demo", unit="stage", disable=not progress)
+
+    t = time.perf_counter()
+    stages.set_postfix_str("backbone")
+    probe = data.load(s.data_spec(), "test")  # what annotations the data has (cheap for synthparts)
+    backbone = prepare_backbone(s, workdir, progress)
+    timings["backbone"] = time.perf_counter() - t
+    summary["backbone"] = backbone
+    rows = [("architecture", backbone["arch"]), ("weights", Path(backbone["weights"]).name)]
+    if "test_accuracy" in backbone:
+        rows.append(("test accuracy", backbone["test_accuracy"]))
+    sections.append(Section(TITLES["backbone"], tables=[Table("the network being interpreted", ["", ""], rows)],
+                            seconds=timings["backbone"]))
+    stages.update(1)
+
+    failed = []
+    for name in s.methods:
+        stages.set_postfix_str(name)
+        t = time.perf_counter()
+        mdir = workdir / name
+        miss = _missing(name, probe)
+        if miss:
+            reason = "skipped: the data has no " + " and no ".join(NEED_TEXT[m] for m in miss)
+            sections.append(Section(TITLES[name], status="skipped", reason=reason))
+            summary["methods"][name] = {"status": "skipped", "reason": reason}
+            stages.update(1)
+            continue
+        try:
+            cfg = method_config(name, s, backbone)
+            program = importlib.import_module(f"jinterp.methods.{name}.program")
+            results = program.run(cfg, mdir, progress=progress)
+            timings[name] = time.perf_counter() - t
+            sections.append(section_for(name, results, mdir, timings[name]))
+            summary["methods"][name] = {"status": "ok", "seconds": timings[name],
+                                        "results": str((mdir / "results.json").relative_to(workdir))}
+        except Exception as e:  # one method's failure must not lose the others' results
+            timings[name] = time.perf_counter() - t
+            failed.append(name)
+            msg = f"{type(e).__name__}: {e}"
+            sections.append(Section(TITLES[name], status="failed", reason=msg, seconds=timings[name],
+                                    notes=[traceback.format_exc(limit=6)]))
+            summary["methods"][name] = {"status": "failed", "error": msg}
+        stages.update(1)
+    stages.close()
+
+    summary["timings_s"] = timings
+    summary["total_s"] = sum(timings.values())
+    summary["failed"] = failed
+    report = write_report(workdir / "report.html", "jinterp demo: five ways to interpret one CNN",
+                          _header(s, timings), sections, config=dataclasses.asdict(s))
+    summary["report"] = report.name
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``jinterp demo`` command."""
+    from jinterp.errors import ConfigError
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ConfigError(f"--methods: unknown {bad or '(none)'}; choose from {','.join(METHODS)}")
+    if args.weights and not args.arch and not str(args.weights).endswith(".npz"):
+        raise ConfigError(f"--weights {args.weights} is a PyTorch checkpoint: say which backbone it is with --arch "
+                          "(e.g. --arch resnet20)")
+    if args.overrides:
+        raise ConfigError("jinterp demo takes no --set; run a method's own command (e.g. jinterp cladec --set ...) "
+                          "to change its settings")
+    size = 64
+    if args.data and not args.data.startswith("synthparts"):
+        size = 32  # the real sets in ../shared are 32 px (CIFAR) or 28 px upscaled
+    s = DemoSettings(data=args.data, arch=args.arch or "convnet", weights=args.weights or "", seed=args.seed,
+                     quick=bool(args.quick), preset="paper" if args.config == "paper" else "tiny",
+                     image_size=size, methods=methods)
+    summary = run_demo(s, args.workdir)
+    ok = [m for m, r in summary["methods"].items() if r["status"] == "ok"]
+    print(f"jinterp demo: {len(ok)}/{len(s.methods)} methods ran ({', '.join(ok) or 'none'}) in "
+          f"{summary['total_s']:.0f} s; report: {Path(args.workdir) / summary['report']}")
+    for m, r in summary["methods"].items():
+        if r["status"] != "ok":
+            print(f"  {m}: {r['status']}: {r.get('reason') or r.get('error')}")
+    return 1 if summary["failed"] else 0
