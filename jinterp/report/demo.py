@@ -145,7 +145,7 @@ QUICK: dict[str, dict[str, Any]] = {
                   "eval_batch_size": 100, "num_figure_filters": 4},
     "graph": {"num_images": 60, "num_negatives": 60, "iterations": 4, "stability_units": 40},
     "basis": {"n_train": 200, "n_test": 100, "fit_pixels": 5000, "batch_size": 50},
-    "cladec": {"train_size": 512, "test_size": 128, "layers": ("relu3",), "epochs": 2, "retrain_epochs": 1,
+    "cladec": {"train_size": 512, "test_size": 128, "layers": ("relu3",), "epochs": 2, "retrain_epochs": 0,
                "grid_rows": 4},
     "csg": {},
 }
@@ -212,7 +212,80 @@ def section_for(name: str, results: dict, workdir: Path, seconds: float):
                    notes=notes, seconds=seconds)
 
 
-SECTION_BUILDERS: dict[str, Callable[[dict], tuple[str, list, list[str]]]] = {}
+def _explainer_section(r: dict):
+    from jinterp.report.html import Table
+
+    inst = r.get("instability", {})
+    perf = [k for k in inst if k.startswith("performer_")]
+    rows = [(f"location instability ({k.replace('_', ' ')})", "explainer" if k.startswith("explainer") else
+             "performer (baseline)", _get(inst, k, "value")) for k in sorted(inst, key=lambda k: k in perf)]
+    quality = [("relative reconstruction error of the target layer", _get(r, "relative_error")),
+               ("performer accuracy on real features", _get(r, "accuracy")),
+               ("performer accuracy with the explainer's reconstruction", _get(r, "accuracy_replaced")),
+               ("mean mixing weight p (share of the interpretable track)", _get(r, "p_mean"))]
+    sweep = [(w.get("lam"), w.get("eta"), w.get("relative_error"), w.get("p_mean"), w.get("accuracy_replaced"),
+              w.get("instability_interp2")) for w in r.get("sweep") or []]
+    tables = [Table("part localization: lower instability = filters that fire on the same object part",
+                    ["units", "role", "instability"], rows),
+              Table(f"distilling {r.get('layer')} -> {r.get('target')}", ["metric", "value"], quality)]
+    if sweep:
+        tables.append(Table("λ / η trade-off (one vmapped run)", ["λ", "η", "rel. error", "p", "acc. replaced",
+                                                                   "instability"], sweep))
+    intro = ("An explainer network distils the performer's features into filters trained with the interpretable-CNN "
+             "filter loss; its part maps should be more stable on synthparts' part landmarks than raw filters.")
+    return intro, tables, []
+
+
+def _graph_section(r: dict):
+    from jinterp.report.html import Table
+
+    m = r["metrics"]
+    rows = [("location instability (graph-code variant)", m["instability_graph_nodes"],
+             m["instability_graph_filters"]),
+            ("location instability (ICNN-code variant)", m["instability_icnn_nodes"], m["instability_icnn_filters"]),
+            ("few-shot part localization: normalized distance", m["fewshot_normalized_distance_nodes"],
+             m["fewshot_normalized_distance_filters"])]
+    layers = [(x["name"], "x".join(map(str, x["map"])), x["nodes_per_filter"], x["nodes"], x["edges"])
+              for x in r.get("layers", [])]
+    intro = (f"Part patterns mined from each filter by EM on {r.get('num_images')} images of "
+             f"'{r.get('category')}'; graph nodes vs the raw filters they come from (lower is better).")
+    return intro, [Table("graph nodes vs raw filters", ["metric", "graph nodes", "raw filters (baseline)"], rows),
+                   Table("graph", ["layer", "map", "nodes/filter", "nodes", "edges"], layers)], \
+        [m.get("fewshot_note", "")]
+
+
+def _basis_section(r: dict):
+    from jinterp.report.html import Table
+
+    rows = [(name, b.get("directions"), b.get("detectors"), b.get("unique_detectors"), b.get("S1"), b.get("S2"))
+            for name, b in r["bases"].items()]
+    intro = (f"Bases of layer {r.get('layer')} ({r.get('channels')} channels) scored by Network-Dissection metrics "
+             f"against synthparts' {r.get('concepts')} concepts: '@q' uses NetDissect's top-quantile thresholds, "
+             "'@own' the basis' own learned thresholds. natural = raw filters, random = a random rotation "
+             "(baselines).")
+    return intro, [Table("dissection (higher is more interpretable)", ["basis", "directions", "detectors",
+                                                                      "unique detectors", "S1", "S2"], rows)], []
+
+
+def _cladec_section(r: dict):
+    from jinterp.report.html import Table
+
+    rows = []
+    for layer, lr in r["layers"].items():
+        for src, v in lr["sources"].items():
+            rows.append((layer, src, v.get("mse", float("nan")), v.get("frozen_accuracy", float("nan")),
+                         v.get("retrain_acc_original", float("nan"))))
+    intro = ("Decoders from a layer back to the image: RefAE (a fresh encoder, MSE only) is the baseline; ClaDec "
+             "decodes the classifier's own activations, with α weighting the classifier's loss on the "
+             "reconstruction. The classifier's accuracy on reconstructions shows what the layer keeps for the task.")
+    notes = [r["retrain_protocol"]] if r.get("retrain_protocol") else []
+    return intro, [Table("reconstructions", ["layer", "source", "MSE", "frozen classifier accuracy",
+                                             "retrained classifier accuracy (real test images)"], rows)], notes
+
+
+SECTION_BUILDERS: dict[str, Callable[[dict], tuple[str, list, list[str]]]] = {
+    "explainer": _explainer_section, "graph": _graph_section, "basis": _basis_section, "cladec": _cladec_section,
+}
 
 
 # ------------------------------------------------------------------------------------------------------ run
