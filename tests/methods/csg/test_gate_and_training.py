@@ -150,3 +150,21 @@ def test_config_presets_and_validation():
     with pytest.raises(ConfigError, match="gate_init"):
         apply_overrides(p, ["gate_init=1.5"])
     assert apply_overrides(p, ["csg_optim.lr=0.01"]).csg_optim.lr == 0.01
+
+
+@pytest.mark.parametrize("faithful", [False, True])
+def test_faithful_baseline_frees_one_more_stage(faithful):
+    import dataclasses
+
+    model = backbones.create("convnet", 6, widths=(8, 8, 8, 8))
+    v = backbones.init(model, jax.random.key(0), (32, 32, 3))
+    site = gates.gate_site(model)
+    cfg = dataclasses.replace(CSGConfig.paper(), arch="convnet", faithful=faithful)
+    base = csgtrain.Trainer(model, site, cfg, 6, (0.0,) * 3, (1.0,) * 3, baseline=True)
+    base.init_state(v, 8)
+    csg = csgtrain.Trainer(model, site, cfg, 6, (0.0,) * 3, (1.0,) * 3)
+    csg.init_state(v, 8)
+    layers = lambda keys: {k.split("/")[1] for k in keys if "/" in k}
+    assert layers(csg.keys["std"]) == {"conv3", "bn3", "conv4", "bn4", "fc"}
+    # The released baseline's children list lacks lmask, so its "top 5" reaches one stage lower (spec B.3).
+    assert layers(base.keys["std"]) == layers(csg.keys["std"]) | ({"conv2", "bn2"} if faithful else set())
