@@ -119,13 +119,13 @@ class ClaDecConfig:
         """The small ConvNet on 32 px synthparts: backbone, two layers x (RefAE + a 3-α sweep) and the retrain
         protocol in about a minute on a 2-core CPU."""
         backbone = TrainBackboneConfig(
-            arch="convnet", widths=(16, 32, 64, 64), batch_size=64, steps=160, augment="flip",
+            arch="convnet", widths=(16, 32, 64, 64), batch_size=64, steps=120, augment="flip",
             optim=OptimConfig(name="adam", lr=3e-3, weight_decay=0.0, warmup_steps=20),
             log_every=40, eval_every=0, ckpt_every=0, keep=1)
         return cls(
-            arch="convnet", data="synthparts", image_size=32, train_size=2048, test_size=512,
-            layers=("relu3", "avgpool"), alphas=(0.0, 0.01, 0.1), base_width=16, batch_size=64, epochs=4,
-            lr=2e-3, weight_decay=0.0, backbone=backbone, retrain_epochs=2, retrain_lr=0.05,
+            arch="convnet", data="synthparts", image_size=32, train_size=1536, test_size=384,
+            layers=("relu3",), alphas=(0.0, 0.01, 0.1), base_width=16, batch_size=64, epochs=3,
+            lr=3e-3, weight_decay=0.0, backbone=backbone, retrain_epochs=2, retrain_lr=0.05,
             retrain_batch_size=64, grid_rows=6, log_every=16, ckpt_every=0)
 
     def validate(self) -> None:

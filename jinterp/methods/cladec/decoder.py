@@ -21,8 +21,9 @@ Parameter names: ``entry`` (Linear or Conv2d), ``up<i>`` (hidden transposed conv
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -132,14 +133,24 @@ def make_decoder(act_shape: Sequence[int], image_shape: Sequence[int], base_widt
 
 def init_decoder(decoder: Decoder, key: jax.Array) -> dict:
     """PyTorch-default-initialised ``params`` of ``decoder`` (no other collections)."""
-    x = jnp.zeros((1, *decoder.plan.act_shape), jnp.float32)
-    return jax.jit(decoder.init)(key, x)["params"]
+    return _compiled_init(decoder, jax.typeof(key))(key)
 
 
 def init_decoders(decoder: Decoder, keys: jax.Array) -> dict:
-    """Stacked params of ``len(keys)`` decoders (leading axis = model), for the vmapped α sweep."""
+    """Stacked params of ``len(keys)`` independently initialised decoders (leading axis = model)."""
+    init = _compiled_init(decoder, jax.typeof(keys[0]))
+    return jax.tree.map(lambda *ps: jnp.stack(ps), *[init(k) for k in keys])
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_init(decoder: Decoder, key_type) -> Callable:
+    # A handful of RNG kernels run once: XLA:CPU's optimizing backend took 25-35 s to compile them on the loaded
+    # 2-core machine, level 0 about 6 s (the same trade-off as jinterp.backbones.init). Deterministic.
     x = jnp.zeros((1, *decoder.plan.act_shape), jnp.float32)
-    return jax.jit(jax.vmap(lambda k: decoder.init(k, x)["params"]))(keys)
+    lowered = jax.jit(lambda k: decoder.init(k, x)["params"]).lower(
+        jax.ShapeDtypeStruct(key_type.shape, key_type.dtype))
+    fast = jax.default_backend() == "cpu"
+    return lowered.compile(compiler_options={"xla_backend_optimization_level": 0} if fast else None)
 
 
 def num_params(params) -> int:
