@@ -84,13 +84,15 @@ def prepare_backbone(s: DemoSettings, workdir: Path, progress: bool) -> dict[str
     if s.weights:
         src = Path(s.weights)
         if src.suffix == ".npz":
-            _, meta = torch_import.load_variables(src, s.arch if s.arch else None)
-            return {"arch": meta["arch"], "weights": str(src), "source": str(src), "trained_here": False}
-        variables = torch_import.from_torch(s.arch, src)
-        path = torch_import.save_variables(out / "params.npz", variables,
-                                           {"arch": s.arch, "source": src.name})
-        return {"arch": s.arch, "weights": str(path), "source": src.name, "trained_here": False,
-                "converted_from": "pytorch"}
+            variables, meta = torch_import.load_variables(src, s.arch if s.arch else None)
+            info = {"arch": meta["arch"], "weights": str(src), "source": src.name, "trained_here": False}
+        else:
+            variables = torch_import.from_torch(s.arch, src)
+            path = torch_import.save_variables(out / "params.npz", variables, {"arch": s.arch, "source": src.name})
+            info = {"arch": s.arch, "weights": str(path), "source": src.name, "trained_here": False,
+                    "converted_from": "pytorch"}
+        info["test_accuracy"] = _accuracy(info["arch"], variables, s.data_spec())
+        return info
     from jinterp.core import config as cfglib
     from jinterp.core.train_backbone import train_backbone
 
@@ -102,6 +104,32 @@ def prepare_backbone(s: DemoSettings, workdir: Path, progress: bool) -> dict[str
     final = train_backbone(cfg, out, progress=progress)
     return {"arch": s.arch, "weights": str(out / "params.npz"), "trained_here": True,
             "test_accuracy": final["test_accuracy"], "steps": final["step"], "seconds": final["wall_time_s"]}
+
+
+def _accuracy(arch: str, variables: dict, spec: str) -> float:
+    """Test accuracy of given weights on the demo data (the backbone's own input normalization)."""
+    import jax
+    import numpy as np
+
+    from jinterp import backbones, data
+
+    ds = data.load(spec, "test")
+    kw = {}
+    if arch == "convnet":  # its widths are not fixed by the arch name: read them off the kernels
+        p = variables["params"]
+        kw["widths"] = tuple(int(p[f"conv{i}"]["kernel"].shape[-1]) for i in range(1, 10) if f"conv{i}" in p)
+    model = backbones.create(arch, num_classes=int(variables["params"][_head(variables)]["bias"].shape[0]), **kw)
+    predict = jax.jit(lambda v, x: model.apply(v, backbones.normalize(x, arch), train=False)[0].argmax(-1))
+    correct = 0
+    for i in range(0, len(ds), 256):
+        x = np.asarray(ds.images[i:i + 256], np.float32) / 255.0
+        correct += int((np.asarray(predict(variables, x)) == ds.labels[i:i + 256]).sum())
+    return correct / max(len(ds), 1)
+
+
+def _head(variables: dict) -> str:
+    """The classifier layer: the last params entry with a 2-D kernel."""
+    return [k for k, v in variables["params"].items() if "kernel" in v and v["kernel"].ndim == 2][-1]
 
 
 # ------------------------------------------------------------------------------------------- method configs
@@ -121,10 +149,19 @@ def method_config(name: str, s: DemoSettings, backbone: dict):
            "cladec": "ClaDecConfig", "csg": "CSGConfig"}[name]
     cfg = getattr(getattr(mod, cls), s.preset)()
     cfg = _common(cfg, s, backbone)
+    arch = backbone["arch"]
+    if arch != "convnet":  # the tiny presets name ConvNet layers; pick the same depth in other families
+        if name == "graph" and arch.startswith("resnet"):
+            r20 = mod.GraphConfig.resnet20()
+            cfg = dataclasses.replace(cfg, layers=r20.layers, density=r20.density, top_n=r20.top_n, top_m=r20.top_m)
+        cfg = dataclasses.replace(cfg, **ARCH_LAYERS.get(arch, {}).get(name, {}))
     if name == "csg":  # CSG trains its own gated CNN (from the backbone's weights as initialization)
         cfg = dataclasses.replace(cfg, widths=_backbone_widths(backbone))
     if s.quick:
-        cfg = dataclasses.replace(cfg, **QUICK.get(name, {}))
+        quick = dict(QUICK.get(name, {}))
+        if arch != "convnet":
+            quick.pop("layers", None)
+        cfg = dataclasses.replace(cfg, **quick)
     return cfg
 
 
@@ -137,6 +174,15 @@ def _backbone_widths(backbone: dict) -> tuple[int, ...]:
     p = variables["params"]
     return tuple(int(p[f"conv{i}"]["kernel"].shape[-1]) for i in range(1, 10) if f"conv{i}" in p)
 
+
+# Layers for backbones other than the ConvNet the tiny presets assume (explainer and CSG pick their own per arch).
+ARCH_LAYERS: dict[str, dict[str, dict[str, Any]]] = {
+    **{a: {"cladec": {"layers": ("layer3",)}, "basis": {"layer": "layer3"}}
+       for a in ("resnet20", "resnet32", "resnet44", "resnet56")},
+    **{a: {"cladec": {"layers": ("layer4",)}, "basis": {"layer": "layer4"}} for a in ("resnet18", "resnet50")},
+    "vgg11_bn_cladec": {"cladec": {"layers": ("conv4a",)}, "basis": {"layer": "conv4"}},
+    "vgg16": {"cladec": {"layers": ("features.29",)}, "basis": {"layer": "features.29"}},
+}
 
 # Reductions for --quick on top of the tiny presets (fields of each method's config).
 QUICK: dict[str, dict[str, Any]] = {
@@ -348,7 +394,7 @@ def run_demo(s: DemoSettings, workdir: str | Path, *, progress: bool = True) -> 
         mdir = workdir / name
         miss = _missing(name, probe)
         if miss:
-            reason = "skipped: the data has no " + " and no ".join(NEED_TEXT[m] for m in miss)
+            reason = "the data has no " + " and no ".join(NEED_TEXT[m] for m in miss)
             sections.append(Section(TITLES[name], status="skipped", reason=reason))
             summary["methods"][name] = {"status": "skipped", "reason": reason}
             stages.update(1)

@@ -69,3 +69,17 @@ def test_synthparts_spec_gets_the_demo_sizes():
     assert s.data_spec() == "synthparts:size=64,n_train=800,n_test=200,seed=3"
     assert demo.DemoSettings(data="synthparts:n_train=50").data_spec().startswith("synthparts:n_train=50,size=64")
     assert demo.DemoSettings(data="npz:x.npz").data_spec() == "npz:x.npz"
+
+
+def test_user_weights_are_converted_and_scored(shared_dir, tmp_path):
+    """`jinterp demo --weights resnet20-12fca82f.th --arch resnet20 --data npz:cifar10_subset.npz`: the PyTorch
+    checkpoint is converted once into the workdir and its accuracy on the given data is the published one."""
+    pytest.importorskip("torch")
+    s = demo.DemoSettings(data=f"npz:{shared_dir / 'data' / 'cifar10_subset.npz'}", arch="resnet20",
+                          weights=str(shared_dir / "weights" / "resnet20-12fca82f.th"), image_size=32)
+    info = demo.prepare_backbone(s, tmp_path, progress=False)
+    assert info["arch"] == "resnet20" and info["converted_from"] == "pytorch"
+    assert Path(info["weights"]).is_file() and Path(info["weights"]).parent == tmp_path / "backbone"
+    assert info["test_accuracy"] == pytest.approx(0.9173, abs=0.002)  # 776 / 846, as PyTorch scores it
+    cfg = demo.method_config("cladec", s, info)  # the ConvNet layer names of the tiny preset are replaced
+    assert cfg.layers == ("layer3",) and cfg.arch == "resnet20" and cfg.weights == info["weights"]
