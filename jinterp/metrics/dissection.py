@@ -285,10 +285,16 @@ def _tally_batch(tally: Tally, acts, thresholds, dead, valid, pixel_labels, imag
 
     # Present concepts per image, padded to max_labels (0 = pad); pixel and image-level labels together.
     flat = pixel_labels.reshape(b, -1, h * w)
-    # A leading 0 guarantees that the sorted unique ids start with 0 (dropped), also for images labelled everywhere.
     ids = jnp.concatenate([jnp.zeros((b, 1), flat.dtype), flat.reshape(b, -1), image_labels.astype(flat.dtype)],
                           axis=1)
-    present = jax.vmap(lambda r: jnp.unique(r, size=max_labels + 1, fill_value=0))(ids)[:, 1:]
+    # Sorted distinct ids as a presence scatter + top_k (a vmapped jnp.unique took a third of the batch on CPU):
+    # the key n_ids - id ranks smaller ids first; absent ids and the 0 label get key 0 and become padding.
+    n_ids = tally.intersection.shape[1]
+    seen = jnp.zeros((b, n_ids), bool).at[jnp.arange(b)[:, None], ids].set(True).at[:, 0].set(False)
+    keys, order = jax.lax.top_k(jnp.where(seen, n_ids - jnp.arange(n_ids), 0), min(max_labels, n_ids))
+    present = jnp.where(keys > 0, order, 0)
+    if present.shape[1] < max_labels:
+        present = jnp.pad(present, ((0, 0), (0, max_labels - present.shape[1])))
     present = jnp.where(valid[:, None], present, 0)
     # onehot[b, s, c]: pixel s of image b carries present concept c (any plane); image-level ones cover all pixels.
     pix_hit = jnp.any(flat[:, :, :, None] == present[:, None, None, :], axis=1)
