@@ -21,7 +21,7 @@ Precision: float32 on both sides. On GPUs, :func:`configure_precision` sets ``ja
 ``"highest"`` and turns PyTorch's TF32 off, so the agreement check compares like with like; bf16 rows, where a
 module adds them, say so in ``params``. ``OMP_WAIT_POLICY=PASSIVE`` is set before torch loads: on a shared 2-core
 machine OpenMP threads spinning at barriers made PyTorch 5-20x slower whenever another process ran, which would
-flatter JAX.
+flatter JAX. ``OPENBLAS_NUM_THREADS=1`` likewise keeps jaxlib's LAPACK from oversubscribing the cores.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# jaxlib's bundled OpenBLAS (LAPACK calls such as UIBE's QR) starts its own thread pool, which fought XLA's and
+# PyTorch's threads for the cores: UIBE's step took 1.7x longer with it than single-threaded.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
