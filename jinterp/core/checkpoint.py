@@ -13,6 +13,7 @@ shapes), raises ``CheckpointError`` naming the directory and the fix; nothing is
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import orbax.checkpoint as ocp
 
 import jinterp
 from jinterp.core import config as cfglib
-from jinterp.errors import CheckpointError
+from jinterp.errors import CheckpointError, JinterpError, StorageError
 
 STATE, META = "state", "meta"
 
@@ -33,6 +34,35 @@ STATE, META = "state", "meta"
 RESUMABLE_CHANGES = frozenset({"log_every", "eval_every", "ckpt_every", "keep"})
 
 log = logging.getLogger(__name__)
+
+
+_STORAGE_HINTS = ("no space left", "resource_exhausted", "read-only file system", "permission denied",
+                  "permission_denied", "disk quota", "not a directory", "file exists")
+
+
+def _is_storage_error(e: BaseException) -> bool:
+    """Whether ``e`` (or what caused it) is a file-system failure: OSError, or TensorStore's status text."""
+    while e is not None:
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+            return True
+        if any(h in str(e).lower() for h in _STORAGE_HINTS):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+_PHRASES = ("No space left on device", "Read-only file system", "Permission denied", "Disk quota exceeded")
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    text = str(e).strip()
+    for phrase in _PHRASES:  # TensorStore's status text: keep the cause and the file, drop the noise
+        if phrase in text:
+            m = re.search(r'"([^"]+)"', text)
+            return f"{phrase}: {m.group(1)}" if m else phrase
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _abstract(tree: Any) -> Any:
@@ -70,6 +100,7 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         self.config = dict(config) if config is not None else None
         self.ignore = frozenset(ignore_config_keys)
+        self._requested: list[int] = []  # steps asked to be saved, to name the one an async failure hit
         if self.directory.exists() and not self.directory.is_dir():
             raise CheckpointError(f"checkpoint directory {self.directory} exists and is not a directory; "
                                   "use a new --workdir")
@@ -80,6 +111,10 @@ class Checkpointer:
                 self.directory, options=options,
                 item_handlers={STATE: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler()})
         except Exception as e:  # an unreadable directory, a file where a step dir should be, ...
+            if _is_storage_error(e):
+                raise StorageError(f"cannot create or open the checkpoint directory {self.directory} "
+                                   f"({_reason(e)}); make the work directory writable or use another --workdir"
+                                   ) from e
             raise CheckpointError(self._unreadable(self.directory, e)) from e
 
     # ------------------------------------------------------------------------------------------ queries
@@ -108,8 +143,12 @@ class Checkpointer:
             "versions": {"jinterp": jinterp.__version__, "jax": jax.__version__},
         }
         state_dict = flax.serialization.to_state_dict(state)
-        self._mngr.save(int(step), args=ocp.args.Composite(
-            **{STATE: ocp.args.StandardSave(state_dict), META: ocp.args.JsonSave(meta)}), force=True)
+        self._requested.append(int(step))
+        try:
+            self._mngr.save(int(step), args=ocp.args.Composite(
+                **{STATE: ocp.args.StandardSave(state_dict), META: ocp.args.JsonSave(meta)}), force=True)
+        except Exception as e:  # disk full, read-only directory, or an earlier async save that failed
+            raise self._write_failed(int(step), e) from e
 
     # ------------------------------------------------------------------------------------------ restore
     def read_meta(self, step: int) -> dict[str, Any]:
@@ -185,11 +224,41 @@ class Checkpointer:
         return (f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {reason}). "
                 f"It was left untouched; use a new --workdir, or delete {self.directory} to start over.")
 
+    def _committed_steps(self) -> list[int]:
+        """Complete steps, read from the directory listing (the manager's view may be stale after a failure)."""
+        try:
+            return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and p.is_dir())
+        except OSError:
+            return []
+
+    def _write_failed(self, step: int | None, e: BaseException) -> JinterpError:
+        try:  # let earlier asynchronous saves finish committing before saying which steps are intact
+            self._mngr.wait_until_finished()
+        except Exception:
+            pass
+        steps = self._committed_steps()
+        # An asynchronous save that failed surfaces at the next save or wait: name the step it was writing.
+        m = re.search(r"(\d+)\.orbax-checkpoint-tmp", _reason(e) + str(e))
+        pending = [s for s in self._requested if s not in steps]
+        step = int(m.group(1)) if m else (min(pending) if pending else step)
+        what = f"checkpoint step {step}" if step is not None else "a checkpoint"
+        kept = (f"the checkpoints already written (steps {steps}) are intact; rerun the same command to resume "
+                f"from step {steps[-1]}" if steps else "no earlier checkpoint exists; rerun the same command to "
+                "start over")
+        if _is_storage_error(e):
+            return StorageError(f"cannot write {what} in {self.directory} ({_reason(e)}). The incomplete save is "
+                                f"never loaded and {kept} after freeing disk space or making the directory writable.")
+        return CheckpointError(f"saving {what} in {self.directory} failed ({type(e).__name__}: {_reason(e)}); "
+                               f"{kept}.")
+
     def wait(self) -> None:
-        self._mngr.wait_until_finished()
+        try:
+            self._mngr.wait_until_finished()
+        except Exception as e:  # an asynchronous save that failed (disk full while writing arrays)
+            raise self._write_failed(None, e) from e
 
     def close(self) -> None:
-        self._mngr.wait_until_finished()
+        self.wait()
         self._mngr.close()
 
     def __enter__(self) -> Checkpointer:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from jinterp.core import sharding as shd
 from jinterp.core.checkpoint import Checkpointer
-from jinterp.errors import TrainingError
+from jinterp.errors import StorageError, TrainingError
 
 METRICS_FILE = "metrics.jsonl"
 # Metrics whose non-finite value means the run diverged.
@@ -46,13 +46,19 @@ class MetricsWriter:
 
     def __init__(self, workdir: str | Path):
         self.path = Path(workdir) / METRICS_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _storage_error(self.path.parent, e) from e
 
     def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
         line = {"step": int(step), "split": split,
                 "metrics": {k: _jsonable(v) for k, v in metrics.items()}, "time": time.time()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(line) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(line) + "\n")
+        except OSError as e:
+            raise _storage_error(self.path, e) from e
 
     def truncate_after(self, step: int) -> None:
         """Drops lines past ``step`` (written by a run that was killed before its next checkpoint), so a
@@ -66,12 +72,21 @@ class MetricsWriter:
                     keep.append(raw)
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a kill
-        self.path.write_text("".join(k + "\n" for k in keep))
+        try:
+            self.path.write_text("".join(k + "\n" for k in keep))
+        except OSError as e:
+            raise _storage_error(self.path, e) from e
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
         return [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+
+
+def _storage_error(path: Path, e: OSError) -> StorageError:
+    return StorageError(f"cannot write {path} ({e.strerror or e}); free disk space or make the work directory "
+                        "writable, then rerun the same command: it resumes from the last complete checkpoint, "
+                        "which is intact.")
 
 
 def _jsonable(v: Any) -> Any:
