@@ -193,7 +193,8 @@ QUICK: dict[str, dict[str, Any]] = {
     "basis": {"n_train": 200, "n_test": 100, "fit_pixels": 5000, "batch_size": 50},
     "cladec": {"train_size": 512, "test_size": 128, "layers": ("relu3",), "epochs": 2, "retrain_epochs": 0,
                "grid_rows": 4},
-    "csg": {},
+    "csg": {"train_size": 400, "test_size": 200, "eval_size": 200, "epochs": 4, "warmup_epochs": 1,
+            "mask_period": 2, "mask_epoch_min": 1, "adv_size": 64, "pgd_steps": 3},
 }
 
 
@@ -329,8 +330,36 @@ def _cladec_section(r: dict):
                                              "retrained classifier accuracy (real test images)"], rows)], notes
 
 
+def _csg_section(r: dict):
+    from jinterp.report.html import Table
+
+    models = r["models"]
+    names = [n for n in ("csg", "baseline") if n in models] + [n for n in models if n not in ("csg", "baseline")]
+    label = {"csg": "CSG", "baseline": "standard CNN (baseline)"}
+
+    def row(what, *path):
+        return (what, *[_get(models[n], *path) for n in names])
+
+    rows = [row("test accuracy", "accuracy"), row("mutual-information score (lower: more class-specific)", "mis")]
+    if "csg" in models:
+        rows.append(("gate density", *[_get(models[n], "density") for n in names]))
+    for group, what in (("localization", "localization vs object masks"), ("adversarial", "adversarial")):
+        keys = sorted({k for n in names for k, _ in _scalars(models[n].get(group) or {}, depth=1)
+                       if "." in k and not k.endswith(("time_s", "linf"))})
+        rows += [row(f"{what}: {k.replace('_', ' ')}", group, *k.split(".")) for k in keys]
+    intro = (f"A filter x class gate on {r.get('gate_layer')} ({r.get('num_filters')} filters, "
+             f"{r.get('num_classes')} classes) trained into the CNN, against the same CNN trained without it "
+             "(same data and seed).")
+    notes = [r.get("protocol_note", "")]
+    obs = r.get("issue6_observation")
+    if obs:
+        notes.append(f"label leak through the gate (spec issue #6): {obs if isinstance(obs, str) else json.dumps(obs)}")
+    return intro, [Table("CSG vs standard training", ["metric", *[label.get(n, n) for n in names]], rows)], notes
+
+
 SECTION_BUILDERS: dict[str, Callable[[dict], tuple[str, list, list[str]]]] = {
     "explainer": _explainer_section, "graph": _graph_section, "basis": _basis_section, "cladec": _cladec_section,
+    "csg": _csg_section,
 }
 
 
