@@ -76,7 +76,7 @@ class ClaDecNet(nn.Module):
 def to_flax(net: ClaDecNet) -> dict:
     """The module's weights as jinterp ``Decoder`` params (``entry``, ``up<i>``, ``out``)."""
     def arr(t):
-        return np.asarray(t.detach().cpu().numpy(), np.float32)
+        return np.array(t.detach().cpu().numpy(), np.float32, copy=True)  # not a view of the live weights
 
     entry = net.fc[0]
     if isinstance(entry, nn.Linear):

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,12 +57,19 @@ def batched(fn: Callable, arrays: Sequence[np.ndarray], batch_size: int, axis: i
 
 def decode(decoder: nn.Module, stacked_params: PyTree, acts: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """``(K, N, H, W, C)`` float32 reconstructions of K stacked decoders from activations ``(N, ...)``."""
-    fn = jax.jit(jax.vmap(lambda p, a: decoder.apply({"params": p}, a), in_axes=(0, None)))
+    fn = _decode_fn(decoder)
     return batched(lambda a: fn(stacked_params, jnp.asarray(a, jnp.float32)), [acts], batch_size, out_axis=1)
 
 
+@functools.lru_cache(maxsize=16)
+def _decode_fn(decoder: nn.Module) -> Callable:
+    return jax.jit(jax.vmap(lambda p, a: decoder.apply({"params": p}, a), in_axes=(0, None)))
+
+
+@functools.lru_cache(maxsize=16)
 def make_classify(model: nn.Module, arch: str) -> Callable[[PyTree, jax.Array], jax.Array]:
-    """``(variables, x̂ in [0, 1]) -> logits`` of a frozen backbone in eval mode (its own normalisation)."""
+    """``(variables, x̂ in [0, 1]) -> logits`` of a frozen backbone in eval mode (its own normalisation).
+    Cached, so jitted consumers keyed on it compile once per (model, arch)."""
 
     def classify(variables, xhat):
         logits, _ = model.apply(variables, backbones.normalize(xhat, arch), train=False)
@@ -80,27 +88,31 @@ def make_encode(model: nn.Module, arch: str, layer: str) -> Callable[[PyTree, ja
     return encode
 
 
-def classifier_accuracy(classify: Callable, cls_vars: PyTree, images: np.ndarray, labels: np.ndarray,
-                        batch_size: int = 512) -> dict[str, np.ndarray]:
-    """Frozen-classifier ``accuracy`` and mean ``ce`` on ``(M, N, H, W, C)`` images (float [0, 1] or uint8), one
-    value per set M."""
-    labels = np.asarray(labels, np.int32)
-
-    @jax.jit
-    def fn(x, y, valid):
+@functools.lru_cache(maxsize=16)
+def _accuracy_fn(classify: Callable) -> Callable:
+    def fn(cls_vars, x, y, valid):
         x = training.to_unit(x)
         logits = jax.vmap(lambda xi: classify(cls_vars, xi))(x).astype(jnp.float32)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, y[None])
         ok = (jnp.argmax(logits, -1) == y[None]).astype(jnp.float32)
         return jnp.stack([jnp.sum(ok * valid, -1), jnp.sum(ce * valid, -1)], 0)
 
+    return jax.jit(fn)
+
+
+def classifier_accuracy(classify: Callable, cls_vars: PyTree, images: np.ndarray, labels: np.ndarray,
+                        batch_size: int = 512) -> dict[str, np.ndarray]:
+    """Frozen-classifier ``accuracy`` and mean ``ce`` on ``(M, N, H, W, C)`` images (float [0, 1] or uint8), one
+    value per set M."""
+    labels = np.asarray(labels, np.int32)
+    fn = _accuracy_fn(classify)
     n = labels.shape[0]
     total = None
     for s, e in _padded_batches(n, batch_size):
         x = _pad(np.asarray(images[:, s:e]), batch_size, axis=1)
         y = _pad(labels[s:e], batch_size)
         valid = _pad(np.ones((e - s,), np.float32), batch_size)
-        out = fn(jnp.asarray(x), jnp.asarray(y), jnp.asarray(valid))
+        out = fn(cls_vars, jnp.asarray(x), jnp.asarray(y), jnp.asarray(valid))
         total = out if total is None else total + out
     total = np.asarray(total)
     return {"accuracy": total[0] / n, "ce": total[1] / n}
@@ -128,28 +140,15 @@ class RetrainSpec:
     stack: str = "auto"
 
 
-def retrain(model: nn.Module, arch: str, train_sets: np.ndarray, train_labels: np.ndarray, test_sets: np.ndarray,
-            test_original: np.ndarray, test_labels: np.ndarray, spec: RetrainSpec, workdir: str | Path, *,
-            progress: bool = True) -> dict[str, Any]:
-    """Trains M fresh ``model``s, model m on ``train_sets[m]`` ``(M, N, H, W, C)`` uint8, and tests each on
-    ``test_sets[m]`` and on ``test_original``. Returns ``{"acc_reconstructed", "acc_original"}`` (M,) plus
-    timing. Same batches for every model; per-model init and dropout keys (``fold_in`` of the model index)."""
-    m_count, n = train_sets.shape[0], train_sets.shape[1]
-    image_shape = tuple(train_sets.shape[2:])
-    stack = spec.stack if spec.stack != "auto" else ("sequential" if jax.default_backend() == "cpu" else "vmap")
-    root = jax.random.fold_in(jax.random.key(spec.seed), 7)
-    keys = jnp.stack([jax.random.fold_in(root, i) for i in range(m_count)])
-    x0 = jnp.zeros((1, *image_shape), jnp.float32)
+@functools.lru_cache(maxsize=8)
+def _retrain_program(model: nn.Module, arch: str, spec: RetrainSpec, steps_per_epoch: int,
+                     m_count: int) -> tuple[optax.GradientTransformation, Callable, Callable]:
+    """``(tx, jitted step, jitted correct-count)`` of the retrain protocol; ``m_count`` > 0: vmapped over that
+    many stacked models, 0: one model (sequential). Cached, so every layer of a run reuses the compiled step."""
     mean, std = NORMALIZATIONS[backbones.NORMALIZATION[arch]]
     loss_fn = make_classifier_loss(model, mean=mean, std=std, augment="none")
-    spe, total = training.steps_for(n, spec.batch_size, spec.epochs)
-    tx = training.torch_sgd(training.step_schedule(spec.lr, spec.epochs, spe, spec.lr_decay), spec.momentum,
-                            spec.weight_decay)
-
-    def init_one(key):
-        variables = dict(model.init(key, x0, train=False))
-        params = variables.pop("params")
-        return params, variables
+    tx = training.torch_sgd(training.step_schedule(spec.lr, spec.epochs, steps_per_epoch, spec.lr_decay),
+                            spec.momentum, spec.weight_decay)
 
     def grads_one(params, model_state, images, labels, rng):
         (loss, (new_ms, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -160,55 +159,75 @@ def retrain(model: nn.Module, arch: str, train_sets: np.ndarray, train_labels: n
         logits, _ = model.apply(variables, backbones.normalize(x, arch), train=False)
         return jnp.sum((jnp.argmax(logits, -1) == y).astype(jnp.float32) * valid)
 
-    if stack == "vmap":
+    def update(state, loss, new_ms, grads, metrics):
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                             model_state=new_ms, opt_state=opt_state), metrics
+
+    if m_count:
         def step(state, idx, data):
             images = jnp.take(data["image"], idx, axis=1)          # (M, B, H, W, C)
             labels = jnp.take(data["label"], idx, axis=0)
+            # per-model key fold_in(fold_in(loop key, step), model), as in the sequential path
             rngs = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(state.rng, state.step), i))(
                 jnp.arange(m_count))
             loss, new_ms, acc, grads = jax.vmap(grads_one, in_axes=(0, 0, 0, None, 0))(
                 state.params, state.model_state, images, labels, rngs)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
             metrics = {"loss": jnp.mean(loss), "grad_norm": jnp.max(jax.vmap(optax.tree.norm)(grads))}
             metrics.update({f"accuracy/{k}": acc[k] for k in range(m_count)})
-            return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                                 model_state=new_ms, opt_state=opt_state), metrics
+            return update(state, loss, new_ms, grads, metrics)
 
-        params, model_state = jax.jit(jax.vmap(init_one))(keys)
-        state = training.new_state(params, tx, jax.random.key_data(jax.random.fold_in(root, 10 ** 6)), model_state)
-        data = {"image": jnp.asarray(train_sets), "label": jnp.asarray(train_labels, jnp.int32)}
-        fit = training.fit(state, jax.jit(step, donate_argnums=(0,)), (data,), n=n, batch_size=spec.batch_size,
-                           steps=total, seed=spec.seed + 3, workdir=workdir, desc="retrain", log_every=spe,
-                           progress=progress)
-        finals = [{"params": fit.state.params, **fit.state.model_state}]
-        correct = jax.jit(jax.vmap(correct_one, in_axes=(0, 0, None, None)))
-        wall = fit.wall_time_s
+        correct = jax.vmap(correct_one, in_axes=(0, 0, None, None))
     else:
         def step(state, idx, data):
             images = jnp.take(data["image"], idx, axis=0)
             labels = jnp.take(data["label"], idx, axis=0)
-            # rng = fold_in(fold_in(loop key, step), model): the same per-model keys as the vmapped path.
             rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), data["model"])
             loss, new_ms, acc, grads = grads_one(state.params, state.model_state, images, labels, rng)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "accuracy": acc}
-            return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                                 model_state=new_ms, opt_state=opt_state), metrics
+            return update(state, loss, new_ms, grads, {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                                                       "accuracy": acc})
 
-        jstep, jinit = jax.jit(step, donate_argnums=(0,)), jax.jit(init_one)
+        correct = correct_one
+    return tx, jax.jit(step, donate_argnums=(0,)), jax.jit(correct)
+
+
+def retrain(model: nn.Module, arch: str, train_sets: np.ndarray, train_labels: np.ndarray, test_sets: np.ndarray,
+            test_original: np.ndarray, test_labels: np.ndarray, spec: RetrainSpec, workdir: str | Path, *,
+            progress: bool = True) -> dict[str, Any]:
+    """Trains M fresh ``model``s, model m on ``train_sets[m]`` ``(M, N, H, W, C)`` uint8, and tests each on
+    ``test_sets[m]`` and on ``test_original``. Returns ``{"acc_reconstructed", "acc_original"}`` (M,) plus
+    timing. Same batches for every model; per-model init and dropout keys (``fold_in`` of the model index)."""
+    m_count, n = train_sets.shape[0], train_sets.shape[1]
+    image_shape = tuple(train_sets.shape[2:])
+    stack = spec.stack if spec.stack != "auto" else ("sequential" if jax.default_backend() == "cpu" else "vmap")
+    root = jax.random.fold_in(jax.random.key(spec.seed), 7)
+    keys = [jax.random.fold_in(root, i) for i in range(m_count)]
+    loop_key = jax.random.key_data(jax.random.fold_in(root, 10 ** 6))
+    spe, total = training.steps_for(n, spec.batch_size, spec.epochs)
+    tx, step, correct = _retrain_program(model, arch, spec, spe, m_count if stack == "vmap" else 0)
+    inits = [backbones.init(model, k, image_shape) for k in keys]  # the shared O0-compiled init
+    if stack == "vmap":
+        variables = jax.tree.map(lambda *v: jnp.stack(v), *inits)
+        params = variables.pop("params")
+        state = training.new_state(params, tx, loop_key, variables)
+        data = {"image": jnp.asarray(train_sets), "label": jnp.asarray(train_labels, jnp.int32)}
+        fit = training.fit(state, step, (data,), n=n, batch_size=spec.batch_size, steps=total,
+                           seed=spec.seed + 3, workdir=workdir, desc="retrain", log_every=spe, progress=progress)
+        finals = [{"params": fit.state.params, **fit.state.model_state}]
+        wall = fit.wall_time_s
+    else:
         labels = jnp.asarray(train_labels, jnp.int32)
         finals, wall = [], 0.0
         for i in range(m_count):
-            params, model_state = jinit(keys[i])
-            state = training.new_state(params, tx, jax.random.key_data(jax.random.fold_in(root, 10 ** 6)),
-                                       model_state)
+            variables = dict(inits[i])
+            params = variables.pop("params")
+            state = training.new_state(params, tx, jnp.array(loop_key), variables)  # a copy: states are donated
             data = {"image": jnp.asarray(train_sets[i]), "label": labels, "model": jnp.int32(i)}
-            fit = training.fit(state, jstep, (data,), n=n, batch_size=spec.batch_size, steps=total,
+            fit = training.fit(state, step, (data,), n=n, batch_size=spec.batch_size, steps=total,
                                seed=spec.seed + 3, workdir=Path(workdir) / str(i), desc=f"retrain {i + 1}/{m_count}",
                                log_every=spe, progress=progress)
             finals.append({"params": fit.state.params, **fit.state.model_state})
             wall += fit.wall_time_s
-        correct = jax.jit(correct_one)
 
     def accuracy(sets: np.ndarray | None) -> np.ndarray:
         """Accuracy of every model on its own test set (``sets`` (M, Nt, ...)) or on the originals (None)."""

@@ -86,8 +86,8 @@ def _model_kwargs(cfg: ClaDecConfig, meta: dict | None = None) -> dict:
     if cfg.arch != "convnet":
         return {}
     widths = tuple(cfg.backbone.widths)
-    if meta and not widths:
-        widths = tuple((meta.get("config") or {}).get("widths") or ())
+    saved = tuple((meta or {}).get("widths") or ((meta or {}).get("config") or {}).get("widths") or ())
+    widths = saved or widths  # a weights file knows its own widths
     return {"widths": widths} if widths else {}
 
 
@@ -274,11 +274,10 @@ def run(cfg: ClaDecConfig, workdir: str | Path, *, progress: bool = True) -> dic
 
     t = time.perf_counter()
     model, variables, backbone_info = get_backbone(cfg, train_ds, test_ds, workdir, progress)
+    act_shapes = dict(features.feature_shapes(model, variables, image_shape, cfg.layers))  # the loaded model's
     timings["backbone_s"] = time.perf_counter() - t
     classify = evaluation.make_classify(model, cfg.arch)
     x_test = test_ds.images
-    orig_eval = evaluation.classifier_accuracy(classify, variables, x_test[None], test_ds.labels, cfg.eval_batch_size)
-    backbone_info["test_accuracy"] = float(orig_eval["accuracy"][0])
 
     root = jax.random.key(cfg.seed)
     grid_idx = _grid_indices(test_ds.labels, min(cfg.grid_rows, len(test_ds)))
@@ -309,14 +308,16 @@ def run(cfg: ClaDecConfig, workdir: str | Path, *, progress: bool = True) -> dic
         if ref_test is not None:
             sources = {"refae": ref_test, **sources}
         names = list(sources)
-        stack = np.stack([sources[k] for k in names])
+        # One stack (the original test images first) through the frozen classifier: one compiled program.
+        stack = np.stack([rec.as_unit(x_test), *(sources[k] for k in names)])
         acc = evaluation.classifier_accuracy(classify, variables, stack, test_ds.labels, cfg.eval_batch_size)
-        per_source: dict[str, dict[str, Any]] = {}
-        for m, name in enumerate(names):
+        per_source: dict[str, dict[str, Any]] = {
+            "original": {"frozen_accuracy": float(acc["accuracy"][0]), "frozen_ce": float(acc["ce"][0])}}
+        backbone_info["test_accuracy"] = per_source["original"]["frozen_accuracy"]
+        for m, name in enumerate(names, start=1):
             per_source[name] = {**rec.summary(stack[m], x_test), "frozen_accuracy": float(acc["accuracy"][m]),
                                 "frozen_ce": float(acc["ce"][m])}
-        per_source["original"] = {"frozen_accuracy": float(orig_eval["accuracy"][0]),
-                                  "frozen_ce": float(orig_eval["ce"][0])}
+        del stack
 
         if cfg.retrain_epochs > 0:
             rec_train = evaluation.decode(decoder, stacked, acts_train, cfg.eval_batch_size)

@@ -17,6 +17,7 @@ With ``code_dropout`` > 0 the code is passed through Dropout while training: the
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -155,6 +156,7 @@ def make_refae_step(encoder: Encoder, decoder: nn.Module, tx: optax.GradientTran
     return jax.jit(step, donate_argnums=(0,) if donate else ())
 
 
+@functools.lru_cache(maxsize=16)
 def make_refae_apply(encoder: Encoder, decoder: nn.Module) -> Callable:
     """Jitted eval-mode reconstruction ``(params, stats, frozen, images) -> x̂``."""
 

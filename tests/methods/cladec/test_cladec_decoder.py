@@ -45,9 +45,10 @@ def test_decoder_reaches_the_image_from_named_layers(arch, image_shape, layers):
         assert dec.plan.entry == ("dense" if spatial == (1, 1) else "conv")
 
 
-@pytest.mark.parametrize("act_shape", [(64,), (4, 4, 16), (32, 32, 4)])
+@pytest.mark.parametrize("act_shape", [(32, 32, 4)])
 def test_decoder_output_is_an_image_in_unit_range(act_shape):
-    # dense entry + 5 upsamplings; conv entry + 3; full-resolution layer (no upsampling, our extension)
+    # A full-resolution layer (no upsampling; our extension of the official formula). The official shapes
+    # (dense and conv entries) are checked value for value against PyTorch in test_cladec_torch_parity.
     dec = make_decoder(act_shape, (32, 32, 3), 4)
     params = init_decoder(dec, jax.random.key(1))
     a = 3.0 * jax.random.normal(jax.random.key(2), (4, *act_shape))
