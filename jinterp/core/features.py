@@ -23,7 +23,6 @@ import flax.errors
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpy.lib.format import open_memmap
 
 from jinterp.errors import ConfigError, DataError, JinterpError, LayerError, ShapeError, StorageError, WeightsError
 
@@ -271,19 +270,22 @@ def _load_cache(root: Path, names: Sequence[str], n: int) -> dict[str, np.ndarra
 
 
 def _extract_to_cache(model, variables, images, names, batch_size, preprocess, root: Path, arch: str):
+    # Plain appends to .npy files (header first): a shared writable memory map would keep every written page
+    # resident in this process until it ends, so peak RSS would grow with the data set.
     done = root / "complete.json"
-    out_maps: dict[str, np.ndarray] = {}
-    offset = 0
-    for out in iter_features(model, variables, images, names, batch_size, preprocess):
-        n = len(next(iter(out.values())))
-        for k, v in out.items():
-            if k not in out_maps:
-                out_maps[k] = open_memmap(root / f"{_safe(k)}.npy", mode="w+", dtype=v.dtype,
-                                          shape=(len(images), *v.shape[1:]))
-            out_maps[k][offset:offset + n] = v
-        offset += n
-    for m in out_maps.values():
-        m.flush()
+    files: dict[str, object] = {}
+    try:
+        for out in iter_features(model, variables, images, names, batch_size, preprocess):
+            for k, v in out.items():
+                if k not in files:
+                    files[k] = open(root / f"{_safe(k)}.npy", "wb")  # noqa: SIM115 (closed below)
+                    header = {"descr": np.lib.format.dtype_to_descr(v.dtype), "fortran_order": False,
+                              "shape": (len(images), *v.shape[1:])}
+                    np.lib.format.write_array_header_1_0(files[k], header)
+                files[k].write(np.ascontiguousarray(v).tobytes())
+    finally:
+        for f in files.values():
+            f.close()
     # Written last, so an interrupted extraction is never mistaken for a complete cache.
     done.write_text(json.dumps({"arch": arch, "layers": list(names), "n": len(images)}))
     return {k: np.load(root / f"{_safe(k)}.npy", mmap_mode="r") for k in names}
