@@ -73,9 +73,11 @@ class ClaDecNet(nn.Module):
         return self.sig(self.deconv(x))
 
 
-def to_flax(net: ClaDecNet) -> dict:
-    """The module's weights as jinterp ``Decoder`` params (``entry``, ``up<i>``, ``out``)."""
+def to_flax(net: ClaDecNet, grad: bool = False) -> dict:
+    """The module's weights (or, with ``grad``, their gradients) as jinterp ``Decoder`` params (``entry``,
+    ``up<i>``, ``out``)."""
     def arr(t):
+        t = t.grad if grad else t
         return np.array(t.detach().cpu().numpy(), np.float32, copy=True)  # not a view of the live weights
 
     entry = net.fc[0]

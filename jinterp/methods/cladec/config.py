@@ -38,7 +38,7 @@ def official_decay_epochs(epochs: int) -> tuple[int, ...]:
     return tuple(k * p for k in range(1, epochs // p + 1) if k * p < epochs)
 
 
-def _official_classifier(epochs: int) -> TrainBackboneConfig:
+def official_classifier(epochs: int) -> TrainBackboneConfig:
     """``models.py::getclassifier``: SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch 128, no augmentation,
     the step decay above, [0, 1] inputs without mean/std."""
     bounds = tuple(e / epochs for e in official_decay_epochs(epochs))  # fractions of the run
@@ -95,7 +95,7 @@ class ClaDecConfig:
     weight_decay: float = 1e-5
     lr_decay: bool = True
     refae: bool = True
-    backbone: TrainBackboneConfig = dataclasses.field(default_factory=lambda: _official_classifier(64))
+    backbone: TrainBackboneConfig = dataclasses.field(default_factory=lambda: official_classifier(64))
     retrain_epochs: int = 10
     retrain_lr: float = 0.1
     retrain_weight_decay: float = 1e-4
