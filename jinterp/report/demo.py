@@ -334,8 +334,8 @@ def _csg_section(r: dict):
     from jinterp.report.html import Table
 
     models = r["models"]
-    names = [n for n in ("csg", "baseline") if n in models] + [n for n in models if n not in ("csg", "baseline")]
-    label = {"csg": "CSG", "baseline": "standard CNN (baseline)"}
+    names = [n for n in ("csg", "standard") if n in models] + [n for n in models if n not in ("csg", "standard")]
+    label = {"csg": "CSG", "standard": "standard CNN (baseline)"}
 
     def row(what, *path):
         return (what, *[_get(models[n], *path) for n in names])
