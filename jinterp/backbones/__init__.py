@@ -40,6 +40,7 @@ the CIFAR ResNets; ``"unit"`` (RGB or gray in [0, 1], no mean/std) for ``vgg11_b
 from jinterp.backbones.registry import (
     ARCHS,
     NORMALIZATION,
+    arch_kwargs_from,
     check_layers,
     create,
     default_input_shape,
@@ -51,6 +52,6 @@ from jinterp.backbones.registry import (
 )
 
 __all__ = [
-    "ARCHS", "NORMALIZATION", "check_layers", "create", "default_input_shape", "init",
+    "ARCHS", "NORMALIZATION", "arch_kwargs_from", "check_layers", "create", "default_input_shape", "init",
     "layer_names", "normalize", "spec", "variable_shapes",
 ]

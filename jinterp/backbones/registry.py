@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 import functools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -95,6 +95,16 @@ def create(arch: str, num_classes: int | None = None, **kwargs) -> nn.Module:
         return s.build(num_classes=n, **kwargs)
     except TypeError as e:
         raise ConfigError(f"{arch}: bad keyword argument(s) {sorted(kwargs)}: {e}") from None
+
+
+def arch_kwargs_from(arch: str, variables: Mapping) -> dict:
+    """The module kwargs that saved ``variables`` fix beyond the arch name: ConvNet's ``widths``, read off its
+    conv kernels (other archs: none). With :func:`create`, rebuilds the module any variables file was saved from."""
+    if arch != "convnet":
+        return {}
+    p = variables["params"]
+    n = sum(1 for k in p if k.startswith("conv"))
+    return {"widths": tuple(int(p[f"conv{i}"]["kernel"].shape[-1]) for i in range(1, n + 1))}
 
 
 def default_input_shape(arch: str) -> tuple[int, int, int]:

@@ -29,6 +29,7 @@ from jinterp.data.readers import (
     read_npz,
     read_tfds,
     synthparts_dataset,
+    with_synthparts_defaults,
 )
 from jinterp.data.synthparts import SynthPartsConfig, generate
 
@@ -36,7 +37,7 @@ __all__ = [
     "NORMALIZATIONS", "BatchIterator", "Dataset", "Position", "SynthPartsConfig", "augment", "batches",
     "data_mesh", "epoch_permutation", "generate", "load", "normalize", "prepare_synthparts", "preprocess",
     "read_broden", "read_cifar", "read_folder", "read_idx", "read_mnist", "read_npz", "read_tfds",
-    "synthparts_dataset",
+    "synthparts_dataset", "with_synthparts_defaults",
 ]
 
 

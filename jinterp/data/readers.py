@@ -40,6 +40,21 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 _SPLITS = ("train", "test", "all")
 
 
+def with_synthparts_defaults(spec: str, **options) -> str:
+    """``spec`` with synthparts options added where the spec does not set them itself (``None`` values skipped);
+    other sources are returned unchanged. How a method's config (image size, split sizes) reaches the generator:
+
+        with_synthparts_defaults("synthparts:n_train=50", size=64, n_train=800) == "synthparts:n_train=50,size=64"
+    """
+    kind, _, arg = spec.partition(":")
+    if kind != "synthparts":
+        return spec
+    opts = [o for o in arg.split(",") if o.strip()]
+    given = {o.split("=", 1)[0].strip() for o in opts}
+    opts += [f"{k}={v}" for k, v in options.items() if v is not None and k not in given]
+    return "synthparts:" + ",".join(opts) if opts else "synthparts"
+
+
 def load(spec: str, split: str = "train", **kw) -> Dataset:
     """Loads a data set from a spec string (see the module docstring) into memory.
 

@@ -64,15 +64,10 @@ class DemoSettings:
     methods: tuple[str, ...] = METHODS
 
     def data_spec(self) -> str:
-        kind, _, arg = self.data.partition(":")
-        if kind != "synthparts":
-            return self.data
-        opts = [o for o in arg.split(",") if o.strip()]
-        given = {o.split("=", 1)[0] for o in opts}
-        extra = {"size": self.image_size, "n_train": 800 if self.quick else 3000,
-                 "n_test": 200 if self.quick else 600, "seed": self.seed}
-        opts += [f"{k}={v}" for k, v in extra.items() if k not in given]
-        return "synthparts:" + ",".join(opts)
+        from jinterp import data
+
+        return data.with_synthparts_defaults(self.data, size=self.image_size, n_train=800 if self.quick else 3000,
+                                             n_test=200 if self.quick else 600, seed=self.seed)
 
 
 # ----------------------------------------------------------------------------------------------------- backbone
@@ -114,11 +109,8 @@ def _accuracy(arch: str, variables: dict, spec: str) -> float:
     from jinterp import backbones, data
 
     ds = data.load(spec, "test")
-    kw = {}
-    if arch == "convnet":  # its widths are not fixed by the arch name: read them off the kernels
-        p = variables["params"]
-        kw["widths"] = tuple(int(p[f"conv{i}"]["kernel"].shape[-1]) for i in range(1, 10) if f"conv{i}" in p)
-    model = backbones.create(arch, num_classes=int(variables["params"][_head(variables)]["bias"].shape[0]), **kw)
+    model = backbones.create(arch, num_classes=int(variables["params"][_head(variables)]["bias"].shape[0]),
+                             **backbones.arch_kwargs_from(arch, variables))
     predict = jax.jit(lambda v, x: model.apply(v, backbones.normalize(x, arch), train=False)[0].argmax(-1))
     correct = 0
     for i in range(0, len(ds), 256):
@@ -166,13 +158,11 @@ def method_config(name: str, s: DemoSettings, backbone: dict):
 
 
 def _backbone_widths(backbone: dict) -> tuple[int, ...]:
-    if backbone["arch"] != "convnet":
-        return ()
+    from jinterp import backbones
     from jinterp.backbones import torch_import
 
-    variables, _ = torch_import.load_variables(backbone["weights"], "convnet")
-    p = variables["params"]
-    return tuple(int(p[f"conv{i}"]["kernel"].shape[-1]) for i in range(1, 10) if f"conv{i}" in p)
+    variables, _ = torch_import.load_variables(backbone["weights"], backbone["arch"])
+    return backbones.arch_kwargs_from(backbone["arch"], variables).get("widths", ())
 
 
 # Layers for backbones other than the ConvNet the tiny presets assume (explainer and CSG pick their own per arch).

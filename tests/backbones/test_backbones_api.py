@@ -265,3 +265,12 @@ def test_conv_transpose_vs_torch(torch, k, s, p, op):
     got = ConvTranspose2d(4, k, s, p, op).apply({"params": params}, jnp.asarray(x))
     assert got.shape == want.shape
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
+
+
+def test_arch_kwargs_from_saved_variables_rebuilds_a_slim_convnet():
+    import jax
+
+    model = backbones.create("convnet", num_classes=6, widths=(4, 8, 8, 16))
+    variables = backbones.init(model, jax.random.key(0), (16, 16, 3))
+    assert backbones.arch_kwargs_from("convnet", variables) == {"widths": (4, 8, 8, 16)}
+    assert backbones.arch_kwargs_from("resnet20", {"params": {}}) == {}

@@ -238,3 +238,12 @@ def test_spec_errors(tmp_path):
     np.savez(tmp_path / "e.npz", x=np.zeros((0, 4, 4), np.uint8), y=np.zeros(0, np.uint8))
     with pytest.raises(DataError, match="empty"):
         load(f"npz:{tmp_path / 'e.npz'}", "all")
+
+
+def test_with_synthparts_defaults_fills_only_what_the_spec_leaves_open():
+    from jinterp.data import with_synthparts_defaults as fill
+
+    assert fill("synthparts", size=32, n_train=None) == "synthparts:size=32"
+    assert fill("synthparts:n_train=50", size=64, n_train=800, n_test=None) == "synthparts:n_train=50,size=64"
+    assert fill("synthparts") == "synthparts"
+    assert fill("npz:x.npz", size=32) == "npz:x.npz"  # other sources keep their own sizes

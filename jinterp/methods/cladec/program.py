@@ -52,14 +52,8 @@ def resize_nearest(images: np.ndarray, size: int) -> np.ndarray:
 
 def data_spec(cfg: ClaDecConfig) -> str:
     """``cfg.data`` with synthparts' size/split sizes filled in from the config (other sources unchanged)."""
-    kind, _, arg = cfg.data.partition(":")
-    if kind != "synthparts":
-        return cfg.data
-    opts = [o for o in arg.split(",") if o.strip()]
-    given = {o.split("=", 1)[0].strip() for o in opts}
-    extra = {"size": cfg.image_size or None, "n_train": cfg.train_size or None, "n_test": cfg.test_size or None}
-    opts += [f"{k}={v}" for k, v in extra.items() if v is not None and k not in given]
-    return "synthparts:" + ",".join(opts) if opts else "synthparts"
+    return data.with_synthparts_defaults(cfg.data, size=cfg.image_size or None, n_train=cfg.train_size or None,
+                                         n_test=cfg.test_size or None)
 
 
 def _prepare(ds: data.Dataset, size: int, limit: int) -> data.Dataset:

@@ -42,14 +42,8 @@ RESULTS_FILE = "results.json"
 
 def data_spec(cfg: CSGConfig) -> str:
     """The load spec; a bare ``synthparts`` gets the config's image size and split sizes."""
-    kind, _, arg = cfg.data.partition(":")
-    if kind != "synthparts":
-        return cfg.data
-    opts = [o for o in arg.split(",") if o.strip()]
-    given = {o.split("=", 1)[0].strip() for o in opts}
-    extra = {"size": cfg.image_size, "n_train": cfg.train_size or None, "n_test": cfg.test_size or None}
-    opts += [f"{k}={v}" for k, v in extra.items() if v is not None and k not in given]
-    return "synthparts:" + ",".join(opts)
+    return data.with_synthparts_defaults(cfg.data, size=cfg.image_size, n_train=cfg.train_size or None,
+                                         n_test=cfg.test_size or None)
 
 
 def _model_kwargs(cfg: CSGConfig) -> dict:

@@ -39,22 +39,8 @@ RESULTS_FILE = "results.json"
 
 # ------------------------------------------------------------------------------------------------ performer
 def data_spec(cfg: ExplainerConfig) -> str:
-    kind, _, arg = cfg.data.partition(":")
-    if kind != "synthparts":
-        return cfg.data
-    opts = [o for o in arg.split(",") if o.strip()]
-    given = {o.split("=", 1)[0].strip() for o in opts}
-    extra = {"size": cfg.image_size, "n_train": cfg.train_size or None, "n_test": cfg.test_size or None}
-    opts += [f"{k}={v}" for k, v in extra.items() if v is not None and k not in given]
-    return "synthparts:" + ",".join(opts)
-
-
-def _arch_kwargs(arch: str, variables: dict) -> dict:
-    if arch == "convnet":
-        p = variables["params"]
-        n = sum(1 for k in p if k.startswith("conv"))
-        return {"widths": tuple(int(p[f"conv{i}"]["kernel"].shape[-1]) for i in range(1, n + 1))}
-    return {}
+    return data.with_synthparts_defaults(cfg.data, size=cfg.image_size, n_train=cfg.train_size or None,
+                                         n_test=cfg.test_size or None)
 
 
 def _num_classes(arch: str, variables: dict) -> int:
@@ -82,7 +68,8 @@ def load_performer(cfg: ExplainerConfig, workdir: Path, progress: bool = True) -
                 "backbone_time_s": time.perf_counter() - t0}
     variables, meta = torch_import.load_variables(path, cfg.arch)
     variables = {k: v for k, v in variables.items()}
-    performer = backbones.create(cfg.arch, _num_classes(cfg.arch, variables), **_arch_kwargs(cfg.arch, variables))
+    performer = backbones.create(cfg.arch, _num_classes(cfg.arch, variables),
+                                 **backbones.arch_kwargs_from(cfg.arch, variables))
     info.update({"weights": str(path), "performer_meta_accuracy": meta.get("test_accuracy")})
     return performer, variables, info
 
@@ -105,7 +92,8 @@ class Setup:
 def build(cfg: ExplainerConfig, performer, perf_vars, images: np.ndarray) -> Setup:
     """Checks the layers, measures the feature shapes on ``images`` and builds the explainer module."""
     layer, target = cfg.layers()
-    backbones.check_layers(backbones.layer_names(cfg.arch, **_arch_kwargs(cfg.arch, perf_vars)), [layer, target])
+    names = backbones.layer_names(cfg.arch, **backbones.arch_kwargs_from(cfg.arch, perf_vars))
+    backbones.check_layers(names, [layer, target])
     feats = M.performer_features(performer, cfg.arch, (layer, target))
     f, fp = jax.jit(feats)(perf_vars, jnp.asarray(images[:8]))
     out_relu = bool(jnp.min(fp) >= 0)
