@@ -12,8 +12,6 @@ and the tests cannot disagree about what the reference is.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import jax
@@ -21,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.bench.harness import Case, main_for
+from experiments.bench.harness import Case, load_by_path, main_for
 from jinterp import backbones
 from jinterp.backbones import torch_import
 
@@ -36,13 +34,7 @@ LR, MOMENTUM = 0.05, 0.9
 
 
 def _reference():
-    name = "jinterp_bench_torch_reference"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REFERENCE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_by_path(REFERENCE, "jinterp_bench_torch_reference")
 
 
 def _pair(arch: str, size: int, seed: int = 0):

@@ -17,8 +17,6 @@ gradient flips a whole lr).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 
 import flax.traverse_util as tu
@@ -26,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench.harness import Case, main_for
+from experiments.bench.harness import Case, load_by_path, main_for
 from jinterp import backbones, data
 from jinterp.backbones import torch_import
 from jinterp.methods.csg import CSGConfig, PathOptim
@@ -37,13 +35,7 @@ REFERENCE = Path(__file__).resolve().parents[2] / "tests" / "backbones" / "torch
 
 
 def _reference():
-    name = "jinterp_bench_torch_reference"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REFERENCE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_by_path(REFERENCE, "jinterp_bench_torch_reference")
 
 
 def _setup(batch: int, seed: int = 0):

@@ -15,15 +15,13 @@ toy maps, the speed the issue's ≥ 10× goal refers to.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench.harness import Case, main_for
+from experiments.bench.harness import Case, load_by_path, main_for
 from jinterp.methods.graph import estep as es
 from jinterp.methods.graph.geometry import LayerGeom, mround_np, nodes_per_filter
 
@@ -31,13 +29,7 @@ REFERENCE = Path(__file__).resolve().parents[2] / "tests" / "methods" / "graph" 
 
 
 def _reference():
-    name = "jinterp_tests_graph_reference"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REFERENCE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_by_path(REFERENCE, "jinterp_tests_graph_reference")
 
 
 def make_geom(h: int, c: int, density: float, faithful: bool = False) -> LayerGeom:

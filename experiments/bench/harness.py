@@ -70,6 +70,20 @@ class Case:
     items: int | None = None
 
 
+def load_by_path(path: Path, name: str):
+    """A Python file outside any package (e.g. ``tests/backbones/torch_reference.py``: test folders are not packages)
+    as a module, loaded once under ``name``; the benchmarks share the tests' PyTorch references this way."""
+    import importlib.util
+    import sys
+
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def configure_precision() -> None:
     """float32 everywhere: full-precision matmuls in JAX (matters on GPU/TPU) and TF32 off in PyTorch."""
     jax.config.update("jax_default_matmul_precision", "highest")

@@ -13,27 +13,21 @@ the benchmark.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from experiments.bench.harness import load_by_path
+
 REFERENCE = Path(__file__).resolve().parents[2] / "tests" / "backbones" / "torch_reference.py"
 
 
 def reference():
     """``tests/backbones/torch_reference.py`` as a module (loaded by path; test folders are not packages)."""
-    name = "jinterp_bench_torch_reference"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REFERENCE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_by_path(REFERENCE, "jinterp_bench_torch_reference")
 
 
 class ClaDecNet(nn.Module):
