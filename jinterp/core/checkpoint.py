@@ -251,18 +251,30 @@ class Checkpointer:
         return CheckpointError(f"saving {what} in {self.directory} failed ({type(e).__name__}: {_reason(e)}); "
                                f"{kept}.")
 
-    def wait(self) -> None:
+    def wait(self, *, after_error: bool = False) -> None:
+        """Blocks until pending asynchronous saves are committed. A save that failed (disk full while writing
+        arrays) raises a clear error, unless ``after_error``: then an error is already on its way out and a
+        second one would only hide it, so the failure is dropped (the incomplete save is never loaded)."""
         try:
             self._mngr.wait_until_finished()
-        except Exception as e:  # an asynchronous save that failed (disk full while writing arrays)
-            raise self._write_failed(None, e) from e
+        except Exception as e:
+            if not after_error:
+                raise self._write_failed(None, e) from e
 
-    def close(self) -> None:
-        self.wait()
-        self._mngr.close()
+    def close(self, *, after_error: bool = False) -> None:
+        """Waits for pending saves and releases the manager (its threads, open files). Either failing raises
+        one clear error naming the intact checkpoints, unless ``after_error`` (see :meth:`wait`)."""
+        failure = None
+        for finish in (self._mngr.wait_until_finished, self._mngr.close):
+            try:
+                finish()
+            except Exception as e:  # a full disk can surface in either; close the manager regardless
+                failure = failure or e
+        if failure is not None and not after_error:
+            raise self._write_failed(None, failure) from failure
 
     def __enter__(self) -> Checkpointer:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(after_error=exc_type is not None)

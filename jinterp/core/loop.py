@@ -212,10 +212,14 @@ def train_loop(state: Any, *, train_step: Callable, train_iter: Any, num_steps: 
                         "kept. Lower the learning rate (--set optim.lr=...) and rerun with a new --workdir.")
                 checkpointer.save(done, state, data_state=data_position(train_iter))
                 last_good = done
-    finally:
+    except BaseException:
         pbar.close()
-        if checkpointer is not None:
-            checkpointer.wait()
+        if checkpointer is not None:  # let committed saves land, without hiding the error on its way out
+            checkpointer.wait(after_error=True)
+        raise
+    pbar.close()
+    if checkpointer is not None:
+        checkpointer.wait()
     return state
 
 

@@ -128,13 +128,13 @@ def train_backbone(cfg: TrainBackboneConfig, workdir: str | Path, *, progress: b
     train_iter = data.BatchIterator(train_ds, cfg.batch_size, seed=cfg.seed, drop_remainder=True, mesh=mesh,
                                     position=pos)
     try:
-        state = loop.train_loop(
-            state, train_step=train_step, train_iter=train_iter, num_steps=total, workdir=workdir, mesh=mesh,
-            checkpointer=ckpt, eval_fn=eval_fn, log_every=cfg.log_every, eval_every=cfg.eval_every,
-            ckpt_every=cfg.ckpt_every, progress=progress, desc=f"train {cfg.arch}")
+        with ckpt:  # closed on the way out; a close failing after an error never hides that error
+            state = loop.train_loop(
+                state, train_step=train_step, train_iter=train_iter, num_steps=total, workdir=workdir, mesh=mesh,
+                checkpointer=ckpt, eval_fn=eval_fn, log_every=cfg.log_every, eval_every=cfg.eval_every,
+                ckpt_every=cfg.ckpt_every, progress=progress, desc=f"train {cfg.arch}")
     finally:
         train_iter.close()
-        ckpt.close()
 
     # ---- outputs for later methods (--weights) and reports
     final_step = int(jax.device_get(state.step))

@@ -253,18 +253,12 @@ TOY_STEPS = 8
 def _toy(workdir: Path) -> tuple[object, list[int]]:
     """The core tests' toy run: 8 steps, a checkpoint every 2; returns (final state, checkpoint steps)."""
     _, state, step, it = coretoy.setup(steps=TOY_STEPS)
-    ck = Checkpointer(workdir / "checkpoints", keep=10, config={"steps": TOY_STEPS})
-    try:
+    with Checkpointer(workdir / "checkpoints", keep=10, config={"steps": TOY_STEPS}) as ck:  # as the commands do
         state, _, pos = loop.restore_or_init(ck, state, workdir)
         if pos is not None:
             it.set_state(pos)
         state = loop.train_loop(state, train_step=step, train_iter=it, num_steps=TOY_STEPS, workdir=workdir,
                                 checkpointer=ck, log_every=1, ckpt_every=2, progress=False)
-    finally:
-        try:
-            ck.close()
-        except StorageError:
-            pass  # the same failure, already raised from the loop
     return jax.device_get(state), _steps(workdir / "checkpoints")
 
 
@@ -303,6 +297,13 @@ def _inject(monkeypatch, where: str, code: int) -> None:
             return await write_text(path, *a, **kw)
 
         monkeypatch.setattr(atomicity.async_path, "write_text", failing_write)
+    elif where == "checkpoint-close":  # the disk is full for the save and again when the manager closes
+        _inject(monkeypatch, "checkpoint-sync", code)
+
+        def failing_close(self):
+            raise _oserror(code, str(self.directory))
+
+        monkeypatch.setattr(ocp.CheckpointManager, "close", failing_close)
     elif where == "metrics":
         write = loop.MetricsWriter.write
 
@@ -317,7 +318,8 @@ def _inject(monkeypatch, where: str, code: int) -> None:
 
 
 INJECTED = [("checkpoint-sync", errno.ENOSPC), ("checkpoint-async", errno.ENOSPC), ("metrics", errno.ENOSPC),
-            ("checkpoint-sync", errno.EROFS), ("checkpoint-async", errno.EACCES), ("metrics", errno.EROFS)]
+            ("checkpoint-sync", errno.EROFS), ("checkpoint-async", errno.EACCES), ("metrics", errno.EROFS),
+            ("checkpoint-close", errno.ENOSPC)]
 
 
 @pytest.mark.parametrize("where,code", INJECTED, ids=[f"{w}-{errno.errorcode[c]}" for w, c in INJECTED])

@@ -17,6 +17,7 @@ multiplied by 0.1 after the epochs of :func:`~jinterp.methods.cladec.config.offi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -194,14 +195,11 @@ def fit(state: TrainState, step_fn: Callable, args: tuple, *, n: int, batch_size
     if ckpt is not None:
         state, _, start_pos = loop.restore_or_init(ckpt, state, workdir)
     it = IndexBatches(n, batch_size, seed, step=(start_pos or {}).get("step", 0))
-    try:
+    with ckpt if ckpt is not None else contextlib.nullcontext():  # a close failing after an error never hides it
         state = loop.train_loop(
             state, train_step=lambda s, b: step_fn(s, b["idx"], *args), train_iter=it, num_steps=steps,
             workdir=workdir, checkpointer=ckpt, log_every=log_every, ckpt_every=ckpt_every, progress=progress,
             desc=desc)
-    finally:
-        if ckpt is not None:
-            ckpt.close()
     logged = loop.MetricsWriter(workdir).read()
     last = logged[-1]["metrics"] if logged else {}
     return FitResult(state, time.perf_counter() - t0, steps, last)

@@ -312,12 +312,12 @@ def run(cfg: ExplainerConfig, workdir: str | Path, *, progress: bool = True) -> 
     perf_before = jax.tree.map(np.asarray, jax.device_get(perf_vars))
     t0 = time.perf_counter()
     try:
-        state = loop.train_loop(state, train_step=train_step, train_iter=it, num_steps=total, workdir=workdir,
-                                checkpointer=ckpt, log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
-                                progress=progress, desc="train explainer")
+        with ckpt:  # closed on the way out; a close failing after an error never hides that error
+            state = loop.train_loop(state, train_step=train_step, train_iter=it, num_steps=total, workdir=workdir,
+                                    checkpointer=ckpt, log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
+                                    progress=progress, desc="train explainer")
     finally:
         it.close()
-        ckpt.close()
     times["explainer_train_s"] = time.perf_counter() - t0
     perf_unchanged = all(np.array_equal(a, np.asarray(b)) for a, b in
                          zip(jax.tree.leaves(perf_before), jax.tree.leaves(jax.device_get(s.perf_vars)), strict=True))
