@@ -7,6 +7,8 @@
     pos = it.position()                                                # resume: BatchIterator(..., position=pos)
 """
 
+from jinterp.data.broden import broden_concepts
+from jinterp.data.cub import read_cub
 from jinterp.data.dataset import Dataset
 from jinterp.data.pipeline import (
     NORMALIZATIONS,
@@ -31,10 +33,13 @@ from jinterp.data.readers import (
     synthparts_dataset,
     with_synthparts_defaults,
 )
+from jinterp.data.spec import split_spec
 from jinterp.data.synthparts import SynthPartsConfig, generate
+from jinterp.data.voc import read_pascal_part, read_voc
 
 __all__ = [
-    "NORMALIZATIONS", "BatchIterator", "Dataset", "Position", "SynthPartsConfig", "augment", "batches",
+    "NORMALIZATIONS", "BatchIterator", "Dataset", "broden_concepts", "read_cub", "read_pascal_part", "read_voc",
+    "split_spec", "Position", "SynthPartsConfig", "augment", "batches",
     "data_mesh", "epoch_permutation", "generate", "load", "normalize", "prepare_synthparts", "preprocess",
     "read_broden", "read_cifar", "read_folder", "read_idx", "read_mnist", "read_npz", "read_tfds",
     "synthparts_dataset", "with_synthparts_defaults",

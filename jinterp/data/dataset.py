@@ -28,6 +28,11 @@ class Dataset:
       masks: per-pixel label maps ``name -> (N, H, W)`` integer arrays (0 = unlabelled). Stored as int32 or a
         narrower integer type (uint8/uint16 keep large sets small); batches always carry int32.
       image_labels: image-level labels ``name -> (N,)`` int32 (e.g. synthparts' ``texture``).
+      mask_planes: every label plane of a multi-plane pixel category, ``name -> (N, P, H, W)`` integers in the
+        code space of ``masks[name]`` (0 = unlabelled; planes where a pixel carries several labels, e.g. Broden's
+        overlapping ``part`` planes). ``masks[name]``, when both exist, is the first labelled plane per pixel.
+      image_label_sets: multi-label image-level categories, ``name -> (N, Q)`` int32 codes, 0-padded (e.g. Broden
+        cells listing several textures). ``image_labels[name]``, when both exist, is the first code of each row.
       landmarks: float32 ``(N, P, 2)`` as ``(x, y)`` pixel coordinates (pixel ``j`` spans ``[j, j+1)``).
       landmark_visible: bool ``(N, P)``; required with ``landmarks``.
       concepts: concept names per annotation category, ``name -> names`` where ``names[v]`` is the meaning of
@@ -47,18 +52,24 @@ class Dataset:
     concepts: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     name: str = ""
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    mask_planes: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    image_label_sets: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         # Normalize types first (frozen dataclass: go through object.__setattr__), then validate, so that
         # every Dataset in the program satisfies the documented invariants.
         set_ = lambda k, v: object.__setattr__(self, k, v)
         images = np.asarray(self.images)
+        _check_layout(images, self.name)
         if images.ndim == 3:  # grayscale without a channel axis
             images = images[..., None]
         set_("images", images)
         set_("labels", _as_int32(self.labels, "labels"))
         set_("class_names", tuple(str(c) for c in self.class_names))
         set_("masks", {k: np.asarray(v) for k, v in dict(self.masks).items()})
+        set_("mask_planes", {k: np.asarray(v) for k, v in dict(self.mask_planes).items()})
+        set_("image_label_sets", {k: _as_int32(v, f"image_label_sets[{k!r}]")
+                                  for k, v in dict(self.image_label_sets).items()})
         set_("image_labels", {k: _as_int32(v, f"image_labels[{k!r}]") for k, v in dict(self.image_labels).items()})
         set_("concepts", {k: tuple(str(c) for c in v) for k, v in dict(self.concepts).items()})
         set_("meta", dict(self.meta))
@@ -86,6 +97,8 @@ class Dataset:
             images=self.images[idx],
             labels=self.labels[idx],
             masks={k: v[idx] for k, v in self.masks.items()},
+            mask_planes={k: v[idx] for k, v in self.mask_planes.items()},
+            image_label_sets={k: v[idx] for k, v in self.image_label_sets.items()},
             image_labels={k: v[idx] for k, v in self.image_labels.items()},
             landmarks=None if self.landmarks is None else self.landmarks[idx],
             landmark_visible=None if self.landmark_visible is None else self.landmark_visible[idx],
@@ -107,6 +120,17 @@ def _as_int32(x, what: str) -> np.ndarray:
         raise ShapeError(f"{what} must be integers, got dtype {a.dtype}; cast whole-number labels with "
                          ".astype(np.int32)")
     return a.astype(np.int32, copy=False)
+
+
+def _check_layout(images: np.ndarray, name: str) -> None:
+    """Recognizes the two layouts users pass by mistake: one image without a batch axis, and NCHW batches."""
+    where = f" in dataset {name!r}" if name else ""
+    if images.ndim == 3 and images.shape[-1] in (3, 4) and images.shape[0] > 4 and images.shape[1] > 4:
+        raise ShapeError(f"images of shape {images.shape} look like one (H, W, C) image without a batch axis{where}; "
+                         "give a batch (N, H, W, C), e.g. image[None]")
+    if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
+        raise ShapeError(f"images of shape {images.shape} are NCHW (channels first){where}; jinterp takes NHWC: "
+                         "pass images.transpose(0, 2, 3, 1)")
 
 
 def _validate(ds: Dataset) -> None:
@@ -135,6 +159,12 @@ def _validate(ds: Dataset) -> None:
             raise ShapeError(f"mask {k!r} has shape {m.shape}, but the images need ({n}, {h}, {w}){where}")
         if m.dtype.kind not in "iu" or m.dtype.itemsize > 4:
             raise ShapeError(f"mask {k!r} must be an integer label map of at most 32 bits, got {m.dtype}{where}")
+    for k, m in ds.mask_planes.items():
+        if m.ndim != 4 or m.shape[0] != n or m.shape[2:] != (h, w) or m.dtype.kind not in "iu":
+            raise ShapeError(f"mask_planes[{k!r}] must be integer (N={n}, P, {h}, {w}), got {m.dtype} {m.shape}{where}")
+    for k, v in ds.image_label_sets.items():
+        if v.ndim != 2 or v.shape[0] != n:
+            raise ShapeError(f"image_label_sets[{k!r}] must be (N={n}, Q), got {v.shape}{where}")
     for k, v in ds.image_labels.items():
         if v.shape != (n,):
             raise ShapeError(f"image_labels[{k!r}] has shape {v.shape}, expected ({n},){where}")

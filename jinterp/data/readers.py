@@ -9,7 +9,13 @@ Entry point :func:`load`. Spec strings::
     npz:PATH                                    train_x/train_y/test_x/test_y, or x/y (single split, see below)
     folder:PATH                                 PATH/<class>/<image> or PATH/{train,test}/<class>/<image>
     tfds:NAME[:DATA_DIR]                        a prepared TFDS data set read with tfds.data_source
-    broden:PATH                                 a Broden-format concept data set (index.csv, label.csv, ...)
+    broden:PATH                                 a Broden-format concept data set (NetDissect layout; data/broden.py)
+    cub:PATH                                    CUB-200-2011 (images.txt, parts/part_locs.txt, ...; data/cub.py)
+    voc:PATH                                    PASCAL VOC (JPEGImages/, Annotations/*.xml, ImageSets/Main; data/voc.py)
+    pascal_part:PATH                            VOC JPEGImages/ + Pascal-Part Annotations_Part/*.mat (data/voc.py)
+
+Every kind but synthparts also takes reader options after a last ':' (``cub:PATH:crop=box,size=224``; see
+:mod:`jinterp.data.spec`: split, size, max_images, classes, crop).
 
 Single-split sources (an .npz with only ``x``/``y``, an image folder without train/test subfolders) are split
 deterministically, with no randomness: example ``i`` is in "test" when ``i % 5 == 4``, else in "train"
@@ -19,7 +25,6 @@ deterministically, with no randomness: example ``i`` is in "test" when ``i % 5 =
 from __future__ import annotations
 
 import ast
-import csv
 import gzip
 import os
 import pickle
@@ -30,7 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from jinterp.data import synthparts as sp
+from jinterp.data.broden import read_broden
+from jinterp.data.cub import read_cub
 from jinterp.data.dataset import Dataset
+from jinterp.data.spec import COMMON_OPTIONS, apply_common_options, split_spec
+from jinterp.data.voc import read_pascal_part, read_voc
 from jinterp.errors import ConfigError, DataError, MissingFileError, ShapeError
 
 MNIST_CLASSES = tuple(str(i) for i in range(10))
@@ -59,20 +68,27 @@ def load(spec: str, split: str = "train", **kw) -> Dataset:
     """Loads a data set from a spec string (see the module docstring) into memory.
 
     Args:
-      spec: ``"kind"`` or ``"kind:ARG"``; options may also come as ``kind:key=value,...`` (synthparts) or ``**kw``.
-      split: ``"train"``, ``"test"`` or ``"all"`` (Broden also takes ``"val"`` = ``"test"``).
+      spec: ``"kind"``, ``"kind:ARG"`` or ``"kind:ARG:key=value,..."`` (reader options, :mod:`jinterp.data.spec`);
+        synthparts takes ``synthparts:key=value,...``.
+      split: ``"train"``, ``"test"`` or ``"all"`` (``"val"`` = ``"test"``); a ``split=`` option in the spec wins.
       **kw: reader options (e.g. ``n_train=``, ``seed=`` for synthparts, ``label="coarse"`` for cifar100,
-        ``size=(H, W)`` for folders of mixed sizes, ``image_key=`` for tfds).
+        ``size=(H, W)``, ``max_images=``, ``classes=``, ``crop="box"``, ``image_key=`` for tfds).
     Returns:
       A validated :class:`Dataset`.
     """
-    kind, _, arg = spec.partition(":")
-    kind = kind.strip().lower()
+    kind, arg, options = split_spec(spec)
     if kind not in _READERS:
         raise ConfigError(f"unknown data spec {spec!r}: the kind must be one of {sorted(_READERS)}")
+    split = options.pop("split", split)
     if split not in (*_SPLITS, "val", "validation"):
         raise ConfigError(f"unknown split {split!r}; use 'train', 'test' or 'all'")
-    return _READERS[kind](arg, split, **kw)
+    options.update({k: kw.pop(k) for k in COMMON_OPTIONS if k in kw and k != "split"})
+    if "size" in options and isinstance(options["size"], int | np.integer):
+        options["size"] = (int(options["size"]), int(options["size"]))
+    handled = _NATIVE_OPTIONS.get(kind, ())
+    native = {k: v for k, v in options.items() if k in handled}
+    ds = _READERS[kind](arg, split, **native, **kw)
+    return apply_common_options(ds, options, handled) if options else ds
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -168,6 +184,8 @@ def _concat(parts: list[Dataset], name: str) -> Dataset:
         image_labels={k: cat([p.image_labels[k] for p in parts]) for k in a.image_labels},
         landmarks=cat([p.landmarks for p in parts]), landmark_visible=cat([p.landmark_visible for p in parts]),
         concepts=a.concepts, name=name, meta=a.meta,
+        mask_planes={k: cat([p.mask_planes[k] for p in parts]) for k in a.mask_planes},
+        image_label_sets={k: cat([p.image_label_sets[k] for p in parts]) for k in a.image_label_sets},
     )
 
 
@@ -176,18 +194,71 @@ def _read_synthparts(arg: str, split: str, **kw) -> Dataset:
 
 
 # ------------------------------------------------------------------------------------------------ npz
+# What each named set holds: (H, W), channels, number of classes. A named set whose content differs is an error.
+NAMED_SETS = {"mnist": ((28, 28), 1, 10), "fashion_mnist": ((28, 28), 1, 10), "cifar10": ((32, 32), 3, 10),
+              "cifar100": ((32, 32), 3, None)}
+
+
+def check_named_set(kind: str, path, images: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> None:
+    """Refuses content that is not the named set: image size, channels, and labels outside ``0..K-1``."""
+    if kind not in NAMED_SETS:
+        return
+    (h, w), c, k = NAMED_SETS[kind]
+    k = num_classes or k
+    shape = tuple(images.shape[1:3])
+    chans = images.shape[3] if images.ndim == 4 else 1
+    if shape != (h, w) or chans != c:
+        guess = {((28, 28), 1): "MNIST/Fashion-MNIST", ((32, 32), 3): "CIFAR"}.get((shape, chans), "another set")
+        raise DataError(f"{kind}: {path} holds {shape[0]}x{shape[1]} {chans}-channel images (like {guess}), but "
+                        f"{kind} images are {h}x{w} with {c} channel(s); use the matching kind (e.g. npz:{path})")
+    if labels.size and k is not None and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        raise DataError(f"{kind}: {path} has labels in [{int(labels.min())}, {int(labels.max())}], but {kind} has "
+                        f"{k} classes labelled 0..{k - 1}; fix the labels or read it as npz:{path}")
+
+
+def _npz_annotations(z, prefix: str, idx: np.ndarray | None) -> dict:
+    """The optional annotation arrays of an .npz (see :func:`read_npz`) for one split."""
+    pick = (lambda a: a) if idx is None else (lambda a: a[idx])
+    out = {"masks": {}, "image_labels": {}, "concepts": {}}
+    for key in z.files:
+        for field, tag in (("masks", "mask_"), ("image_labels", "image_label_")):
+            if key.startswith(prefix + tag):
+                out[field][key[len(prefix + tag):]] = pick(z[key])
+        if key.startswith("concepts_"):
+            out["concepts"][key[len("concepts_"):]] = tuple(str(v) for v in z[key])
+    for field in ("landmarks", "landmark_visible"):
+        if prefix + field in z.files:
+            out[field] = pick(z[prefix + field])
+    return out
+
+
 def read_npz(path: str | Path, split: str = "train", *, class_names=None, num_classes=None,
              name: str | None = None) -> Dataset:
-    """An .npz with ``train_x/train_y/test_x/test_y`` or ``x/y`` (uint8 images (N,H,W[,C]), integer labels)."""
+    """An .npz with ``train_x/train_y/test_x/test_y`` or ``x/y`` (uint8 images (N,H,W[,C]), integer labels).
+
+    Optional annotations, per split prefix (``train_``/``test_``, or none with ``x``/``y``), are kept:
+    ``<prefix>mask_<name>`` (N, H, W) label maps, ``<prefix>image_label_<name>`` (N,), ``<prefix>landmarks``
+    (N, P, 2) (x, y) pixels with ``<prefix>landmark_visible`` (N, P); ``concepts_<name>`` (unicode array) names
+    the values of category ``<name>``; ``class_names`` (unicode array) names the classes.
+    """
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = set(z.files)
             if split in ("train", "test") and {f"{split}_x", f"{split}_y"} <= keys:
                 x, y = z[f"{split}_x"], z[f"{split}_y"]
+                ann = _npz_annotations(z, f"{split}_", None)
             elif split == "all" and {"train_x", "train_y", "test_x", "test_y"} <= keys:
                 x = np.concatenate([z["train_x"], z["test_x"]])
                 y = np.concatenate([z["train_y"], z["test_y"]])
+                parts = [_npz_annotations(z, f"{s}_", None) for s in ("train", "test")]
+                ann = {"concepts": parts[0]["concepts"]}
+                for field in ("masks", "image_labels"):
+                    ann[field] = {k: np.concatenate([parts[0][field][k], parts[1][field][k]])
+                                  for k in parts[0][field] if k in parts[1][field]}
+                for field in ("landmarks", "landmark_visible"):
+                    if field in parts[0] and field in parts[1]:
+                        ann[field] = np.concatenate([parts[0][field], parts[1][field]])
             elif {"x", "y"} <= keys:
                 x, y = z["x"], z["y"]
                 if len(x) != len(y):
@@ -195,14 +266,23 @@ def read_npz(path: str | Path, split: str = "train", *, class_names=None, num_cl
                                     "image")
                 idx = _split_rule(len(y), split)
                 x, y = x[idx], y[idx]
+                ann = _npz_annotations(z, "", idx)
             else:
                 raise DataError(f"{path}: expected arrays train_x/train_y/test_x/test_y or x/y, found {sorted(keys)}")
+            if class_names is None and "class_names" in keys:
+                class_names = tuple(str(v) for v in z["class_names"])
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, DataError):
+            raise
         raise DataError(f"{path}: corrupt or truncated .npz file ({e}); re-create or re-download it") from e
     if x.dtype != np.uint8:
         raise ShapeError(f"{path}: images must be uint8, got {x.dtype}")
+    kind = (name or "npz").split(":")[0]
+    check_named_set(kind, path, x, y, num_classes)
     k, names = _classes(y, class_names, num_classes)
     return Dataset(images=x, labels=y, num_classes=k, class_names=names, name=name or f"npz:{path}",
+                   masks=ann["masks"], image_labels=ann["image_labels"], concepts=ann["concepts"],
+                   landmarks=ann.get("landmarks"), landmark_visible=ann.get("landmark_visible"),
                    meta={"path": str(path), "split": split})
 
 
@@ -241,7 +321,7 @@ def read_mnist(path: str | Path, split: str = "train", *, class_names=MNIST_CLAS
     """MNIST-layout folder: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]; or an .npz (see read_npz)."""
     path = Path(path)
     if path.is_file():
-        return read_npz(path, split, class_names=class_names, name=f"{name}:{path}")
+        return read_npz(path, split, class_names=class_names, num_classes=len(class_names), name=f"{name}:{path}")
     if split == "all":
         parts = [read_mnist(path, s, class_names=class_names, name=name) for s in ("train", "test")]
         return _concat(parts, f"{name}:{path}")
@@ -257,6 +337,7 @@ def read_mnist(path: str | Path, split: str = "train", *, class_names=MNIST_CLAS
     x, y = (read_idx(f) for f in found)
     if x.ndim != 3 or y.shape != (x.shape[0],):
         raise DataError(f"{name}: {path}: images {x.shape} and labels {y.shape} do not match")
+    check_named_set(name, path, x, y)
     return Dataset(images=x.astype(np.uint8), labels=y, num_classes=len(class_names), class_names=class_names,
                    name=f"{name}:{path}", meta={"path": str(path), "split": split})
 
@@ -299,6 +380,7 @@ def read_cifar(path: str | Path, split: str = "train", *, variant: str = "cifar1
     path = Path(path)
     if path.is_file():
         return read_npz(path, split, class_names=CIFAR10_CLASSES if variant == "cifar10" else None,
+                        num_classes=10 if variant == "cifar10" else (100 if label == "fine" else 20),
                         name=f"{variant}:{path}")
     if split == "all":
         return _concat([read_cifar(path, s, variant=variant, label=label) for s in ("train", "test")],
@@ -323,6 +405,7 @@ def read_cifar(path: str | Path, split: str = "train", *, variant: str = "cifar1
         if names_key in m:
             names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in m[names_key])
     k, names = _classes(y, names, 10 if variant == "cifar10" else (100 if label == "fine" else 20))
+    check_named_set(variant, path, np.concatenate(xs[:1]), y, k)
     return Dataset(images=np.concatenate(xs), labels=y, num_classes=k, class_names=names,
                    name=f"{variant}:{path}", meta={"path": str(path), "split": split})
 
@@ -446,134 +529,32 @@ def _read_tfds(arg, split, **kw):
     return read_tfds(name, split, data_dir=data_dir or kw.pop("data_dir", None), **kw)
 
 
-# ------------------------------------------------------------------------------------------------ Broden
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        raise MissingFileError(f"broden: {path} is missing; a Broden folder holds index.csv, label.csv, "
-                               "category.csv, c_<category>.csv and images/")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _decode_mask(path: Path) -> np.ndarray:
-    """A Broden mask PNG: label number = R + 256 * G (B unused); 0 = unlabelled."""
-    rgb = _read_image(path, "RGB", None).astype(np.int32)
-    return rgb[..., 0] + 256 * rgb[..., 1]
-
-
-def _resize_nearest(m: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Nearest-neighbour resize of a label map (pixel centers): exact repeat for integer factors."""
-    ys = (np.arange(h) * m.shape[0]) // h
-    xs = (np.arange(w) * m.shape[1]) // w
-    return m[ys[:, None], xs[None, :]]
-
-
-def read_broden(path: str | Path, split: str = "train", *, categories=None, label_category: str | None = None,
-                max_images: int | None = None) -> Dataset:
-    """A Broden-format concept data set (NetDissect layout; see spec/uibe_and_metrics.md section 5.2).
-
-    Pixel categories (index.csv entries that name PNGs) become masks of per-category codes from
-    ``c_<cat>.csv`` (``concepts[cat][code]`` is the label name; 0 = unlabelled). Mask PNGs are decoded as
-    R + 256*G = global label number, mapped to the category code, merged over planes (the first, dominant plane
-    wins where labelled) and resized to the image size with nearest neighbour (Broden stores them at half size).
-    Image-level categories (scene, texture) become ``image_labels`` (first listed label's code; 0 = none).
-    Class labels come from ``label_category`` (default: "scene" if present, else all zero with one class).
-    ``split``: "train", "test"/"val" (Broden's val), or "all".
-    """
-    root = Path(path)
-    index = _read_csv(root / "index.csv")
-    labels_csv = _read_csv(root / "label.csv")
-    cats = [r["name"] for r in _read_csv(root / "category.csv")]
-    if not index:
-        raise DataError(f"broden: {root / 'index.csv'} lists no images")
-    fixed = {"image", "split", "ih", "iw", "sh", "sw"}
-    missing_cols = fixed - set(index[0])
-    if missing_cols:
-        raise DataError(f"broden: {root / 'index.csv'} lacks columns {sorted(missing_cols)}")
-    cats = [c for c in cats if c in index[0]] if categories is None else list(categories)
-    want = {"train": ("train",), "test": ("val", "test"), "val": ("val", "test"), "validation": ("val", "test"),
-            "all": None}[split]
-    rows = [r for r in index if want is None or r["split"] in want][:max_images]
-    if not rows:
-        raise DataError(f"broden: no images of split {split!r} in {root / 'index.csv'}")
-
-    # number -> per-category code, and names by code
-    names_by_number = {int(r["number"]): r["name"] for r in labels_csv}
-    code_of, concepts = {}, {}
-    for c in cats:
-        cfile = root / f"c_{c}.csv"
-        if cfile.exists():
-            entries = [(int(r["code"]), int(r["number"]), r["name"]) for r in _read_csv(cfile)]
-        else:  # derive dense codes from label.csv's category field, e.g. "color(289)" or "material(36);object(3)"
-            nums = sorted(int(r["number"]) for r in labels_csv
-                          if any(p.split("(")[0] == c for p in r.get("category", "").split(";")))
-            entries = [(i + 1, num, names_by_number[num]) for i, num in enumerate(nums)]
-        code_of[c] = {num: code for code, num, _ in entries}
-        names = ["-"] * (max((e[0] for e in entries), default=0) + 1)
-        for code, _, nm in entries:
-            names[code] = nm
-        concepts[c] = tuple(names)
-
-    pixel_cats = [c for c in cats if any(r.get(c, "").strip().lower().endswith(".png") for r in rows)]
-    image_cats = [c for c in cats if c not in pixel_cats]
-    imgs, masks, image_labels = [], {c: [] for c in pixel_cats}, {c: [] for c in image_cats}
-    for r in rows:
-        img = _read_image(root / "images" / r["image"], "RGB", None)
-        ih, iw = int(r["ih"]), int(r["iw"])
-        if img.shape[:2] != (ih, iw):
-            raise ShapeError(f"broden: images/{r['image']} is {img.shape[:2]}, index.csv says ({ih}, {iw})")
-        imgs.append(img)
-        for c in pixel_cats:
-            m = np.zeros((ih, iw), np.int32)
-            for plane in filter(None, r.get(c, "").split(";")):  # dominant plane first: fill only empty pixels
-                num = _decode_mask(root / "images" / plane)
-                if num.shape != (int(r["sh"]), int(r["sw"])) and num.shape != (ih, iw):
-                    raise ShapeError(f"broden: mask images/{plane} is {num.shape}, index.csv says "
-                                     f"({r['sh']}, {r['sw']})")
-                code = _codes(num, code_of[c], root / "images" / plane, c)
-                code = _resize_nearest(code, ih, iw)
-                m = np.where(m == 0, code, m)
-            masks[c].append(m)
-        for c in image_cats:
-            vals = [int(v) for v in r.get(c, "").split(";") if v.strip()]
-            image_labels[c].append(code_of[c].get(vals[0], 0) if vals else 0)
-    shapes = {im.shape for im in imgs}
-    if len(shapes) > 1:
-        raise ShapeError(f"broden: images in {root} have several sizes {sorted(shapes)}; use one Broden size")
-    il = {c: np.asarray(v, np.int32) for c, v in image_labels.items()}
-    label_category = label_category or ("scene" if "scene" in il else None)
-    if label_category is not None:
-        y, names = il[label_category], concepts[label_category]
-    else:
-        y, names = np.zeros(len(rows), np.int32), ("none",)
-    dtype = np.uint16 if max((len(v) for v in concepts.values()), default=0) < 65536 else np.int32
-    return Dataset(images=np.stack(imgs), labels=y, num_classes=len(names), class_names=names,
-                   masks={c: np.stack(v).astype(dtype) for c, v in masks.items()}, image_labels=il,
-                   concepts=concepts, name=f"broden:{root}",
-                   meta={"path": str(root), "split": split, "images": [r["image"] for r in rows],
-                         "pixel_categories": pixel_cats, "image_categories": image_cats,
-                         "label_numbers": {c: {code: num for num, code in code_of[c].items()} for c in cats}})
-
-
-def _codes(num: np.ndarray, table: dict[int, int], path: Path, cat: str) -> np.ndarray:
-    """Maps global label numbers to category codes with a lookup table (0 stays 0)."""
-    lut = np.zeros(max(max(table, default=0), int(num.max())) + 1, np.int32)
-    for n, c in table.items():
-        lut[n] = c
-    unknown = np.setdiff1d(np.unique(num), [0, *table])
-    if unknown.size:
-        raise DataError(f"broden: {path} holds label numbers {unknown[:8].tolist()} that c_{cat}.csv does not "
-                        f"list for category {cat!r}")
-    return lut[num]
-
-
+# ------------------------------------------------------------------------------------------------ annotated sets
 def _read_broden(arg, split, **kw):
     return read_broden(_path(arg, "broden", "a Broden folder (index.csv, label.csv, category.csv, images/)"),
                        split, **kw)
 
 
+def _read_cub(arg, split, **kw):
+    return read_cub(_path(arg, "cub", "the CUB_200_2011 folder (images.txt, parts/, images/)"), split, **kw)
+
+
+def _read_voc(arg, split, **kw):
+    return read_voc(_path(arg, "voc", "a VOC folder (JPEGImages/, Annotations/, ImageSets/Main/)"), split, **kw)
+
+
+def _read_pascal_part(arg, split, **kw):
+    return read_pascal_part(_path(arg, "pascal_part", "a folder with JPEGImages/ and Annotations_Part/*.mat"),
+                            split, **kw)
+
+
+# Reader options each reader applies itself (the rest are applied after reading, in jinterp.data.spec).
+_NATIVE_OPTIONS = {"cub": ("crop", "size", "classes", "max_images"), "voc": ("crop", "size", "classes", "max_images"),
+                   "pascal_part": ("size", "classes", "max_images"), "broden": ("max_images",),
+                   "folder": ("size",)}
+
 _READERS = {
     "synthparts": _read_synthparts, "npz": _read_npz, "mnist": _read_mnist, "fashion_mnist": _read_fashion,
     "cifar10": _read_cifar10, "cifar100": _read_cifar100, "folder": _read_folder, "tfds": _read_tfds,
-    "broden": _read_broden,
+    "broden": _read_broden, "cub": _read_cub, "voc": _read_voc, "pascal_part": _read_pascal_part,
 }
