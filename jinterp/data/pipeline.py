@@ -38,6 +38,10 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     # The CIFAR-10 training-set statistics most CIFAR code uses.
     "cifar10_stats": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "mnist": ((0.1307,), (0.3081,)),
+    # CSAIL Places365 weights as NetDissect-Lite / IBD feed them (feature_operation.py): the BGR mean
+    # (109.5388, 118.6897, 124.6901) subtracted from 0..255 pixels, then divided by 255 * 0.224 -- in RGB order
+    # and [0, 1] units that is this mean and one std for all channels.
+    "places365": ((124.6901 / 255, 118.6897 / 255, 109.5388 / 255), (0.224, 0.224, 0.224)),
     "unit": ((0.0,), (1.0,)),  # plain [0, 1]
 }
 RESERVED_KEYS = ("image", "label", "mask", "index", "landmarks", "landmark_visible")
