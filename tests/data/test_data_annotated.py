@@ -327,3 +327,26 @@ def test_layout_mistakes_get_a_message_naming_the_layout():
         Dataset(images=np.zeros((2, 3, 32, 32), np.uint8), labels=[0, 0], num_classes=1, class_names=("a",))
     ok = Dataset(images=np.zeros((2, 28, 28), np.uint8), labels=[0, 0], num_classes=1, class_names=("a",))
     assert ok.image_shape == (28, 28, 1)
+
+
+def test_broden_concepts_feed_the_dissection_tally(tmp_path):
+    """A unit equal to the 'leg' label -- which lies under 'head' in the overlap, on the second plane -- has IoU 1."""
+    from jinterp.metrics import dissection as dis
+
+    truth = write_broden_hard(tmp_path)
+    ds = load(f"broden:{tmp_path}", split="all")
+    cs = broden_concepts(ds, categories=["part", "object"], size=ds.meta["segmentation_size"])
+    leg = cs.names.index("leg")
+    acts = np.stack([sum(p == 5 for p in t["planes"]["part"]) for t in truth]).astype(np.float32)[..., None]
+    th = dis.Thresholds(np.array([0.5], np.float32), np.zeros(1, bool))
+    table = dis.iou(dis.tally([acts[:4], acts[4:]], cs, th, batch_size=4), cs)
+    assert table[0, leg - 1] == pytest.approx(1.0)
+
+
+def test_places365_preset_is_netdissect_lite_preprocessing():
+    from jinterp.data import normalize
+
+    rgb = np.array([[[[200, 100, 30]]]], np.uint8)
+    bgr_mean = np.array([109.5388, 118.6897, 124.6901])
+    want = (rgb[..., ::-1].astype(np.float64) - bgr_mean)[..., ::-1] / (255 * 0.224)  # feature_operation.py
+    np.testing.assert_allclose(np.asarray(normalize(rgb, "places365")), want, rtol=1e-5)
