@@ -278,7 +278,8 @@ def test_spec_options_are_parsed_in_one_place(tmp_path):
     y = np.arange(10) % 3
     np.savez(tmp_path / "d.npz", x=x, y=y)
     ds = load(f"npz:{tmp_path / 'd.npz'}:split=all,classes=2+0,max_images=3,size=4")
-    assert ds.labels.tolist() == [0, 1, 0] and ds.class_names == ("0", "2")  # examples 0, 2, 3 and ds.image_shape == (4, 4, 1)
+    assert ds.labels.tolist() == [0, 1, 0] and ds.class_names == ("0", "2")  # examples 0, 2, 3
+    assert ds.image_shape == (4, 4, 1)
     with pytest.raises(ConfigError, match="crop=box needs bounding boxes"):
         load(f"npz:{tmp_path / 'd.npz'}:crop=box")
 
