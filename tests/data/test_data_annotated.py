@@ -351,3 +351,10 @@ def test_places365_preset_is_netdissect_lite_preprocessing():
     bgr_mean = np.array([109.5388, 118.6897, 124.6901])
     want = (rgb[..., ::-1].astype(np.float64) - bgr_mean)[..., ::-1] / (255 * 0.224)  # feature_operation.py
     np.testing.assert_allclose(np.asarray(normalize(rgb, "places365")), want, rtol=1e-5)
+
+
+def test_synthparts_keeps_its_own_size_option():
+    from jinterp.data import synthparts_dataset
+
+    a, b = load("synthparts", "train", size=32, n=3), synthparts_dataset("train", size=32, n=3)
+    np.testing.assert_array_equal(a.images, b.images)  # generated at 32 px, not generated at 64 and resized
