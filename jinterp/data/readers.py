@@ -82,7 +82,8 @@ def load(spec: str, split: str = "train", **kw) -> Dataset:
     split = options.pop("split", split)
     if split not in (*_SPLITS, "val", "validation"):
         raise ConfigError(f"unknown split {split!r}; use 'train', 'test' or 'all'")
-    options.update({k: kw.pop(k) for k in COMMON_OPTIONS if k in kw and k != "split"})
+    if kind != "synthparts":  # synthparts has options of the same names (size=) with its own meaning
+        options.update({k: kw.pop(k) for k in COMMON_OPTIONS if k in kw and k != "split"})
     if "size" in options and isinstance(options["size"], int | np.integer):
         options["size"] = (int(options["size"]), int(options["size"]))
     handled = _NATIVE_OPTIONS.get(kind, ())
