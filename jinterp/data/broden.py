@@ -35,6 +35,7 @@ import numpy as np
 
 from jinterp.data.annotated import load_rgb
 from jinterp.data.dataset import Dataset
+from jinterp.data.lazy import LazyArray
 from jinterp.errors import ConfigError, DataError, MissingFileError, ShapeError
 
 CATEGORY_RULES = ("max_coverage", "first_listed")
@@ -111,8 +112,9 @@ def _category_tables(root: Path, cats, labels_csv):
 
 
 def read_broden(path: str | Path, split: str = "train", *, categories=None, label_category: str | None = None,
-                max_images: int | None = None) -> Dataset:
-    """A Broden-format concept data set (see the module docstring)."""
+                max_images: int | None = None, lazy: bool = False) -> Dataset:
+    """A Broden-format concept data set (see the module docstring). ``lazy=True``: images and masks are
+    :class:`~jinterp.data.lazy.LazyArray` s decoded per batch (the CSVs are read up front)."""
     root = Path(path)
     index = read_csv(root / "index.csv")
     labels_csv = read_csv(root / "label.csv")
@@ -137,27 +139,47 @@ def read_broden(path: str | Path, split: str = "train", *, categories=None, labe
     pixel_cats = [c for c in cats if any(v.lower().endswith(".png") for _, r in rows for v in cells(r, c))]
     image_cats = [c for c in cats if c not in pixel_cats]
     idx_path = root / "index.csv"
-    imgs, planes, sets = [], {c: [] for c in pixel_cats}, {c: [] for c in image_cats}
+    sizes = []
     for ln, r in rows:
+        sizes.append(tuple(_int(r[k], idx_path, ln, k) for k in ("ih", "iw", "sh", "sw")))
+    if len({sz[:2] for sz in sizes}) > 1:
+        raise ShapeError(f"broden: images in {idx_path} have several sizes {sorted({sz[:2] for sz in sizes})}; "
+                         "use one Broden size")
+    n, (h, w) = len(rows), sizes[0][:2]
+    depth = {c: max(1, max(len(cells(r, c)) for _, r in rows)) for c in pixel_cats}
+    dtype = np.uint16 if max((len(v) for v in concepts.values()), default=0) < 65536 else np.int32
+
+    def image(i: int) -> np.ndarray:
+        (ln, r), (ih, iw, _, _) = rows[i], sizes[i]
         img = load_rgb(root / "images" / r["image"], "broden")
-        ih, iw = _int(r["ih"], idx_path, ln, "ih"), _int(r["iw"], idx_path, ln, "iw")
-        sh, sw = _int(r["sh"], idx_path, ln, "sh"), _int(r["sw"], idx_path, ln, "sw")
         if img.shape[:2] != (ih, iw):
             raise ShapeError(f"broden: {idx_path} line {ln}: images/{r['image']} is {img.shape[:2]}, index.csv says "
                              f"({ih}, {iw})")
-        imgs.append(img)
-        for c in pixel_cats:
-            stack = []
-            for entry in cells(r, c):
-                if entry.lower().endswith(".png"):
-                    num = decode_mask(root / "images" / entry)
-                    if num.shape not in ((sh, sw), (ih, iw)):
-                        raise ShapeError(f"broden: {idx_path} line {ln}: mask images/{entry} is {num.shape}, "
-                                         f"index.csv says ({sh}, {sw})")
-                else:  # a whole-image label number in a pixel category (NetDissect-Lite fills the plane)
-                    num = np.full((sh, sw), _int(entry, idx_path, ln, c), np.int32)
-                stack.append(resize_nearest(_codes(num, code_of[c], root / "images" / entry, c), ih, iw))
-            planes[c].append(stack)
+        return img
+
+    def planes(i: int, c: str) -> np.ndarray:
+        """(depth, H, W) per-category codes of every plane of category ``c`` in image ``i``."""
+        (ln, r), (ih, iw, sh, sw) = rows[i], sizes[i]
+        out = np.zeros((depth[c], ih, iw), dtype)
+        for p, entry in enumerate(cells(r, c)):
+            if entry.lower().endswith(".png"):
+                num = decode_mask(root / "images" / entry)
+                if num.shape not in ((sh, sw), (ih, iw)):
+                    raise ShapeError(f"broden: {idx_path} line {ln}: mask images/{entry} is {num.shape}, "
+                                     f"index.csv says ({sh}, {sw})")
+            else:  # a whole-image label number in a pixel category (NetDissect-Lite fills the plane)
+                num = np.full((sh, sw), _int(entry, idx_path, ln, c), np.int32)
+            out[p] = resize_nearest(_codes(num, code_of[c], root / "images" / entry, c), ih, iw)
+        return out
+
+    def first_plane(stack: np.ndarray) -> np.ndarray:
+        first = np.zeros(stack.shape[1:], stack.dtype)
+        for p in range(len(stack)):  # the dominant (first labelled) plane wins per pixel
+            first = np.where(first == 0, stack[p], first)
+        return first
+
+    sets = {c: [] for c in image_cats}
+    for ln, r in rows:
         for c in image_cats:
             nums = [_int(v, idx_path, ln, c) for v in cells(r, c)]
             unknown = [v for v in nums if v not in code_of[c]]
@@ -165,23 +187,17 @@ def read_broden(path: str | Path, split: str = "train", *, categories=None, labe
                 raise DataError(f"broden: {idx_path} line {ln}: {c} label number(s) {unknown} are not listed in "
                                 f"c_{c}.csv (or label.csv) for category {c!r}")
             sets[c].append([code_of[c][v] for v in nums])
-    shapes = {im.shape for im in imgs}
-    if len(shapes) > 1:
-        raise ShapeError(f"broden: images in {root} have several sizes {sorted(shapes)}; use one Broden size")
-    n, (h, w) = len(imgs), imgs[0].shape[:2]
-    dtype = np.uint16 if max((len(v) for v in concepts.values()), default=0) < 65536 else np.int32
     mask_planes, masks = {}, {}
-    for c in pixel_cats:
-        depth = max(1, max(len(s) for s in planes[c]))
-        arr = np.zeros((n, depth, h, w), dtype)
-        for i, stack in enumerate(planes[c]):
-            for p, m in enumerate(stack):
-                arr[i, p] = m
-        mask_planes[c] = arr
-        first = np.zeros((n, h, w), dtype)
-        for p in range(depth):  # the dominant (first labelled) plane wins per pixel
-            first = np.where(first == 0, arr[:, p], first)
-        masks[c] = first
+    if lazy:
+        images = LazyArray(n, (h, w, 3), np.uint8, image)
+        for c in pixel_cats:
+            mask_planes[c] = LazyArray(n, (depth[c], h, w), dtype, lambda i, c=c: planes(i, c))
+            masks[c] = LazyArray(n, (h, w), dtype, lambda i, c=c: first_plane(planes(i, c)))
+    else:
+        images = np.stack([image(i) for i in range(n)])
+        for c in pixel_cats:
+            mask_planes[c] = np.stack([planes(i, c) for i in range(n)])
+            masks[c] = np.stack([first_plane(st) for st in mask_planes[c]])
     label_sets, image_labels = {}, {}
     for c in image_cats:
         width = max(1, max(len(s) for s in sets[c]))
@@ -197,7 +213,7 @@ def read_broden(path: str | Path, split: str = "train", *, categories=None, labe
         y, names = image_labels[label_category], concepts[label_category]
     else:
         y, names = np.zeros(n, np.int32), ("none",)
-    return Dataset(images=np.stack(imgs), labels=y, num_classes=len(names), class_names=names, masks=masks,
+    return Dataset(images=images, labels=y, num_classes=len(names), class_names=names, masks=masks,
                    image_labels=image_labels, mask_planes=mask_planes, image_label_sets=label_sets,
                    concepts=concepts, name=f"broden:{root}",
                    meta={"path": str(root), "split": split, "images": [r["image"] for _, r in rows],

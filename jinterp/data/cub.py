@@ -17,7 +17,8 @@ Options: ``crop="box"`` crops each image to its bounding box (the smallest pixel
 shifted, and parts falling outside the window become invisible), then ``size=(H, W)`` resizes (bilinear image,
 landmarks scaled; required when the images differ in size, as CUB's do); ``classes=`` keeps some classes
 (names like ``001.Black_footed_Albatross`` or 0-based ids) relabelled 0..k-1; ``max_images=`` keeps the first N
-of the split in images.txt order. Grayscale JPEGs (CUB holds a few) load as RGB. The segmentation masks (values
+of the split in images.txt order; ``lazy=True`` (with ``size``) decodes images per batch (geometry comes from the
+JPEG headers). Grayscale JPEGs (CUB holds a few) load as RGB. The segmentation masks (values
 0..255, the average of several annotators) become ``masks["object"]`` = 1 where the value is >= 128 (a majority
 of annotators) [reconstructed threshold].
 """
@@ -30,8 +31,9 @@ import numpy as np
 
 from jinterp.data.annotated import box_window, load_rgb, read_table, require, same_size
 from jinterp.data.dataset import Dataset
+from jinterp.data.lazy import LazyArray
 from jinterp.data.spec import class_ids, resize_example
-from jinterp.errors import DataError, ShapeError
+from jinterp.errors import ConfigError, DataError, ShapeError
 
 _FILES = ("images.txt", "image_class_labels.txt", "classes.txt", "train_test_split.txt", "bounding_boxes.txt",
           "parts/parts.txt", "parts/part_locs.txt")
@@ -46,8 +48,20 @@ def _by_id(rows, path: Path, what: str) -> dict:
     return out
 
 
+def _image_hw(path: Path) -> tuple[int, int]:
+    """(H, W) of an image from its header (Pillow reads no pixels here)."""
+    from PIL import Image, UnidentifiedImageError
+
+    require(path, "cub", "restore it from the CUB_200_2011 archive")
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        raise DataError(f"cub: {path}: cannot decode image ({e}); the file is corrupt or truncated") from e
+
+
 def read_cub(path: str | Path, split: str = "train", *, crop: str = "none", size=None, classes=None,
-             max_images: int | None = None) -> Dataset:
+             max_images: int | None = None, lazy: bool = False) -> Dataset:
     """CUB-200-2011 as a Dataset: RGB images, class labels 0..199, 15 part landmarks, optional object masks."""
     root = Path(path)
     for f in _FILES:
@@ -111,14 +125,26 @@ def read_cub(path: str | Path, split: str = "train", *, crop: str = "none", size
             locs[r, part_id - 1] = (x, y) if visible else (0.0, 0.0)
             vis[r, part_id - 1] = bool(visible)
 
-    seg_root = root / "segmentations"
-    out_imgs, out_masks, out_lms = [], [], []
+    seg_root = root / "segmentations" if (root / "segmentations").is_dir() else None
+    # Geometry from the JPEG headers only (no pixel decoding): crop windows, landmarks and visibility.
+    windows, out_lms = [], []
     for r, image_id in enumerate(ids):
-        name = images[image_id]
+        h, w = _image_hw(root / "images" / images[image_id])
+        x0, y0, x1, y1 = box_window(boxes[image_id], h, w) if crop == "box" else (0, 0, w, h)
+        lm = locs[r] - np.asarray([x0, y0], np.float32)
+        vis[r] &= (lm[:, 0] >= 0) & (lm[:, 1] >= 0) & (lm[:, 0] < x1 - x0) & (lm[:, 1] < y1 - y0)
+        if size is not None:
+            lm = lm * np.asarray([size[1] / (x1 - x0), size[0] / (y1 - y0)], np.float32)
+        windows.append((h, w, x0, y0, x1, y1))
+        out_lms.append(np.where(vis[r][:, None], lm, 0.0).astype(np.float32))
+
+    def example(r: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Decodes image ``r`` (and its segmentation), crops and resizes it."""
+        name = images[ids[r]]
+        h, w, x0, y0, x1, y1 = windows[r]
         img = load_rgb(root / "images" / name, "cub")
-        h, w = img.shape[:2]
         seg = None
-        if seg_root.is_dir():
+        if seg_root is not None:
             seg_path = require(seg_root / (str(Path(name).with_suffix("")) + ".png"), "cub",
                                "segmentations/ must hold one PNG per image (or remove the folder)")
             from PIL import Image
@@ -126,31 +152,31 @@ def read_cub(path: str | Path, split: str = "train", *, crop: str = "none", size
                 grey = np.asarray(s.convert("L"), np.uint8)
             if grey.shape != (h, w):
                 raise ShapeError(f"cub: segmentation {seg_path} is {grey.shape}, its image {name} is {(h, w)}")
-            seg = (grey >= 128).astype(np.uint8)
-        lm = locs[r]
-        if crop == "box":
-            x0, y0, x1, y1 = box_window(boxes[image_id], h, w)
-            img = img[y0:y1, x0:x1]
-            seg = None if seg is None else seg[y0:y1, x0:x1]
-            lm = lm - np.asarray([x0, y0], np.float32)
-            inside = (lm[:, 0] >= 0) & (lm[:, 1] >= 0) & (lm[:, 0] < x1 - x0) & (lm[:, 1] < y1 - y0)
-            vis[r] &= inside
-            lm = np.where(vis[r][:, None], lm, 0.0).astype(np.float32)
+            seg = (grey >= 128).astype(np.uint8)[y0:y1, x0:x1]
+        img = img[y0:y1, x0:x1]
         if size is not None:
-            img, ms, lm = resize_example(img, size, [] if seg is None else [seg], lm)
+            img, ms, _ = resize_example(img, size, [] if seg is None else [seg])
             seg = ms[0] if ms else None
-        out_imgs.append(img)
-        out_masks.append(seg)
-        out_lms.append(np.where(vis[r][:, None], lm, 0.0).astype(np.float32))
-    same_size(out_imgs, "cub", root)
+        return img, seg
+
+    if lazy:
+        if size is None:
+            raise ConfigError("cub: lazy=True needs size= (CUB images differ in size), e.g. cub:PATH:lazy=1,size=224")
+        out_imgs = LazyArray(len(ids), (*size, 3), np.uint8, lambda r: example(r)[0])
+        obj_masks = None if seg_root is None else LazyArray(len(ids), size, np.uint8, lambda r: example(r)[1])
+    else:
+        decoded = [example(r) for r in range(len(ids))]
+        same_size([d[0] for d in decoded], "cub", root)
+        out_imgs = np.stack([d[0] for d in decoded])
+        obj_masks = None if seg_root is None else np.stack([d[1] for d in decoded])
     labels = np.asarray([label_of[i] - 1 for i in ids], np.int32)
     names = class_names
     if keep is not None:  # relabel the chosen classes 0..k-1
         chosen = sorted(keep)
         labels = np.searchsorted(np.asarray(chosen), labels).astype(np.int32)
         names = tuple(class_names[c] for c in chosen)
-    masks = {"object": np.stack(out_masks)} if out_masks[0] is not None else {}
-    return Dataset(images=np.stack(out_imgs), labels=labels, num_classes=len(names), class_names=names,
+    masks = {} if obj_masks is None else {"object": obj_masks}
+    return Dataset(images=out_imgs, labels=labels, num_classes=len(names), class_names=names,
                    masks=masks, landmarks=np.stack(out_lms), landmark_visible=vis,
                    concepts={"object": ("background", "bird")} if masks else {},
                    name=f"cub:{root}",

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from jinterp.data.lazy import LazyArray
 from jinterp.errors import DataError, ShapeError
 
 
@@ -21,7 +22,8 @@ class Dataset:
     """A labelled image data set held in host memory.
 
     Attributes:
-      images: uint8 ``(N, H, W, C)``, C in {1, 3}.
+      images: uint8 ``(N, H, W, C)``, C in {1, 3}; a NumPy array or a :class:`~jinterp.data.lazy.LazyArray`
+        (decoded per batch; also allowed for ``masks`` and ``mask_planes``).
       labels: int32 ``(N,)`` class ids in ``[0, num_classes)``.
       num_classes: number of classes.
       class_names: ``num_classes`` names.
@@ -59,15 +61,15 @@ class Dataset:
         # Normalize types first (frozen dataclass: go through object.__setattr__), then validate, so that
         # every Dataset in the program satisfies the documented invariants.
         set_ = lambda k, v: object.__setattr__(self, k, v)
-        images = np.asarray(self.images)
+        images = self.images if isinstance(self.images, LazyArray) else np.asarray(self.images)
         _check_layout(images, self.name)
-        if images.ndim == 3:  # grayscale without a channel axis
+        if images.ndim == 3 and not isinstance(images, LazyArray):  # grayscale without a channel axis
             images = images[..., None]
         set_("images", images)
         set_("labels", _as_int32(self.labels, "labels"))
         set_("class_names", tuple(str(c) for c in self.class_names))
-        set_("masks", {k: np.asarray(v) for k, v in dict(self.masks).items()})
-        set_("mask_planes", {k: np.asarray(v) for k, v in dict(self.mask_planes).items()})
+        set_("masks", {k: _array(v) for k, v in dict(self.masks).items()})
+        set_("mask_planes", {k: _array(v) for k, v in dict(self.mask_planes).items()})
         set_("image_label_sets", {k: _as_int32(v, f"image_label_sets[{k!r}]")
                                   for k, v in dict(self.image_label_sets).items()})
         set_("image_labels", {k: _as_int32(v, f"image_labels[{k!r}]") for k, v in dict(self.image_labels).items()})
@@ -94,10 +96,10 @@ class Dataset:
             raise ShapeError(f"take(): indices must lie in [0, {len(self)}) for {self.name or 'this dataset'}")
         return dataclasses.replace(
             self,
-            images=self.images[idx],
+            images=_take(self.images, idx),
             labels=self.labels[idx],
-            masks={k: v[idx] for k, v in self.masks.items()},
-            mask_planes={k: v[idx] for k, v in self.mask_planes.items()},
+            masks={k: _take(v, idx) for k, v in self.masks.items()},
+            mask_planes={k: _take(v, idx) for k, v in self.mask_planes.items()},
             image_label_sets={k: v[idx] for k, v in self.image_label_sets.items()},
             image_labels={k: v[idx] for k, v in self.image_labels.items()},
             landmarks=None if self.landmarks is None else self.landmarks[idx],
@@ -112,6 +114,15 @@ class Dataset:
             f"Dataset({self.name!r}, n={len(self)}, image_shape={self.image_shape}, "
             f"num_classes={self.num_classes}{''.join(', ' + e for e in extras)})"
         )
+
+
+def _array(a):
+    """A NumPy array, or a :class:`LazyArray` kept lazy (decoded per batch)."""
+    return a if isinstance(a, LazyArray) else np.asarray(a)
+
+
+def _take(a, idx: np.ndarray):
+    return a.subset(idx) if isinstance(a, LazyArray) else a[idx]
 
 
 def _as_int32(x, what: str) -> np.ndarray:

@@ -38,6 +38,7 @@ from jinterp.data import synthparts as sp
 from jinterp.data.broden import read_broden
 from jinterp.data.cub import read_cub
 from jinterp.data.dataset import Dataset
+from jinterp.data.lazy import LazyArray
 from jinterp.data.spec import COMMON_OPTIONS, apply_common_options, split_spec
 from jinterp.data.voc import read_pascal_part, read_voc
 from jinterp.errors import ConfigError, DataError, MissingFileError, ShapeError
@@ -87,6 +88,9 @@ def load(spec: str, split: str = "train", **kw) -> Dataset:
     if "size" in options and isinstance(options["size"], int | np.integer):
         options["size"] = (int(options["size"]), int(options["size"]))
     handled = _NATIVE_OPTIONS.get(kind, ())
+    if options.get("lazy") and "lazy" not in handled:
+        raise ConfigError(f"{kind}: lazy decoding is available for folder, broden and cub; drop lazy=1")
+    options = {k: v for k, v in options.items() if k != "lazy" or k in handled}
     native = {k: v for k, v in options.items() if k in handled}
     ds = _READERS[kind](arg, split, **native, **kw)
     return apply_common_options(ds, options, handled) if options else ds
@@ -437,10 +441,12 @@ def _read_image(path: Path, mode: str, size) -> np.ndarray:
         raise DataError(f"{path}: cannot decode image ({e}); the file is corrupt or truncated") from e
 
 
-def read_folder(path: str | Path, split: str = "train", *, mode: str = "RGB", size=None) -> Dataset:
+def read_folder(path: str | Path, split: str = "train", *, mode: str = "RGB", size=None,
+                lazy: bool = False) -> Dataset:
     """Image folders, one subfolder per class (sorted names = class ids). With ``train``/``test`` subfolders
     each is a split; otherwise the 80/20 rule of the module docstring applies per class. All images must have
-    one size unless ``size=(H, W)`` resizes them (bilinear). ``mode`` is a Pillow mode ("RGB" or "L")."""
+    one size unless ``size=(H, W)`` resizes them (bilinear). ``mode`` is a Pillow mode ("RGB" or "L").
+    ``lazy=True`` decodes images per batch (:mod:`jinterp.data.lazy`)."""
     path = Path(path)
     root = path
     if (path / "train").is_dir() and split != "all":
@@ -461,12 +467,25 @@ def read_folder(path: str | Path, split: str = "train", *, mode: str = "RGB", si
         labels += [ci] * len(fs)
     if not files:
         raise DataError(f"folder: no images ({sorted(_IMAGE_EXT)}) for split {split!r} under {root}")
-    imgs = [_read_image(f, mode, size) for f in files]
-    shapes = {im.shape for im in imgs}
-    if len(shapes) > 1:
-        raise ShapeError(f"folder: images under {root} have different sizes {sorted(shapes)[:4]}...; "
-                         "pass size=(H, W) to resize them")
-    return Dataset(images=np.stack(imgs), labels=np.asarray(labels), num_classes=len(classes),
+    if lazy:
+        first = _read_image(files[0], mode, size)
+
+        def decode(i: int) -> np.ndarray:
+            im = _read_image(files[i], mode, size)
+            if im.shape != first.shape:
+                raise ShapeError(f"folder: {files[i]} is {im.shape}, {files[0]} is {first.shape}; pass size=(H, W) "
+                                 "to resize them")
+            return im
+
+        images = LazyArray(len(files), first.shape, np.uint8, decode)
+    else:
+        imgs = [_read_image(f, mode, size) for f in files]
+        shapes = {im.shape for im in imgs}
+        if len(shapes) > 1:
+            raise ShapeError(f"folder: images under {root} have different sizes {sorted(shapes)[:4]}...; "
+                             "pass size=(H, W) to resize them")
+        images = np.stack(imgs)
+    return Dataset(images=images, labels=np.asarray(labels), num_classes=len(classes),
                    class_names=tuple(classes), name=f"folder:{path}",
                    meta={"path": str(path), "split": split, "files": [str(f) for f in files]})
 
@@ -550,9 +569,9 @@ def _read_pascal_part(arg, split, **kw):
 
 
 # Reader options each reader applies itself (the rest are applied after reading, in jinterp.data.spec).
-_NATIVE_OPTIONS = {"cub": ("crop", "size", "classes", "max_images"), "voc": ("crop", "size", "classes", "max_images"),
-                   "pascal_part": ("size", "classes", "max_images"), "broden": ("max_images",),
-                   "folder": ("size",)}
+_NATIVE_OPTIONS = {"cub": ("crop", "size", "classes", "max_images", "lazy"),
+                   "voc": ("crop", "size", "classes", "max_images"), "pascal_part": ("size", "classes", "max_images"),
+                   "broden": ("max_images", "lazy"), "folder": ("size", "lazy")}
 
 _READERS = {
     "synthparts": _read_synthparts, "npz": _read_npz, "mnist": _read_mnist, "fashion_mnist": _read_fashion,

@@ -8,6 +8,7 @@ itself, see :func:`apply_common_options`):
     max_images=N                 keep the first N examples (file order, after the class filter)
     classes=a+b+c                keep these classes ('+'-separated names, or 0-based class ids), relabelled 0..k-1
     crop=box                     crop to the annotated bounding box (cub, voc) before resizing
+    lazy=1                       decode images (and masks) per batch, for sets larger than RAM (folder, broden, cub)
 
 Example: ``cub:/data/CUB_200_2011:crop=box,size=224,classes=1+2+3``. A path may itself hold ':' as long as the
 last ':'-separated segment does not hold '=' (then that segment is the option list).
@@ -20,9 +21,10 @@ import re
 
 import numpy as np
 
+from jinterp.data.lazy import is_lazy
 from jinterp.errors import ConfigError
 
-COMMON_OPTIONS = ("split", "size", "max_images", "classes", "crop")
+COMMON_OPTIONS = ("split", "size", "max_images", "classes", "crop", "lazy")
 
 
 def split_spec(spec: str) -> tuple[str, str, dict]:
@@ -73,6 +75,10 @@ def _convert(key: str, val: str, kind: str):
         if val not in ("box", "none"):
             raise ConfigError(f"{kind}: crop={val!r} unknown; use crop=box (crop to the bounding box) or crop=none")
         return val
+    if key == "lazy":
+        if val.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ConfigError(f"{kind}: lazy={val!r} must be 1 or 0 (true/false)")
+        return val.lower() in ("1", "true", "yes")
     if val not in ("train", "test", "val", "validation", "all"):
         raise ConfigError(f"{kind}: split={val!r} unknown; use train, test, val or all")
     return val
@@ -122,6 +128,8 @@ def apply_common_options(ds, options: dict, handled=()):
     kind = ds.name.split(":")[0] or "data"
     if "crop" in options and "crop" not in handled and options["crop"] != "none":
         raise ConfigError(f"{kind}: crop=box needs bounding boxes; only cub and voc have them")
+    if is_lazy(ds.images) and "size" in options and "size" not in handled:
+        raise ConfigError(f"{kind}: resizing a lazily decoded set is not supported; drop size= or lazy=1")
     if "classes" in options and "classes" not in handled:
         keep = class_ids(options["classes"], ds.class_names, kind)
         idx = np.flatnonzero(np.isin(ds.labels, keep))

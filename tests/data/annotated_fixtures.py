@@ -160,6 +160,7 @@ def write_broden_hard(root, n=6, ih=16, sh=8, seed=0):
     ``ring`` shared by object and part (one global number, listed in c_object.csv and c_part.csv), a label number
     needing the G channel. Returns every plane as global numbers at (sh, sw) and every image-level number list."""
     rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
     labels = [(1, "red", "color(6)", 0.5), (2, "blue", "color(6)", 0.4), (3, "ring", "object(3);part(4)", 0.2),
               (300, "disc", "object(6)", 0.3), (4, "head", "part(6)", 0.1), (5, "leg", "part(5)", 0.1),
               (6, "beach", "scene(3)", 0.0), (7, "forest", "scene(3)", 0.0), (8, "striped", "texture(4)", 0.0),

@@ -249,11 +249,11 @@ def test_broden_bad_input_names_file_and_line(tmp_path):
     with pytest.raises(DataError, match="index.csv line 4: column 'iw' must be an integer") as e:
         load(f"broden:{tmp_path}")
     one_line(e)
-    (tmp_path / "b").mkdir()
     write_broden_hard(tmp_path / "b")
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "b" / "images" / "ade/im2.jpg")
     with pytest.raises(ShapeError, match="index.csv line 4: images/ade/im2.jpg is \\(20, 20\\)"):
         load(f"broden:{tmp_path / 'b'}")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "b" / "images" / "ade/im2.jpg")
     Image.fromarray(encode(np.zeros((3, 3), int))).save(tmp_path / "b" / "images" / "ade/im1_color_0.png")
     with pytest.raises(ShapeError, match="im1_color_0.png is \\(3, 3\\)"):
         load(f"broden:{tmp_path / 'b'}")
@@ -358,3 +358,43 @@ def test_synthparts_keeps_its_own_size_option():
 
     a, b = load("synthparts", "train", size=32, n=3), synthparts_dataset("train", size=32, n=3)
     np.testing.assert_array_equal(a.images, b.images)  # generated at 32 px, not generated at 64 and resized
+
+
+# ------------------------------------------------------------------------------------------------ lazy decoding
+def test_lazy_sets_equal_eager_ones_batch_by_batch(tmp_path, monkeypatch):
+    from jinterp.data import BatchIterator
+    from jinterp.data import broden as broden_mod
+    from jinterp.data.lazy import LazyArray
+
+    write_broden_hard(tmp_path / "b")
+    write_cub(tmp_path / "c", segmentations=True)
+    for spec, masks in ((f"broden:{tmp_path / 'b'}:split=all", ("part", "object")),
+                        (f"cub:{tmp_path / 'c'}:split=all,crop=box,size=12", ("object",))):
+        eager, lazy = load(spec), load(spec + ",lazy=1")
+        assert isinstance(lazy.images, LazyArray) and all(isinstance(lazy.masks[m], LazyArray) for m in masks)
+        np.testing.assert_array_equal(np.asarray(lazy.images), eager.images)
+        for m in masks:
+            np.testing.assert_array_equal(np.asarray(lazy.masks[m]), eager.masks[m])
+        np.testing.assert_array_equal(np.asarray(lazy.take([5, 1]).images), eager.images[[5, 1]])
+        kw = dict(seed=3, masks=masks, num_epochs=1, prefetch=0)
+        for a, b in zip(BatchIterator(eager, 4, **kw), BatchIterator(lazy, 4, **kw), strict=True):
+            for k in ("image", "label", *masks):
+                np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=f"{spec} {k}")
+    # decoding really happens per batch: one batch of 2 decodes 2 images, not the set
+    calls = []
+    real = broden_mod.load_rgb
+    monkeypatch.setattr(broden_mod, "load_rgb", lambda *a: calls.append(a[0]) or real(*a))
+    lazy = load(f"broden:{tmp_path / 'b'}:split=all,lazy=1")
+    assert calls == []
+    next(iter(BatchIterator(lazy, 2, seed=0, prefetch=0)))
+    assert len(calls) == 2
+    with pytest.raises(ConfigError, match="lazy decoding is available for folder, broden and cub"):
+        load(f"voc:{tmp_path}:lazy=1")
+    for k in range(3):  # an image folder, and one image of another size found when its batch is decoded
+        (tmp_path / "f" / "cls").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((6, 6 + (k == 2), 3), 40 * k, np.uint8)).save(tmp_path / "f" / "cls" / f"{k}.png")
+    lazy = load(f"folder:{tmp_path / 'f'}:split=all,lazy=1")
+    np.testing.assert_array_equal(lazy.images[[1, 0]], np.stack([np.full((6, 6, 3), v, np.uint8) for v in (40, 0)]))
+    with pytest.raises(ShapeError, match="2.png is \\(6, 7, 3\\).*pass size=") as e:
+        lazy.images[[2]]
+    one_line(e)
