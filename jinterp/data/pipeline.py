@@ -165,7 +165,9 @@ class BatchIterator(Iterator[dict]):
       num_epochs: stop after this many epochs (None: never stop).
       masks, image_labels: names of ``dataset.masks`` / ``dataset.image_labels`` to include.
       landmarks: include ``landmarks`` and ``landmark_visible``.
-      mesh: a Mesh with axis ``data_axis``; batches are sharded ``P(data_axis)`` over it. None: one device.
+      mesh: a Mesh with axis ``data_axis``; batches are sharded ``P(data_axis)`` over it. None: one device (on
+        several processes: :func:`data_mesh` over all of them). With ``jax.process_count() > 1`` each process reads
+        and decodes only its contiguous block of every global batch (see ``_local_rows``).
       prefetch: batches prepared ahead in a background thread (0: synchronous).
       position: start here (from :meth:`position` of an earlier iterator).
     """
@@ -203,6 +205,8 @@ class BatchIterator(Iterator[dict]):
 
     @staticmethod
     def _sharding(mesh, axis, batch_size):
+        if mesh is None and jax.process_count() > 1:  # several hosts: the batch spans every process's devices
+            mesh = data_mesh()
         if mesh is None:
             return jax.sharding.SingleDeviceSharding(jax.devices()[0])
         if axis not in mesh.axis_names:
@@ -227,25 +231,52 @@ class BatchIterator(Iterator[dict]):
         n = len(self.dataset)
         return epoch_permutation(self.seed, epoch, n) if self.shuffle else np.arange(n)
 
+    def _local_rows(self) -> tuple[int, int]:
+        """The rows ``[lo, hi)`` of each global batch this process reads: all of them on one host; on several
+        (``jax.process_count() > 1``) a contiguous block of ``batch_size / process_count`` per process, in
+        ``jax.process_index()`` order -- the block the process's devices hold when the mesh lists devices by process
+        (as :func:`data_mesh` does)."""
+        count, index = jax.process_count(), jax.process_index()
+        if count == 1:
+            return 0, self.batch_size
+        if self.batch_size % count:
+            raise ConfigError(f"batch_size {self.batch_size} must be divisible by the {count} processes; use a "
+                              f"multiple of {count}")
+        per = self.batch_size // count
+        return index * per, (index + 1) * per
+
     def _host_batch(self, order: np.ndarray, step: int) -> dict[str, np.ndarray]:
+        """This process's rows of global batch ``step`` (all rows on one host), padded with zeros past the data."""
         ds, b = self.dataset, self.batch_size
         idx = order[step * b: (step + 1) * b]
-        real = len(idx)
-        pad = lambda a: a if real == b else np.concatenate([a, np.zeros((b - real, *a.shape[1:]), a.dtype)])
+        lo, hi = self._local_rows()
+        rows = np.arange(lo, hi)
+        valid = rows < len(idx)
+        take = idx[rows[valid]]
+        real, width = len(take), hi - lo
+        pad = lambda a: a if real == width else np.concatenate([a, np.zeros((width - real, *a.shape[1:]), a.dtype)])
         out = {
-            "image": pad(ds.images[idx]),
-            "label": pad(ds.labels[idx]),
-            "mask": np.arange(b) < real,
-            "index": np.concatenate([idx, np.full(b - real, -1)]).astype(np.int32),
+            "image": pad(ds.images[take]),
+            "label": pad(ds.labels[take]),
+            "mask": valid,
+            "index": np.concatenate([take, np.full(width - real, -1)]).astype(np.int32),
         }
         for m in self.masks:
-            out[m] = pad(ds.masks[m][idx].astype(np.int32))
+            out[m] = pad(ds.masks[m][take].astype(np.int32))
         for m in self.image_labels:
-            out[m] = pad(ds.image_labels[m][idx])
+            out[m] = pad(ds.image_labels[m][take])
         if self.landmarks:
-            out["landmarks"] = pad(ds.landmarks[idx])
-            out["landmark_visible"] = pad(ds.landmark_visible[idx])
+            out["landmarks"] = pad(ds.landmarks[take])
+            out["landmark_visible"] = pad(ds.landmark_visible[take])
         return out
+
+    def _to_devices(self, host: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """One host: ``device_put``. Several: each process contributes its rows and the global batch is assembled
+        with ``jax.make_array_from_process_local_data`` (no process ever holds the whole batch)."""
+        if jax.process_count() == 1:
+            return jax.device_put(host, self.sharding)
+        return {k: jax.make_array_from_process_local_data(self.sharding, v, (self.batch_size, *v.shape[1:]))
+                for k, v in host.items()}
 
     def _produce(self, start: Position):
         """Yields (position after, device batch) from ``start`` on."""
@@ -254,7 +285,7 @@ class BatchIterator(Iterator[dict]):
             order = self._order(epoch)
             for s in range(step, self.steps_per_epoch):
                 nxt = Position(epoch, s + 1) if s + 1 < self.steps_per_epoch else Position(epoch + 1, 0)
-                yield nxt, jax.device_put(self._host_batch(order, s), self.sharding)
+                yield nxt, self._to_devices(self._host_batch(order, s))
             epoch, step = epoch + 1, 0
 
     def _worker(self, start, q, stop):

@@ -1,0 +1,17 @@
+"""The data set both processes of the multi-host test read (deterministic; a LazyArray that logs what it decodes)."""
+
+import numpy as np
+
+from jinterp.data import Dataset
+from jinterp.data.lazy import LazyArray
+
+N = 10
+
+
+def make_dataset(decoded: list) -> Dataset:
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 256, (N, 4, 4, 3), dtype=np.uint8)
+    lazy = LazyArray(N, (4, 4, 3), np.uint8, lambda i: decoded.append(i) or images[i])
+    return Dataset(images=lazy, labels=np.arange(N) % 3, num_classes=3, class_names=("a", "b", "c"),
+                   masks={"part": rng.integers(0, 4, (N, 4, 4)).astype(np.uint8)},
+                   landmarks=rng.uniform(0, 4, (N, 2, 2)), landmark_visible=rng.random((N, 2)) > 0.5)
