@@ -1,6 +1,7 @@
 """jinterp.data: readers into one in-memory :class:`Dataset`, the synthparts generator, and the input pipeline.
 
     ds = jinterp.data.load("synthparts:size=64,n_train=2000")        # or cifar10:PATH, npz:PATH, broden:PATH ...
+    cub = jinterp.data.load("cub:PATH:crop=box,size=224", "train")   # voc:, pascal_part:, broden:PATH:lazy=1 ...
     it = jinterp.data.BatchIterator(ds, 128, seed=0, mesh=jinterp.data.data_mesh(), masks=("part",))
     batch = next(it)                                                   # uint8 images, sharded over "data"
     x = jinterp.data.preprocess(batch, key, normalization="imagenet", flip=True)["image"]  # in the jitted step

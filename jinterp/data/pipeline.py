@@ -54,6 +54,9 @@ def standardize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) 
     The one place jinterp normalizes images. RGB statistics on one-channel images use their channel means.
     """
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
+        raise ShapeError(f"images of shape {tuple(images.shape)} are NCHW (channels first); jinterp takes NHWC: "
+                         "pass images.transpose(0, 2, 3, 1)")
     c = images.shape[-1]
     if mean.size not in (1, c):
         if c != 1:

@@ -326,6 +326,10 @@ def test_layout_mistakes_get_a_message_naming_the_layout():
         Dataset(images=np.zeros((32, 32, 3), np.uint8), labels=[0], num_classes=1, class_names=("a",))
     with pytest.raises(ShapeError, match="NCHW.*transpose\\(0, 2, 3, 1\\)"):
         Dataset(images=np.zeros((2, 3, 32, 32), np.uint8), labels=[0, 0], num_classes=1, class_names=("a",))
+    from jinterp.data import normalize
+
+    with pytest.raises(ShapeError, match="NCHW.*transpose\\(0, 2, 3, 1\\)"):
+        normalize(np.zeros((2, 3, 32, 32), np.uint8), "imagenet")
     ok = Dataset(images=np.zeros((2, 28, 28), np.uint8), labels=[0, 0], num_classes=1, class_names=("a",))
     assert ok.image_shape == (28, 28, 1)
 
