@@ -15,3 +15,16 @@ def make_dataset(decoded: list) -> Dataset:
     return Dataset(images=lazy, labels=np.arange(N) % 3, num_classes=3, class_names=("a", "b", "c"),
                    masks={"part": rng.integers(0, 4, (N, 4, 4)).astype(np.uint8)},
                    landmarks=rng.uniform(0, 4, (N, 2, 2)), landmark_visible=rng.random((N, 2)) > 0.5)
+
+
+def conv_features(images):
+    """A fixed 3x3 conv + ReLU on normalized images: per-example work on the batch-sharded global array."""
+    import jax
+    import jax.numpy as jnp
+
+    from jinterp.data import normalize
+
+    kernel = jnp.asarray(np.random.default_rng(3).normal(size=(3, 3, 3, 5)), jnp.float32)
+    x = normalize(images, "imagenet")
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.nn.relu(y)

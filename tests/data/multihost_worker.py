@@ -10,7 +10,7 @@ port, pid, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid,
                            initialization_timeout=60)
 
-from multihost_data import make_dataset  # noqa: E402
+from multihost_data import conv_features, make_dataset  # noqa: E402
 
 from jinterp.data import BatchIterator  # noqa: E402
 
@@ -19,6 +19,7 @@ ds = make_dataset(decoded)
 record = {"process_count": np.asarray(jax.process_count())}
 it = BatchIterator(ds, 4, seed=1, num_epochs=1, prefetch=1, masks=("part",), landmarks=True)
 for step, batch in enumerate(it):
+    batch["features"] = jax.jit(conv_features)(batch["image"])  # computed on the assembled global batch
     for key, arr in batch.items():
         assert arr.shape[0] == 4, (key, arr.shape)
         for shard in arr.addressable_shards:
