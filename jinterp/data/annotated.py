@@ -18,7 +18,7 @@ def require(path: Path, kind: str, what: str) -> Path:
     return path
 
 
-def read_table(path: Path, kind: str, columns: list[tuple[str, type]], min_rest: int = 0) -> list[tuple]:
+def read_table(path: Path, kind: str, columns: list[tuple[str, type]]) -> list[tuple]:
     """A whitespace-separated text table (CUB's ``*.txt``): one row per non-empty line, typed by ``columns``.
 
     The last column may be ``str`` and then takes the rest of the line (CUB part names hold spaces).
