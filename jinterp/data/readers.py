@@ -39,7 +39,7 @@ from jinterp.data.broden import read_broden
 from jinterp.data.cub import read_cub
 from jinterp.data.dataset import Dataset
 from jinterp.data.lazy import LazyArray
-from jinterp.data.spec import COMMON_OPTIONS, apply_common_options, split_spec
+from jinterp.data.spec import COMMON_OPTIONS, READER_OPTIONS, apply_common_options, split_spec
 from jinterp.data.voc import read_pascal_part, read_voc
 from jinterp.errors import ConfigError, DataError, MissingFileError, ShapeError
 
@@ -92,6 +92,7 @@ def load(spec: str, split: str = "train", **kw) -> Dataset:
         raise ConfigError(f"{kind}: lazy decoding is available for folder, broden and cub; drop lazy=1")
     options = {k: v for k, v in options.items() if k != "lazy" or k in handled}
     native = {k: v for k, v in options.items() if k in handled}
+    native.update({k: options.pop(k) for k in READER_OPTIONS.get(kind, ()) if k in options})
     ds = _READERS[kind](arg, split, **native, **kw)
     return apply_common_options(ds, options, handled) if options else ds
 

@@ -9,6 +9,7 @@ itself, see :func:`apply_common_options`):
     classes=a+b+c                keep these classes ('+'-separated names, or 0-based class ids), relabelled 0..k-1
     crop=box                     crop to the annotated bounding box (cub, voc) before resizing
     lazy=1                       decode images (and masks) per batch, for sets larger than RAM (folder, broden, cub)
+    part_merge=coarse            pascal_part only: merge sided/numbered part names (jinterp.data.voc.COARSE_PARTS)
 
 Example: ``cub:/data/CUB_200_2011:crop=box,size=224,classes=1+2+3``. A path may itself hold ':' as long as the
 last ':'-separated segment does not hold '=' (then that segment is the option list).
@@ -25,6 +26,8 @@ from jinterp.data.lazy import is_lazy
 from jinterp.errors import ConfigError
 
 COMMON_OPTIONS = ("split", "size", "max_images", "classes", "crop", "lazy")
+# Options only one reader understands (passed to it as keywords).
+READER_OPTIONS = {"pascal_part": ("part_merge",)}
 
 
 def split_spec(spec: str) -> tuple[str, str, dict]:
@@ -50,8 +53,9 @@ def parse_options(text: str, kind: str) -> dict:
         key, val = key.strip(), val.strip()
         if not eq or not key:
             raise ConfigError(f"{kind}: reader option {item!r} must be key=value (e.g. {kind}:PATH:size=224)")
-        if key not in COMMON_OPTIONS:
-            raise ConfigError(f"{kind}: unknown reader option {key!r}; valid options are {list(COMMON_OPTIONS)}")
+        valid = COMMON_OPTIONS + READER_OPTIONS.get(kind, ())
+        if key not in valid:
+            raise ConfigError(f"{kind}: unknown reader option {key!r}; valid options are {list(valid)}")
         out[key] = _convert(key, val, kind)
     return out
 
@@ -75,6 +79,11 @@ def _convert(key: str, val: str, kind: str):
         if val not in ("box", "none"):
             raise ConfigError(f"{kind}: crop={val!r} unknown; use crop=box (crop to the bounding box) or crop=none")
         return val
+    if key == "part_merge":
+        if val not in ("coarse", "none"):
+            raise ConfigError(f"{kind}: part_merge={val!r} unknown; use part_merge=coarse (or pass a dict through "
+                              "the Python API)")
+        return None if val == "none" else val
     if key == "lazy":
         if val.lower() not in ("1", "0", "true", "false", "yes", "no"):
             raise ConfigError(f"{kind}: lazy={val!r} must be 1 or 0 (true/false)")

@@ -150,7 +150,7 @@ def test_pascal_part_round_trips_object_and_part_masks(tmp_path):
         for code, name in enumerate(ds.concepts["part"][1:], 1):
             np.testing.assert_array_equal(ds.masks["part"][r] == code, t["parts"][name] > 0, err_msg=name)
         assert ds.labels[r] == t["label"]
-    merged = load(f"pascal_part:{tmp_path}", split="all", part_merge="coarse")
+    merged = load(f"pascal_part:{tmp_path}:part_merge=coarse", split="all")
     assert merged.concepts["part"] == ("-", "head", "leg")
     np.testing.assert_array_equal(merged.masks["part"] == 2, (ds.masks["part"] == 2) | (ds.masks["part"] == 3))
     own = load(f"pascal_part:{tmp_path}", split="all", part_merge={"lfleg": "foreleg", "rfleg": "foreleg"})
@@ -269,7 +269,9 @@ def test_spec_options_are_parsed_in_one_place(tmp_path):
         "cub", "/d/CUB", {"crop": "box", "size": (224, 224), "classes": ("1", "2")})
     assert split_spec("tfds:mnist:/data/dir") == ("tfds", "mnist:/data/dir", {})
     assert split_spec("synthparts:size=32") == ("synthparts", "size=32", {})
-    for bad, msg in (("npz:x.npz:size=0", "size"), ("npz:x.npz:bogus=1", "unknown reader option 'bogus'"),
+    for bad, msg in (("npz:x.npz:size=0", "size"), ("npz:x.npz:part_merge=coarse", "unknown reader option"),
+                     ("pascal_part:x:part_merge=fine", "part_merge"),
+                     ("npz:x.npz:bogus=1", "unknown reader option 'bogus'"),
                      ("npz:x.npz:crop=ellipse", "crop"), ("npz:x.npz:max_images=-1", "max_images"),
                      ("npz:x.npz:split=dev", "split")):
         with pytest.raises(ConfigError, match=msg):
