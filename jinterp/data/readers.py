@@ -29,6 +29,7 @@ import gzip
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -80,6 +81,10 @@ def load(spec: str, split: str = "train", **kw) -> Dataset:
     kind, arg, options = split_spec(spec)
     if kind not in _READERS:
         raise ConfigError(f"unknown data spec {spec!r}: the kind must be one of {sorted(_READERS)}")
+    if "split" in options and options["split"] != split:
+        # Programs load "train" and "test" from one spec: a split= in it makes both the same set. Say so.
+        warnings.warn(f"{kind}: the spec's split={options['split']} replaces the requested {split!r} split",
+                      stacklevel=2)
     split = options.pop("split", split)
     if split not in (*_SPLITS, "val", "validation"):
         raise ConfigError(f"unknown split {split!r}; use 'train', 'test' or 'all'")

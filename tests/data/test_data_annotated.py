@@ -21,7 +21,7 @@ def one_line(err: pytest.ExceptionInfo) -> str:
 # ------------------------------------------------------------------------------------------------ CUB
 def test_cub_round_trips_its_fixture_uncropped(tmp_path):
     truth = write_cub(tmp_path)
-    ds = load(f"cub:{tmp_path}:split=all,size=24x26")
+    ds = load(f"cub:{tmp_path}:split=all,size=24x26", "all")
     assert len(ds) == 6 and ds.num_classes == 3 and ds.class_names[0] == "001.Black_footed_Albatross"
     assert ds.meta["part_names"] == CUB_PARTS
     for r, i in enumerate(range(1, 7)):
@@ -279,7 +279,8 @@ def test_spec_options_are_parsed_in_one_place(tmp_path):
     x = np.arange(10 * 8 * 8, dtype=np.uint8).reshape(10, 8, 8) % 251
     y = np.arange(10) % 3
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    ds = load(f"npz:{tmp_path / 'd.npz'}:split=all,classes=2+0,max_images=3,size=4")
+    with pytest.warns(UserWarning, match="split=all replaces the requested 'train' split"):
+        ds = load(f"npz:{tmp_path / 'd.npz'}:split=all,classes=2+0,max_images=3,size=4")
     assert ds.labels.tolist() == [0, 1, 0] and ds.class_names == ("0", "2")  # examples 0, 2, 3
     assert ds.image_shape == (4, 4, 1)
     with pytest.raises(ConfigError, match="crop=box needs bounding boxes"):
@@ -302,7 +303,7 @@ def test_npz_keeps_masks_landmarks_and_names(tmp_path):
     assert ds.concepts["part"] == ("-", "head", "leg") and ds.class_names == ("cat", "dog")
     test = load(f"npz:{tmp_path / 'a.npz'}", "test")  # the 80/20 rule applies to the annotations too
     np.testing.assert_array_equal(test.landmarks, arrays["landmarks"][[4, 9]])
-    half = load(f"npz:{tmp_path / 'a.npz'}:split=all,size=4")
+    half = load(f"npz:{tmp_path / 'a.npz'}:size=4", "all")
     np.testing.assert_allclose(half.landmarks, arrays["landmarks"] / 2)
     np.testing.assert_array_equal(half.masks["part"], arrays["mask_part"][:, 1::2, 1::2])
 
@@ -376,7 +377,7 @@ def test_lazy_sets_equal_eager_ones_batch_by_batch(tmp_path, monkeypatch):
     write_cub(tmp_path / "c", segmentations=True)
     for spec, masks in ((f"broden:{tmp_path / 'b'}:split=all", ("part", "object")),
                         (f"cub:{tmp_path / 'c'}:split=all,crop=box,size=12", ("object",))):
-        eager, lazy = load(spec), load(spec + ",lazy=1")
+        eager, lazy = load(spec, "all"), load(spec + ",lazy=1", "all")
         assert isinstance(lazy.images, LazyArray) and all(isinstance(lazy.masks[m], LazyArray) for m in masks)
         np.testing.assert_array_equal(np.asarray(lazy.images), eager.images)
         for m in masks:
@@ -390,7 +391,7 @@ def test_lazy_sets_equal_eager_ones_batch_by_batch(tmp_path, monkeypatch):
     calls = []
     real = broden_mod.load_rgb
     monkeypatch.setattr(broden_mod, "load_rgb", lambda *a: calls.append(a[0]) or real(*a))
-    lazy = load(f"broden:{tmp_path / 'b'}:split=all,lazy=1")
+    lazy = load(f"broden:{tmp_path / 'b'}:lazy=1", "all")
     assert calls == []
     next(iter(BatchIterator(lazy, 2, seed=0, prefetch=0)))
     assert len(calls) == 2
@@ -399,7 +400,7 @@ def test_lazy_sets_equal_eager_ones_batch_by_batch(tmp_path, monkeypatch):
     for k in range(3):  # an image folder, and one image of another size found when its batch is decoded
         (tmp_path / "f" / "cls").mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((6, 6 + (k == 2), 3), 40 * k, np.uint8)).save(tmp_path / "f" / "cls" / f"{k}.png")
-    lazy = load(f"folder:{tmp_path / 'f'}:split=all,lazy=1")
+    lazy = load(f"folder:{tmp_path / 'f'}:lazy=1", "all")
     np.testing.assert_array_equal(lazy.images[[1, 0]], np.stack([np.full((6, 6, 3), v, np.uint8) for v in (40, 0)]))
     with pytest.raises(ShapeError, match="2.png is \\(6, 7, 3\\).*pass size=") as e:
         lazy.images[[2]]
