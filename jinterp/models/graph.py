@@ -43,7 +43,7 @@ import numpy as np
 from jax import lax
 
 from jinterp import nn as jnn
-from jinterp.errors import ModelError
+from jinterp.errors import ModelError, ShapeError
 
 FORMAT = "jinterp.torchgraph/1"
 
@@ -113,7 +113,8 @@ def parse_graph(graph_json: str) -> dict:
         raise ModelError(f"not a jinterp converted graph (format {g.get('format')!r}, expected {FORMAT!r})")
     nodes = tuple((n["name"], n["op"], n["target"], decode(n["args"]), decode(n["kwargs"]),
                    tuple(n.get("aliases", ()))) for n in g["nodes"])
-    return {"input": g["input"], "nodes": nodes, "layers": g["layers"], "output": decode(g["output"])}
+    return {"input": g["input"], "nodes": nodes, "layers": g["layers"], "output": decode(g["output"]),
+            "input_channels": g.get("input_channels")}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -258,6 +259,10 @@ class TorchGraph(nn.Module):
         g = parse_graph(self.graph_json)
         if x.ndim != 4:
             raise ModelError(f"expected images (N, H, W, C), got shape {tuple(x.shape)}; add a batch axis")
+        if g["input_channels"] and x.shape[-1] != g["input_channels"]:
+            raise ShapeError(f"this model takes {g['input_channels']}-channel images (N, H, W, "
+                             f"{g['input_channels']}), got shape {tuple(x.shape)}; convert the images (e.g. "
+                             "grayscale to RGB) or give NHWC, not NCHW, arrays")
         env: dict[str, Any] = {g["input"]: _T(x, nhwc=True)}
         feats: dict[str, jax.Array] = {}
         layers: dict[str, nn.Module] = {}
@@ -272,8 +277,8 @@ class TorchGraph(nn.Module):
                     out = self._attr(target, g["layers"].get(target, {}))
                 else:
                     out = _call(self, target, a, kw, train)
-            except ModelError as e:
-                raise ModelError(f"{e} (at graph node {name!r}, {op} {target!r})") from None
+            except (ModelError, ShapeError) as e:
+                raise type(e)(f"{e} (at graph node {name!r}, {op} {target!r})") from None
             env[name] = out
             if isinstance(out, _T):
                 if op == "module":
@@ -309,6 +314,9 @@ class TorchGraph(nn.Module):
             raise ModelError(f"module {path!r} got a non-tensor input")
         if kind == "conv2d":
             xa = x.as_nhwc
+            if spec.get("in_channels") and xa.shape[-1] != spec["in_channels"]:
+                raise ShapeError(f"module {path!r} expects {spec['in_channels']} input channels, got "
+                                 f"{xa.shape[-1]}")
             if spec.get("same_pads"):
                 (top, bottom), (left, right) = spec["same_pads"]
                 xa = jnp.pad(xa, ((0, 0), (top, bottom), (left, right), (0, 0)))

@@ -67,7 +67,8 @@ def _layer_spec(torch, path: str, m) -> dict:
         if m.padding_mode != "zeros":
             raise unsupported(f"padding_mode={m.padding_mode!r}", "use zero padding (F.pad before the conv "
                               "is not supported either)")
-        spec = {"kind": "conv2d", "out_channels": m.out_channels, "kernel_size": _pair(m.kernel_size),
+        spec = {"kind": "conv2d", "in_channels": m.in_channels, "out_channels": m.out_channels,
+                "kernel_size": _pair(m.kernel_size),
                 "stride": _pair(m.stride), "dilation": _pair(m.dilation), "groups": m.groups,
                 "bias": m.bias is not None, "padding": [0, 0]}
         if m.padding == "same":  # PyTorch pads (total // 2) before and the rest after
@@ -278,7 +279,7 @@ def from_torch(module, example_input) -> tuple[graphlib.TorchGraph, dict]:
         nodes.append({"name": node.name, "op": op, "target": target, "args": _encode(torch, node.args),
                       "kwargs": _encode(torch, dict(node.kwargs)), "aliases": aliases.get(node.name, [])})
     graph_json = json.dumps({"format": graphlib.FORMAT, "input": input_name, "nodes": nodes, "layers": layers,
-                             "output": output}, sort_keys=True)
+                             "output": output, "input_channels": int(example.shape[1])}, sort_keys=True)
     model = graphlib.TorchGraph(graph_json)
     variables = {"params": params, "batch_stats": batch_stats}
     if constants:
