@@ -61,9 +61,11 @@ def read_npz(path) -> dict[str, np.ndarray]:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        reason = "holds pickled objects" if "pickle" in str(e) else f"{type(e).__name__}"
-        raise WeightsError(f"{path} is not a readable .npz of arrays ({reason}); re-create it with "
-                           "jinterp (save_model / save_variables) or numpy.savez of plain arrays") from None
+        if "pickle" in str(e):  # never advise allow_pickle: unpickling a downloaded file runs its code
+            raise WeightsError(f"{path} holds pickled Python objects, which jinterp does not load; save plain "
+                               "arrays (numpy.savez) or use jinterp's save_variables") from None
+        raise WeightsError(f"{path} is corrupt or truncated (not a readable .npz: {type(e).__name__}); "
+                           "re-create or re-download it") from None
 
 
 def load_saved_model(path) -> tuple[TorchGraph, dict, dict]:
