@@ -335,6 +335,10 @@ def _check_against_torch(torch, module, model, variables, example) -> None:
     try:
         with torch.no_grad():
             ref = module(example[:1].float())
+    except Exception as e:  # noqa: BLE001 - the user's module on the example input
+        raise ShapeError(f"{type(module).__name__} fails in PyTorch on an example input of shape "
+                         f"{tuple(example.shape)}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
+                         "give the image shape (H, W, C) the model is made for") from None
     finally:
         for m, t in was_training.items():
             m.training = t
