@@ -225,7 +225,7 @@ def _torch_factory(module, weights, image_shape, source):
                       if tuple(sd[k].shape) != tuple(ref[k].shape)]
         if missing or unexpected or mismatched:
             raise WeightsError(_mismatch_message(weights, source, missing, unexpected, mismatched))
-        module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, strict=False)
+        module.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in sd.items()}, strict=False)
         source = f"{source} + {weights}"
     model, variables = from_torch(module, example_input_for(shape))
     names, n = _forward_layer_names(model, variables, shape)

@@ -129,7 +129,7 @@ def test_linen_factory_with_npz_weights(tmp_path):
 def test_builtin_arch_with_pytorch_weights(tmp_path, torch):
     variables = backbones.init(backbones.create("resnet20"), jax.random.key(0))
     sd = torch_import.to_state_dict("resnet20", variables)
-    torch.save({f"module.{k}": torch.from_numpy(v) for k, v in sd.items()}, tmp_path / "r20.th")
+    torch.save({f"module.{k}": torch.tensor(v) for k, v in sd.items()}, tmp_path / "r20.th")
     model, loaded, info = models.load_model("resnet20", weights=tmp_path / "r20.th")
     jax.tree.map(np.testing.assert_array_equal, loaded, variables)
     assert info.kind == "builtin" and info.normalization == "cifar" and info.num_classes == 10

@@ -59,7 +59,7 @@ def test_shared_resnet20_loads_through_the_one_loader_and_is_cached(shared_dir, 
 
 def test_wrapped_prefixed_torch_file_any_suffix(tmp_path, torch, r20):
     variables, sd = r20
-    wrapped = {"state_dict": {f"module.{k}": torch.from_numpy(v) for k, v in sd.items()}, "epoch": 3,
+    wrapped = {"state_dict": {f"module.{k}": torch.tensor(v) for k, v in sd.items()}, "epoch": 3,
                "best_prec1": torch.tensor(91.7)}
     for name in ("r20.pt", "r20.pth", "r20.npz", "r20.weights"):  # the content decides, not the suffix
         torch.save(wrapped, tmp_path / name)
@@ -90,7 +90,7 @@ def test_npz_state_dict_and_flax_paths(tmp_path, r20):
 
 def test_wrong_files_get_the_right_diagnosis(tmp_path, torch, r20):
     _, sd = r20
-    torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / "r20.pth")
+    torch.save({k: torch.tensor(v) for k, v in sd.items()}, tmp_path / "r20.pth")
     with pytest.raises(WeightsError, match="is a directory.*r20.pth") as e:
         torch_import.load_variables(tmp_path, "resnet20")
     _one_line_no_pickle_advice(e)
@@ -146,7 +146,7 @@ def test_safetensors(tmp_path, r20):
 
 def test_unwritable_cache_still_loads(tmp_path, torch, r20, monkeypatch):
     variables, sd = r20
-    torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / "r20.pth")
+    torch.save({k: torch.tensor(v) for k, v in sd.items()}, tmp_path / "r20.pth")
     blocker = tmp_path / "file-not-dir"
     blocker.write_text("x")
     monkeypatch.setenv("JINTERP_CACHE_DIR", str(blocker))
