@@ -44,7 +44,8 @@ def _nhwc(t):
 def test_eval_parity_every_named_intermediate(torch, families, family):
     torch.manual_seed(0)
     net = families.randomize_bn(families.FAMILIES[family]()).eval()
-    x = torch.randn(2, 3, 16, 16)
+    # MobileNet's input is scaled so that its ReLU6s really clip (checked below)
+    x = torch.randn(2, 3, 16, 16) * (6.0 if family == "mobilenet" else 1.0)
     model, variables = models.from_torch(net, x)
     logits, feats = jax.jit(lambda v, im: model.apply(v, im, train=False))(variables,
                                                                           jnp.asarray(_nhwc(x)))
@@ -59,6 +60,9 @@ def test_eval_parity_every_named_intermediate(torch, families, family):
         assert got.shape == want.shape, (name, got.shape, want.shape)
         worst[name] = float(np.max(np.abs(got - want)))
     assert max(worst.values()) <= TOL, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
+    if family == "mobilenet":
+        relu6 = [n for n, m in net.named_modules() if isinstance(m, torch.nn.ReLU6)]
+        assert any(float(ref[n].max()) == 6.0 for n in relu6)
 
 
 def test_train_step_matches_pytorch(torch, families):
