@@ -61,10 +61,10 @@ def read_npz(path) -> dict[str, np.ndarray]:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        if "pickle" in str(e):  # never advise allow_pickle: unpickling a downloaded file runs its code
+        if "Object arrays" in str(e):  # never advise allow_pickle: unpickling a downloaded file runs its code
             raise WeightsError(f"{path} holds pickled Python objects, which jinterp does not load; save plain "
                                "arrays (numpy.savez) or use jinterp's save_variables") from None
-        raise WeightsError(f"{path} is corrupt or truncated (not a readable .npz: {type(e).__name__}); "
+        raise WeightsError(f"{path} is corrupt or truncated (not a jinterp variables .npz: {type(e).__name__}); "
                            "re-create or re-download it") from None
 
 

@@ -214,8 +214,8 @@ def _load_npz(path: Path, arch: str | None) -> tuple[dict, dict]:
     if META_KEY in arrays:
         return torch_import.read_jinterp_npz(path, arrays, arch)
     if arch is None:
-        raise WeightsError(f"{path} is an .npz without jinterp's meta entry (not written by jinterp's "
-                           "save_variables); give --arch so its arrays can be matched by name")
+        raise WeightsError(f"{path} has no '__meta__' entry (not written by jinterp's save_variables); give "
+                           "--arch so its arrays can be matched by name")
     if any("/" in k for k in arrays):  # jinterp variable paths without meta
         shapes = registry.variable_shapes(registry.create(arch, _num_classes_of(arch, arrays)),
                                           registry.default_input_shape(arch))
@@ -237,6 +237,14 @@ def _load_npz(path: Path, arch: str | None) -> tuple[dict, dict]:
                      for k, v in variables.items()}
         return variables, _meta_for(arch, variables, {"source": path.name})
     sd = _unwrap(arrays, path)  # a state dict stored as npz (PyTorch names)
+    expected = list(torch_import.name_map(arch, num_classes=torch_import._num_classes_from(arch, sd)))
+    if not set(sd) & set(expected):
+        found = sorted(sd)
+        raise WeightsError(
+            f"{path} has no '__meta__' entry (not written by jinterp's save_variables) and none of its arrays is "
+            f"named like {arch}'s: expected {len(expected)} keys like {', '.join(expected[:3])}, found "
+            f"{len(found)}: {', '.join(nearest(k, expected) for k in found[:3])}{'…' if len(found) > 3 else ''}. "
+            "Write it with jinterp's save_variables, or give the PyTorch state dict (.pth) it came from")
     variables = torch_import.from_torch(arch, sd, source=str(path))
     return variables, _meta_for(arch, variables, {"source": path.name, "converted_from": "npz"})
 

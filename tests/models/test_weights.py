@@ -84,6 +84,12 @@ def test_npz_state_dict_and_flax_paths(tmp_path, r20):
     msg = _one_line_no_pickle_advice(e)
     assert "'params/layer2_0/conv1/kernel' (nearest: 'params/layer2_0/conv_a/kernel')" in msg
     assert "expected" in msg and "found" in msg and "corrupt" not in msg
+    np.savez(tmp_path / "other.npz", **{"encoder.conv1.weight": sd["conv1.weight"], "w": np.zeros(3)})
+    with pytest.raises(WeightsError) as e:
+        torch_import.load_variables(tmp_path / "other.npz", "resnet20")
+    msg = _one_line_no_pickle_advice(e)
+    assert "no '__meta__' entry" in msg and "expected 97 keys like" in msg and "found 2:" in msg
+    assert "'encoder.conv1.weight' (nearest: 'conv1.weight')" in msg and "corrupt" not in msg
     with pytest.raises(WeightsError, match="give --arch"):
         torch_import.load_variables(tmp_path / "flax.npz")
 
