@@ -48,7 +48,7 @@ from jinterp.errors import ModelError, ShapeError
 FORMAT = "jinterp.torchgraph/1"
 
 _TO_NCHW = (0, 3, 1, 2)
-_TO_NHWC = (0, 2, 3, 1)
+_TO_NHWC = (0, 2, 3, 1)  # also: NHWC axis j holds torch dim _TO_NHWC[j]
 _NHWC_AXIS_OF_TORCH_DIM = (0, 3, 1, 2)  # torch dim d of an NCHW tensor is NHWC axis [d]
 
 
@@ -234,7 +234,7 @@ SUPPORTED_CALLS = frozenset({
     *_UNARY, *_BINARY, *_SCALAR_OPS, "cat", "concat", "stack", "flatten", "view", "reshape", "permute",
     "transpose", "unsqueeze", "squeeze", "size", "dim", "getattr", "getitem", "mean", "sum", "amax", "softmax",
     "log_softmax", "adaptive_avg_pool2d", "max_pool2d", "avg_pool2d", "interpolate", "upsample", "dropout",
-    "dropout2d", "chunk", "split", "matmul", "linear", "float", "type_as", "expand_as", "sigmoid_", "relu_",
+    "dropout2d", "chunk", "split", "matmul", "linear", "float", "type_as", "expand_as", "sigmoid_", "relu_", "pad",
 })
 
 LAYER_KINDS = frozenset({"conv2d", "conv_transpose2d", "batch_norm", "linear", "act", "max_pool2d", "avg_pool2d",
@@ -416,8 +416,14 @@ def _call(mod: nn.Module, fn: str, a: list, kw: dict, train: bool):
         return len(x.shape)
     if fn == "getitem":
         if isinstance(x, _T):
+            idx = a[1] if isinstance(a[1], tuple) else (a[1],)
+            if x.nhwc and len(idx) <= 4 and all(isinstance(i, slice) for i in idx):
+                idx = idx + (slice(None),) * (4 - len(idx))  # slicing only: index the NHWC array directly
+                return _T(x.a[tuple(idx[d] for d in _TO_NHWC)], True)
             return _T(x.torch[a[1]])
         return x[a[1]]
+    if fn == "pad":
+        return _pad(x, *a[1:], **kw)
     if fn in ("float", "type_as"):
         return _T(x.a.astype(jnp.float32), x.nhwc)
     if fn == "expand_as":
@@ -480,7 +486,7 @@ def _call(mod: nn.Module, fn: str, a: list, kw: dict, train: bool):
         r = reduce(x.a, axis=axes, keepdims=keep)
         if keep:
             return _T(r, True)
-        remaining = [d for d in _NHWC_AXIS_OF_TORCH_DIM if d not in dims]  # torch dims in NHWC axis order
+        remaining = [d for d in _TO_NHWC if d not in dims]  # the torch dims left, in NHWC axis order
         return _T(jnp.transpose(r, np.argsort(remaining)) if r.ndim > 1 else r)
     if fn in ("softmax", "log_softmax"):
         dim = a[1] if len(a) > 1 else kw.get("dim")
@@ -528,6 +534,24 @@ def _call(mod: nn.Module, fn: str, a: list, kw: dict, train: bool):
         y = jnp.matmul(x.torch, w.torch.T)
         return _T(y + b.torch if b is not None else y)
     raise ModelError(f"operation {fn!r} is not supported by jinterp's converter")
+
+
+def _pad(x: _T, pad, mode: str = "constant", value=None) -> _T:
+    """``F.pad``: ``pad`` holds (before, after) pairs from the last torch dim backwards."""
+    pad = list(pad)
+    if any(p < 0 for p in pad):
+        raise ModelError("F.pad with negative padding (cropping) is not supported; slice the tensor instead")
+    nd = len(x.shape)
+    widths = [(0, 0)] * nd
+    for i in range(len(pad) // 2):
+        widths[nd - 1 - i] = (int(pad[2 * i]), int(pad[2 * i + 1]))
+    modes = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+    if mode not in modes:
+        raise ModelError(f"F.pad mode {mode!r} is not supported (constant, reflect, replicate, circular are)")
+    extra = {"constant_values": value or 0.0} if mode == "constant" else {}
+    if x.nhwc:
+        return _T(jnp.pad(x.a, [widths[d] for d in _TO_NHWC], mode=modes[mode], **extra), True)
+    return _T(jnp.pad(x.a, widths, mode=modes[mode], **extra))
 
 
 def _py_binary(fn: str, a, b):

@@ -121,7 +121,8 @@ class MobileNetLike(nn.Module):
 
 class UpsampleNet(nn.Module):
     """F.interpolate (nearest and bilinear, with and without align_corners), a transposed conv, GELU/sigmoid
-    gating, mul, permute and adaptive average pooling to a non-trivial size."""
+    gating, mul, permute, F.pad, slicing, a channel reduction and adaptive average pooling to a non-trivial
+    size."""
 
     def __init__(self, num_classes: int = 3):
         super().__init__()
@@ -134,6 +135,8 @@ class UpsampleNet(nn.Module):
 
     def forward(self, x):
         y = self.act(self.enc(x))
+        y = y + F.pad(y[:, :, 1:, ::1], (0, 0, 0, 1), mode="constant", value=0.5)  # slicing + padding in NCHW
+        y = y + 0.1 * y.amax(1).unsqueeze(1) + F.pad(y, (1, 1, 2, 0), mode="replicate")[:, :, :-2, 1:-1]
         a = F.interpolate(y, scale_factor=2, mode="nearest")
         b = F.interpolate(y, size=(x.shape[2], x.shape[3]), mode="bilinear", align_corners=False)
         c = F.interpolate(y, size=(13, 11), mode="bilinear", align_corners=True)
