@@ -223,8 +223,8 @@ def from_torch(module, example_input) -> tuple[graphlib.TorchGraph, dict]:
     torch = _torch()
     if not isinstance(module, torch.nn.Module):
         raise ModelError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
-    example = torch.as_tensor(np.asarray(example_input) if not isinstance(example_input, torch.Tensor)
-                              else example_input)
+    example = (example_input if isinstance(example_input, torch.Tensor)
+               else torch.tensor(np.asarray(example_input, np.float32)))  # a copy: the array may be read-only
     if example.ndim != 4:
         raise ShapeError(f"example_input must be NCHW (N, C, H, W), got shape {tuple(example.shape)}")
     graph, aliases = _trace(torch, module)
