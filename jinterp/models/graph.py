@@ -113,8 +113,12 @@ def parse_graph(graph_json: str) -> dict:
         raise ModelError(f"not a jinterp converted graph (format {g.get('format')!r}, expected {FORMAT!r})")
     nodes = tuple((n["name"], n["op"], n["target"], decode(n["args"]), decode(n["kwargs"]),
                    tuple(n.get("aliases", ()))) for n in g["nodes"])
+    calls: dict[str, int] = {}
+    for n in g["nodes"]:
+        if n["op"] == "module":
+            calls[n["target"]] = calls.get(n["target"], 0) + 1
     return {"input": g["input"], "nodes": nodes, "layers": g["layers"], "output": decode(g["output"]),
-            "input_channels": g.get("input_channels")}
+            "input_channels": g.get("input_channels"), "shared": {t for t, c in calls.items() if c > 1}}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -247,7 +251,9 @@ class TorchGraph(nn.Module):
 
     ``apply(variables, images, train=False)`` -> ``(logits, feats)``; ``images`` ``(N, H, W, C)`` float32;
     ``feats`` maps every module path (and every functional op's fx node name) to its output — NHWC for 4-D
-    tensors, PyTorch's layout otherwise. ``logits`` is the graph's output in the same convention.
+    tensors, PyTorch's layout otherwise. A module called several times (a shared ``self.relu``) is under its
+    path with its last call, as a forward hook would see it, and under ``path#0``, ``path#1``… per call.
+    ``logits`` is the graph's output in the same convention.
     ``train=True`` uses batch statistics in batch norm (``mutable=["batch_stats"]`` returns PyTorch's running
     stat update) and dropout (``rngs={"dropout": key}``).
     """
@@ -281,10 +287,11 @@ class TorchGraph(nn.Module):
                 raise type(e)(f"{e} (at graph node {name!r}, {op} {target!r})") from None
             env[name] = out
             if isinstance(out, _T):
-                if op == "module":
+                if op == "module" and target in g["shared"]:  # a module called several times
                     calls[target] = calls.get(target, 0) + 1
-                    keys = (target, *aliases) if calls[target] == 1 else (f"{target}#{calls[target] - 1}",
-                                                                           target, *aliases)
+                    keys = (f"{target}#{calls[target] - 1}", target, *aliases)
+                elif op == "module":
+                    keys = (target, *aliases)
                 elif op == "attr":
                     keys = ()
                 else:

@@ -60,6 +60,9 @@ def test_eval_parity_every_named_intermediate(torch, families, family):
         assert got.shape == want.shape, (name, got.shape, want.shape)
         worst[name] = float(np.max(np.abs(got - want)))
     assert max(worst.values()) <= TOL, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
+    if family == "resnet":  # the block's ReLU runs twice: each call under path#i, the last also under path
+        np.testing.assert_array_equal(feats["layer1.0.relu#1"], feats["layer1.0.relu"])
+        np.testing.assert_array_equal(feats["layer1.0.relu#0"], np.maximum(feats["layer1.0.bn1"], 0))
     if family == "mobilenet":
         relu6 = [n for n, m in net.named_modules() if isinstance(m, torch.nn.ReLU6)]
         assert any(float(ref[n].max()) == 6.0 for n in relu6)
