@@ -54,3 +54,8 @@ class StorageError(JinterpError, OSError):
 
     def __str__(self) -> str:  # OSError would format (errno, strerror); print the message plainly.
         return str(self.args[0]) if self.args else ""
+
+
+class ModelError(JinterpError, ValueError):
+    """A user's model cannot be converted or run: an operation jinterp cannot lower, data-dependent control flow,
+    a factory that does not return a model. The message names the operation, the module path and the fix."""

@@ -21,11 +21,9 @@ reference modules in ``tests/backbones``).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -94,55 +92,46 @@ def _to_numpy(value) -> np.ndarray:
 
 
 def load_state_dict(state_dict_or_path) -> dict[str, np.ndarray]:
-    """Read a ``.pth``/``.th`` file or take a dict; unwrap ``{"state_dict": …}``, strip ``module.``.
+    """Read a checkpoint file or take a dict; unwrap ``{"state_dict": …}``, strip ``module.``.
 
-    Returns numpy arrays; ``num_batches_tracked`` entries are dropped.
+    Files go through :func:`jinterp.models.weights.read_state_dict` (``torch.load(weights_only=True)`` only;
+    safetensors; plain npz). Returns numpy arrays; ``num_batches_tracked`` entries are dropped.
     """
+    from jinterp.models import weights
+
     src = state_dict_or_path
     if isinstance(src, (str, os.PathLike)):
-        path = Path(src)
-        if not path.is_file():
-            raise MissingFileError(f"weight file not found: {path}")
-        try:
-            import torch
-        except ImportError:
-            raise WeightsError(
-                f"reading {path} needs PyTorch (pip install 'jinterp[torch]'), or pass a dict of numpy "
-                "arrays / a file written by save_variables") from None
-        try:
-            src = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # any unpickling failure means "not a checkpoint"
-            raise WeightsError(f"{path} is not a readable PyTorch checkpoint: {type(e).__name__}: {e}") from e
+        return weights.read_state_dict(src)
     if not isinstance(src, Mapping):
-        if hasattr(src, "state_dict"):  # a whole pickled nn.Module
+        if hasattr(src, "state_dict"):  # an nn.Module
             src = src.state_dict()
         else:
             raise WeightsError(f"expected a state_dict (a mapping of name -> tensor), got {type(src).__name__}")
-    if "state_dict" in src and isinstance(src["state_dict"], Mapping):
-        src = src["state_dict"]
-    out = {}
-    for key, value in src.items():
-        key = str(key)
-        while key.startswith("module."):  # nn.DataParallel / DistributedDataParallel wrappers
-            key = key[len("module."):]
-        if key.endswith("num_batches_tracked"):
-            continue
-        out[key] = _to_numpy(value)
-    return out
+    return weights._unwrap(src, "the state_dict")
 
 
-def _preview(items: list[str], limit: int = 40) -> str:
+def _nearest(key: str, candidates: list[str]) -> str:
+    """``key``, with the closest unexpected key when one looks like a renamed version of it."""
+    import difflib
+
+    leaf = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(key, [c for c in candidates if c.rsplit(".", 1)[-1] == leaf], n=1, cutoff=0.8)
+    return f"{key} (found {close[0]}?)" if close else key
+
+
+def _preview(items: list[str], limit: int = 8) -> str:
     more = f", … ({len(items) - limit} more)" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
 
 
-def from_torch(arch: str, state_dict_or_path, image_shape=None, **create_kwargs) -> dict:
+def from_torch(arch: str, state_dict_or_path, image_shape=None, source: str | None = None, **create_kwargs) -> dict:
     """Convert PyTorch weights of ``arch`` into Flax ``{"params": …, "batch_stats": …}``.
 
     Args:
       arch: a name in ``jinterp.backbones.ARCHS``.
-      state_dict_or_path: a ``.pth``/``.th`` path (read with ``torch.load(…, weights_only=False)``), a
-        state_dict of tensors, or a dict of numpy arrays.
+      state_dict_or_path: a ``.pth``/``.th``/``.safetensors`` path (read with ``torch.load(…,
+        weights_only=True)``), a state_dict of tensors, or a dict of numpy arrays.
+      source: how to name the weights in error messages (default: the path, or "the state_dict").
       image_shape: ``(H, W, C)`` the model will see; default: the arch's, with C taken from the checkpoint.
       **create_kwargs: as for ``backbones.create``; ``num_classes`` defaults to the checkpoint's.
 
@@ -161,17 +150,19 @@ def from_torch(arch: str, state_dict_or_path, image_shape=None, **create_kwargs)
     mismatched = [f"{k} {tuple(sd[k].shape)} (expected {mapping[k][1]})"
                   for k in mapping if k in sd and tuple(sd[k].shape) != mapping[k][1]]
     if missing or unexpected or mismatched:
-        src = state_dict_or_path if isinstance(state_dict_or_path, (str, os.PathLike)) else "the state_dict"
+        src = source or (state_dict_or_path if isinstance(state_dict_or_path, (str, os.PathLike))
+                         else "the state_dict")
         args = {k: v for k, v in create_kwargs.items() if v is not None}
-        lines = [f"{src} does not match {arch} (arguments {args}, image_shape {tuple(image_shape)}):"]
+        parts = [f"{src} does not match {arch} (arguments {args}, image_shape {tuple(image_shape)}):"]
         if missing:
-            lines.append(f"  missing keys ({len(missing)}): {_preview(missing)}")
+            parts.append(f"missing keys ({len(missing)}): {_preview([_nearest(k, unexpected) for k in missing])}")
         if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {_preview(unexpected)}")
+            parts.append(f"unexpected keys ({len(unexpected)}): {_preview(unexpected)}")
         if mismatched:
-            lines.append(f"  shape mismatches ({len(mismatched)}): {_preview(mismatched)}")
-        lines.append(f"  Check the arch name (valid: {', '.join(registry.ARCHS)}) and num_classes.")
-        raise WeightsError("\n".join(lines))
+            parts.append(f"shape mismatches ({len(mismatched)}): {_preview(mismatched)}")
+        fix = (f"Check the arch name (valid: {', '.join(registry.ARCHS)}) and num_classes; a checkpoint "
+               "of another network needs --model FILE.py:FACTORY instead of --arch.")
+        raise WeightsError(f"{parts[0]} {'; '.join(parts[1:])}. {fix}")
 
     flat = {}
     for key, (path, _) in mapping.items():
@@ -247,28 +238,35 @@ def save_variables(path, variables: Mapping, meta: Mapping) -> Path:
 
 
 def load_variables(path, arch: str | None = None) -> tuple[dict, dict]:
-    """Read a file written by :func:`save_variables`: ``(variables, meta)``.
+    """``(variables, meta)`` from any weights file every program accepts as ``--weights``.
 
-    With ``arch``, also checks the file was saved for that architecture. Raises ``MissingFileError`` when
-    absent and ``WeightsError`` (naming the file) when it is corrupt, truncated or not such a file.
+    A file written by :func:`save_variables` is read as is; PyTorch ``.pth/.pt/.th`` state dicts, ``.safetensors``
+    and plain ``.npz`` state dicts are converted for ``arch`` once and cached (see :mod:`jinterp.models.weights`).
+    With ``arch``, also checks the file belongs to that architecture. Raises ``MissingFileError`` when absent and
+    ``WeightsError`` (naming the file and the fix) for a directory, a corrupt file, or weights of another network.
     """
+    from jinterp.models import serialize, weights
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MissingFileError(f"variables file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}  # reading every member checks each CRC
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise WeightsError(f"{path} is corrupt or truncated (not a jinterp variables .npz): "
-                           f"{type(e).__name__}: {e}") from None
+    if weights.detect_format(path) != "npz":
+        return weights.load_weights(path, arch)
+    arrays = serialize.read_npz(path)
     if _META_KEY not in arrays:
-        raise WeightsError(f"{path} has no {_META_KEY!r} entry: not written by jinterp's save_variables")
+        return weights.load_weights(path, arch)
+    return read_jinterp_npz(path, arrays, arch)
+
+
+def read_jinterp_npz(path, arrays: dict, arch: str | None) -> tuple[dict, dict]:
+    """``(variables, meta)`` from the arrays of a :func:`save_variables` file (``__meta__`` included)."""
     try:
         meta = json.loads(arrays.pop(_META_KEY).tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise WeightsError(f"{path}: unreadable meta entry: {e}") from None
+    if meta.get("format") == "jinterp.model/1":
+        raise WeightsError(f"{path} is a converted model (jinterp.models.save_model), not weights of a built-in "
+                           "arch; load it with jinterp.models.load_model(path)")
     if arch is not None and meta.get("arch") != arch:
         raise WeightsError(f"{path} holds variables for {meta.get('arch')!r}, not {arch!r}")
     variables = traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in arrays.items()})

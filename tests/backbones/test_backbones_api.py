@@ -167,11 +167,16 @@ def test_weight_mismatch_lists_keys():
     sd = torch_import.to_state_dict("resnet20", _resnet20_variables())
     with pytest.raises(WeightsError) as e:
         torch_import.from_torch("resnet32", sd)
-    assert "missing keys (60)" in str(e.value) and "layer1.3.conv1.weight, layer1.3.conv2.weight" in str(e.value)
+    msg = str(e.value)
+    assert "missing keys (60)" in msg and "layer1.3.bn1.bias, layer1.3.bn1.running_mean" in msg and "\n" not in msg
+    # a renamed key is named with its nearest expected match
+    renamed = {("encoder." + k if k.startswith("layer1.") else k): v for k, v in sd.items()}
+    with pytest.raises(WeightsError, match=r"layer1.0.bn1.bias \(found encoder.layer1.0.bn1.bias\?\)"):
+        torch_import.from_torch("resnet20", renamed)
     with pytest.raises(WeightsError) as e:
         torch_import.from_torch("convnet", sd)
     msg = str(e.value)
-    assert "unexpected keys" in msg and "layer1.0.bn1.weight" in msg and "missing keys" in msg
+    assert "unexpected keys" in msg and "layer1.0.bn1.running_mean" in msg and "missing keys" in msg
     with pytest.raises(WeightsError, match=r"shape mismatches \(2\): linear.bias \(10,\) \(expected \(100,\)\)"):
         torch_import.from_torch("resnet20", sd, num_classes=100)
     wrong = dict(sd, **{"conv1.weight": np.zeros((16, 3, 5, 5), np.float32)})

@@ -1,0 +1,93 @@
+"""Linen and NNX models under the backbone contract ``apply(variables, x, train) -> (logits, feats)``."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jinterp import models
+from jinterp.errors import ModelError
+
+
+class LinenBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Conv(6, (3, 3))(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        return nn.relu(x)
+
+
+class LinenNet(nn.Module):
+    def setup(self):
+        self.block = LinenBlock()
+        self.head = nn.Dense(4)
+
+    def features(self, x, train: bool = False):
+        return self.block(x, train)
+
+    def __call__(self, x, train: bool = False):
+        f = self.features(x, train)
+        self.sow("intermediates", "pooled", f.mean((1, 2)))
+        return self.head(f.mean((1, 2)))
+
+
+def test_linen_model(tmp_path):
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    net = LinenNet()
+    model, variables = models.from_linen(net, x)
+    logits, feats = jax.jit(lambda v, im: model.apply(v, im, train=False))(variables, x)
+    np.testing.assert_allclose(logits, net.apply(variables, x), atol=1e-6)
+    assert {"block", "block.Conv_0", "block.BatchNorm_0", "head", "pooled"} <= set(feats)
+    np.testing.assert_allclose(feats["block"], net.apply(variables, x, method=LinenNet.features), atol=1e-6)
+    np.testing.assert_allclose(feats["pooled"], feats["block"].mean((1, 2)), atol=1e-6)
+    (tlogits, tfeats), state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    mean = state["batch_stats"]["block"]["BatchNorm_0"]["mean"]
+    conv_mean = tfeats["block.Conv_0"].mean((0, 1, 2))
+    np.testing.assert_allclose(mean, 0.1 * conv_mean, atol=1e-5)  # momentum 0.9 from zeros: train mode ran
+    with pytest.raises(ModelError):
+        models.from_linen(net)
+
+
+class NnxBlock(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(3, 6, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(6, momentum=0.9, rngs=rngs)
+
+    def __call__(self, x):
+        return nnx.relu(self.bn(self.conv(x)))
+
+
+class NnxNet(nnx.Module):
+    def __init__(self, rngs):
+        self.block = NnxBlock(rngs)
+        self.layers = nnx.List([nnx.Linear(6, 5, rngs=rngs), nnx.Linear(5, 4, rngs=rngs)])
+
+    def __call__(self, x):
+        x = self.block(x).mean((1, 2))
+        return self.layers[1](nnx.relu(self.layers[0](x)))
+
+
+def test_nnx_model():
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    net = NnxNet(nnx.Rngs(0))
+    model, variables = models.from_nnx(net)
+    assert set(variables) == {"params", "batch_stats", "nnx_state"}
+    logits, feats = jax.jit(lambda v, im: model.apply(v, im, train=False))(variables, x)
+    net.eval()
+    np.testing.assert_allclose(logits, net(x), atol=1e-6)
+    assert {"block", "block.conv", "block.bn", "layers.0", "layers.1"} <= set(feats)
+    np.testing.assert_allclose(feats["block"], net.block(x), atol=1e-6)
+    # changed params flow through nnx.merge: zeroing the last layer's kernel leaves its bias as the logits
+    zeroed = jax.tree.map(lambda a: a, variables)
+    zeroed["params"]["layers"][1]["kernel"] = jnp.zeros_like(zeroed["params"]["layers"][1]["kernel"])
+    z, _ = model.apply(zeroed, x)
+    np.testing.assert_allclose(z, jnp.broadcast_to(variables["params"]["layers"][1]["bias"], z.shape), atol=1e-6)
+    (_, tfeats), state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(state["batch_stats"]["block"]["bn"]["mean"],
+                               0.1 * tfeats["block.conv"].mean((0, 1, 2)), atol=1e-5)
+    with pytest.raises(ModelError):
+        models.from_nnx(LinenNet())
