@@ -80,15 +80,20 @@ def test_tfds_is_imported_only_by_its_reader(tmp_path):
 
 
 def _stack_without_jinterp(tmp: Path) -> Path:
-    """A directory of links to the running environment's packages, minus jinterp itself (and .pth hooks)."""
+    """A directory of links to the packages the running interpreter sees (its site-packages and whatever .pth
+    files added), minus jinterp itself and .pth hooks: the fresh venv gets the installed stack, not the source."""
     stack = tmp / "stack"
     stack.mkdir()
-    site = Path(sysconfig.get_paths()["purelib"])
-    for entry in site.iterdir():
-        name = entry.name.lower()
-        if name.startswith(("jinterp", "__editable__")) or name.endswith(".pth"):
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for d in map(Path, sys.path):
+        d = d.resolve() if d.is_dir() else d
+        if not d.is_dir() or d == ROOT or ROOT in d.parents or d == stdlib or stdlib in d.parents:
             continue
-        (stack / entry.name).symlink_to(entry)
+        for entry in d.iterdir():
+            name = entry.name.lower()
+            if name.startswith(("jinterp", "__editable__")) or name.endswith(".pth") or (stack / entry.name).exists():
+                continue
+            (stack / entry.name).symlink_to(entry)
     return stack
 
 
