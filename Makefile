@@ -4,15 +4,16 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo bench lint clean
+.PHONY: setup test test-fast demo bench lint docs-check clean
 
 setup: $(STAMP)
 
-# torch==2.13.0 (the `torch` extra) resolves to a local CPU wheel here; a looser pin would pull CUDA builds.
-$(STAMP): pyproject.toml
+# constraints.txt pins the exact stack the tests ran on (torch==2.13.0 resolves to the local CPU wheel here);
+# pyproject.toml only states the ranges jinterp accepts. The tfds extra is for the tfds: reader and its tests.
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[torch,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[torch,dev,tfds]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -27,8 +28,12 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m experiments.bench $(ARGS)
 
+# Every `jinterp ...` command in README.md parses, its --set keys and layer names exist, cheap ones run.
+docs-check: $(STAMP)
+	$(BIN)/python tools/docs_check.py README.md
+
 lint: $(STAMP)
-	$(BIN)/ruff check jinterp tests experiments
+	$(BIN)/ruff check jinterp tests experiments tools
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs

@@ -22,6 +22,7 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
+from jinterp import __version__
 from jinterp.errors import JinterpError
 
 PROG = "jinterp"
@@ -50,8 +51,9 @@ def _add_common(p: argparse.ArgumentParser, *, workdir_default: str, config_defa
                    help="config preset: 'paper' (the published setting) or 'tiny' (seconds to minutes on a "
                         "2-core CPU) (default: %(default)s)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, parsed by its type (repeatable), e.g. --set optim.lr=0.05 "
-                        "--set freeze=conv1,conv2; an unknown key lists the valid ones")
+                   help="override a field of this command's config, parsed by its type (repeatable), e.g. "
+                        "--set seed=1 (train-backbone: --set optim.lr=0.05; cladec: --set alphas=0,0.01); an "
+                        "unknown key lists the valid ones")
     g.add_argument("--workdir", default=workdir_default,
                    help="run directory: checkpoints, metrics.jsonl, results; rerunning the same command there "
                         "resumes (default: %(default)s)")
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="CNN-interpretability methods in JAX: train backbones, run the five methods, "
         "benchmark against PyTorch.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(

@@ -13,8 +13,11 @@ tuple. Nothing here knows about a particular method.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import numbers
+import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -29,8 +32,9 @@ _FALSE = {"0", "false", "no", "off", "n", "f"}
 
 
 # ----------------------------------------------------------------------------------------------- introspection
+@functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
-    # `from __future__ import annotations` makes annotations strings; resolve them once.
+    # `from __future__ import annotations` makes annotations strings; resolve them once per class.
     return typing.get_type_hints(cls)
 
 
@@ -121,7 +125,13 @@ def _type_name(t: Any) -> str:
 
 
 def _check_value(value: Any, t: Any, key: str) -> Any:
-    """Validates (and lightly coerces) a Python value against a field type; used by from_dict/replace."""
+    """Validates (and losslessly coerces) a Python value against a field type; used by from_dict, replace and
+    every config's ``__post_init__`` (through :func:`check_field_types`).
+
+    Accepted coercions: an integral number for a ``float`` field (``lr=1`` -> ``1.0``), NumPy scalars for
+    ``int``/``float``, a list for a tuple, a path object for a ``str``, a mapping for a nested config. Never a
+    string for a number (``batch_size='64'``) nor a scalar for a tuple (``alphas=0.1``).
+    """
     t, optional = _unwrap_optional(t)
     if value is None and optional:
         return None
@@ -135,14 +145,16 @@ def _check_value(value: Any, t: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
     elif t is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
     elif t is float:
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     elif t is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
     elif origin is typing.Literal:
         if value in typing.get_args(t):
             return value
@@ -155,6 +167,29 @@ def _check_value(value: Any, t: Any, key: str) -> Any:
     elif t is Any:
         return value
     raise ConfigError(f"{key}: expected {_type_name(t)}, got {value!r} ({type(value).__name__})")
+
+
+def check_field_types(cfg: Any) -> None:
+    """Checks every field of the (frozen) dataclass ``cfg`` against its declared type, in place.
+
+    Called from each config's ``__post_init__``, so ``dataclasses.replace(cfg, batch_size='64')`` or
+    ``ClaDecConfig(alphas=0.1)`` raises a one-line ConfigError naming the field, the expected type and the value
+    (the command line gets the same check through :func:`parse_value`). Lossless coercions (see
+    :func:`_check_value`) are written back, so ``lr=1`` is stored as ``1.0`` and a list as a tuple. Nested
+    configs without a check of their own are checked here too (field names dotted).
+    """
+    _check_fields(cfg, type(cfg).__name__ + ".")
+
+
+def _check_fields(cfg: Any, prefix: str) -> None:
+    types_ = _field_types(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        checked = _check_value(value, types_[f.name], prefix + f.name)
+        if checked is not value:
+            object.__setattr__(cfg, f.name, checked)  # frozen: the only way to store the coerced value
+        if dataclasses.is_dataclass(checked) and not hasattr(type(checked), "__post_init__"):
+            _check_fields(checked, prefix + f.name + ".")
 
 
 # --------------------------------------------------------------------------------------------------- overrides
@@ -287,6 +322,9 @@ class OptimConfig:
     clip_norm: float = 0.0
     freeze: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        check_field_types(self)
+
     def validate(self) -> None:
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
@@ -341,6 +379,9 @@ class TrainBackboneConfig:
     ckpt_every: int = 500
     keep: int = 3
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
 
     @classmethod
     def paper(cls) -> TrainBackboneConfig:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from jinterp.core import optim
 from jinterp.core import sharding as shd
 from jinterp.core.config import OptimConfig
 from jinterp.data.pipeline import augment, standardize
@@ -112,8 +113,7 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     elif cfg.schedule == "step":
         # Fractions (< 1) are of the whole run, as in "decay at 50% and 75%"; boundaries count from step 0.
         bounds = [int(round(b * total_steps)) if b < 1 else int(b) for b in cfg.decay_steps]
-        main = optax.piecewise_constant_schedule(
-            cfg.lr, {max(b - warm, 0): cfg.decay_factor for b in bounds})
+        main = optim.piecewise_lr(cfg.lr, [max(b - warm, 0) for b in bounds], cfg.decay_factor)
     else:  # config validation normally catches this first
         raise ConfigError(f"unknown optim.schedule {cfg.schedule!r}; choose constant, cosine or step")
     if warm == 0:
@@ -121,35 +121,28 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warm), main], [warm])
 
 
-def _decay_mask(params: PyTree) -> PyTree:
-    # Decay kernels only (ndim > 1): biases and BatchNorm scales are usually left alone, and decaying BN
-    # scales interacts badly with the following conv's scale invariance.
-    return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
-
-
 def make_optimizer(cfg: OptimConfig, total_steps: int,
                    params: PyTree | None = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Builds the optax transformation from an OptimConfig; returns ``(tx, lr_schedule)``.
+    """Builds the PyTorch-semantics optimizer of an OptimConfig (:mod:`jinterp.core.optim`); returns
+    ``(tx, lr_schedule)``.
 
-    Order (as in PyTorch): clip the raw gradient, add coupled weight decay, then the optimizer. Params whose
-    path matches ``cfg.freeze`` get ``set_to_zero`` updates through ``optax.partition`` (and no optimizer
-    state); ``params`` is needed only to validate that the freeze regexes match something.
+    Order (as in PyTorch): clip the raw gradient (``clip_grad_norm_``), then the optimizer with its weight decay
+    (coupled for ``sgd``/``adam``, decoupled for ``adamw``) on kernels only (ndim > 1: biases and BatchNorm
+    scales are usually left alone, and decaying BN scales interacts badly with the following conv's scale
+    invariance). Params whose path matches ``cfg.freeze`` get ``set_to_zero`` updates through
+    ``optax.partition`` (and no optimizer state); ``params`` is needed only to validate that the freeze regexes
+    match something.
     """
     schedule = make_schedule(cfg, total_steps)
     parts: list[optax.GradientTransformation] = []
     if cfg.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
     if cfg.name == "sgd":
-        if cfg.weight_decay:
-            parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask))
-        parts.append(optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
-    elif cfg.name == "adam":
-        if cfg.weight_decay:
-            parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask))
-        parts.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
-    elif cfg.name == "adamw":
-        parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                                 weight_decay=cfg.weight_decay, mask=_decay_mask))
+        parts.append(optim.torch_sgd(schedule, cfg.momentum, cfg.weight_decay, nesterov=cfg.nesterov,
+                                     decay_mask=optim.kernels_only))
+    elif cfg.name in ("adam", "adamw"):
+        build = optim.torch_adam if cfg.name == "adam" else optim.torch_adamw
+        parts.append(build(schedule, cfg.weight_decay, cfg.b1, cfg.b2, cfg.eps, decay_mask=optim.kernels_only))
     else:
         raise ConfigError(f"unknown optim.name {cfg.name!r}; choose sgd, adam or adamw")
     tx = optax.chain(*parts)

@@ -52,6 +52,9 @@ def prepare_synthparts(*args, **kw):
 
     Imported lazily: the TFDS builder module imports tensorflow_datasets, which is slow to import.
     """
+    from jinterp._extras import require_tfds
+
+    require_tfds("prepare_synthparts")  # before importing the builder module, which imports tensorflow_datasets
     from jinterp.data.synthparts_tfds import prepare_synthparts as _prepare
 
     return _prepare(*args, **kw)

@@ -508,8 +508,9 @@ def read_tfds(name: str, split: str = "train", *, data_dir: str | Path | None = 
     ``image_key``/``label_key`` name the features; other features are sorted by shape: (H, W) integer arrays
     become masks, scalars image_labels, ``landmarks``/``landmark_visible`` landmarks.
     """
-    import tensorflow_datasets as tfds
+    from jinterp._extras import require_tfds
 
+    tfds = require_tfds(f"tfds:{name}")
     if name.split("/")[0] == "synthparts":  # registers our builder with TFDS
         import jinterp.data.synthparts_tfds  # noqa: F401
 

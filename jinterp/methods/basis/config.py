@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jinterp.core.config import TrainBackboneConfig
+from jinterp.core.config import TrainBackboneConfig, check_field_types
 from jinterp.errors import ConfigError
 from jinterp.methods.basis.ibd import IBDConfig
 from jinterp.methods.basis.uibe import UIBEConfig
@@ -41,6 +41,9 @@ class BasisConfig:
     ibd: IBDConfig = dataclasses.field(default_factory=IBDConfig.paper)
     backbone: TrainBackboneConfig = dataclasses.field(default_factory=TrainBackboneConfig.tiny)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
 
     @classmethod
     def paper(cls) -> BasisConfig:

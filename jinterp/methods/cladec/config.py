@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jinterp.core.config import OptimConfig, TrainBackboneConfig
+from jinterp.core.config import OptimConfig, TrainBackboneConfig, check_field_types
 from jinterp.errors import ConfigError
 
 # The official code's ``layInd`` -> jinterp's layer names of ``vgg11_bn_cladec`` (spec A.3.2).
@@ -106,6 +106,9 @@ class ClaDecConfig:
     ckpt_every: int = 1000
     faithful: bool = False
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
 
     @classmethod
     def paper(cls) -> ClaDecConfig:

@@ -11,8 +11,9 @@ Loss (spec A.2): ``L_α(φ) = (1-α)·MSE(D_φ(a), x) + α·CE(C(x̂), y)``, MSE
   on the stacked tree. The frozen classifier's variables are a jit argument shared by all K (never a closure
   constant, never differentiated: XLA emits no weight-gradient kernels for C).
 
-Optimizers follow PyTorch (spec A.7): Adam/SGD with *coupled* weight decay on every parameter (biases too), lr
-multiplied by 0.1 after the epochs of :func:`~jinterp.methods.cladec.config.official_decay_epochs`.
+Optimizers follow PyTorch (spec A.7): :func:`jinterp.core.optim.torch_adam` / ``torch_sgd`` with *coupled* weight
+decay on every parameter (biases too), lr multiplied by 0.1 after the epochs of
+:func:`~jinterp.methods.cladec.config.official_decay_epochs`.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jinterp.core import loop
+from jinterp.core import loop, optim
 from jinterp.core.checkpoint import Checkpointer
+from jinterp.core.optim import torch_adam, torch_sgd  # ClaDec's optimizers (re-exported)
 from jinterp.core.train import TrainState, cross_entropy
 from jinterp.data.pipeline import epoch_permutation, standardize
 from jinterp.methods.cladec.config import official_decay_epochs
@@ -42,24 +44,8 @@ Encode = Callable[[PyTree, jax.Array], jax.Array]        # (classifier variables
 # --------------------------------------------------------------------------------------------- optimizers
 def step_schedule(lr: float, epochs: int, steps_per_epoch: int, decay: bool = True) -> optax.Schedule:
     """The official step decay in optimizer steps: lr x0.1 after each of :func:`official_decay_epochs`."""
-    if not decay:
-        return optax.constant_schedule(lr)
-    bounds = {e * steps_per_epoch: 0.1 for e in official_decay_epochs(epochs)}
-    return optax.piecewise_constant_schedule(lr, bounds) if bounds else optax.constant_schedule(lr)
-
-
-def torch_adam(schedule: optax.ScalarOrSchedule, weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999,
-               eps: float = 1e-8) -> optax.GradientTransformation:
-    """``torch.optim.Adam(lr, weight_decay)``: L2 added to the gradient of *every* parameter (not AdamW)."""
-    parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
-    return optax.chain(*parts, optax.scale_by_adam(b1=b1, b2=b2, eps=eps), optax.scale_by_learning_rate(schedule))
-
-
-def torch_sgd(schedule: optax.ScalarOrSchedule, momentum: float = 0.9,
-              weight_decay: float = 0.0) -> optax.GradientTransformation:
-    """``torch.optim.SGD(lr, momentum, weight_decay)``: coupled L2 on every parameter, buffer ``m·b + g``."""
-    parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
-    return optax.chain(*parts, optax.sgd(schedule, momentum=momentum or None))
+    bounds = [e * steps_per_epoch for e in official_decay_epochs(epochs)] if decay else []
+    return optim.piecewise_lr(lr, bounds, 0.1)
 
 
 # ------------------------------------------------------------------------------------------------- losses

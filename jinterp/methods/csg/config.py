@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
+from jinterp.core.config import check_field_types
 from jinterp.errors import ConfigError
 
 
@@ -41,6 +42,9 @@ class PathOptim:
     milestones: tuple[int, ...] = (60, 90, 120)
     gamma: float = 0.1
     train_stages: int = 2
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
 
     def validate(self, what: str) -> None:
         if self.lr <= 0:
@@ -122,6 +126,9 @@ class CSGConfig:
     pgd_steps: int = 10
     pgd_alpha: float = 2.0 / 255.0
     pgd_random_start: bool = True
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
 
     @classmethod
     def paper(cls) -> CSGConfig:

@@ -6,10 +6,10 @@
 
 * Epoch ``e`` uses the gated path iff ``cfg.is_csg_epoch(e)`` (``gated=False`` trains the standard baseline:
   every epoch standard).
-* Two optimizers with disjoint states (PyTorch Adam or SGD, written out so the bias correction counts each
-  optimizer's own steps), each over its own parameter subset (``train_stages`` top stages + head [+ gate]);
-  frozen parameters get no gradient at all (XLA does not backpropagate below the lowest free stage). BatchNorm
-  statistics of frozen stages still update (train mode), as in the released code.
+* Two optimizers with disjoint states (PyTorch Adam or SGD from :mod:`jinterp.core.optim`, so the bias
+  correction counts each optimizer's own steps), each over its own parameter subset (``train_stages`` top stages
+  + head [+ gate]); frozen parameters get no gradient at all (XLA does not backpropagate below the lowest free
+  stage). BatchNorm statistics of frozen stages still update (train mode), as in the released code.
 * Each optimizer's lr is ``lr * gamma ** #{milestones <= epochs completed on its path}``.
 * Gated step: loss ``CE(head(A * G[:, y]), y) + lambda * max(0, ||G||_1 - ratio * K * C)``, update, then
   ``G <- renormalize(G)``.
@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import bisect
 import re
 import time
 from collections.abc import Callable
@@ -29,7 +28,9 @@ import flax.traverse_util as tu
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+from jinterp.core import optim
 from jinterp.core.train import augment_images, cross_entropy, normalize_images
 from jinterp.data.pipeline import epoch_permutation
 from jinterp.errors import ConfigError, DataError, TrainingError
@@ -40,42 +41,31 @@ PyTree = Any
 
 
 # ------------------------------------------------------------------------------------------------ optimizers
-def opt_init(cfg: PathOptim, params: dict[str, jax.Array]) -> dict:
-    """State of a PyTorch-semantics Adam/SGD over a flat dict of params."""
-    zeros = {k: jnp.zeros_like(v) for k, v in params.items()}
+def path_optimizer(cfg: PathOptim) -> optax.GradientTransformationExtraArgs:
+    """The PyTorch Adam/SGD (coupled weight decay) of one path; its lr is given per step (see :func:`opt_update`)."""
     if cfg.name == "adam":
-        return {"m": zeros, "v": {k: jnp.zeros_like(v) for k, v in params.items()}, "t": jnp.zeros((), jnp.int32)}
-    return {"buf": zeros, "t": jnp.zeros((), jnp.int32)}
+        return optim.torch_adam(cfg.lr, cfg.weight_decay, cfg.b1, cfg.b2, cfg.eps)
+    return optim.torch_sgd(cfg.lr, cfg.momentum, cfg.weight_decay, nesterov=cfg.nesterov)
 
 
-def opt_update(cfg: PathOptim, grads: dict, state: dict, params: dict, lr: jax.Array,
-               lr_scale: dict[str, float] | None = None) -> tuple[dict, dict]:
-    """One ``torch.optim.Adam``/``SGD`` step (coupled weight decay) at learning rate ``lr`` (times
-    ``lr_scale[key]`` for the listed params, a param group with its own lr)."""
-    t = state["t"] + 1
+def opt_init(cfg: PathOptim, params: dict[str, jax.Array]) -> optax.OptState:
+    """State of the path's optimizer over a flat dict of params."""
+    return path_optimizer(cfg).init(params)
+
+
+def opt_update(cfg: PathOptim, grads: dict, state: optax.OptState, params: dict, lr: jax.Array,
+               lr_scale: dict[str, float] | None = None) -> tuple[dict, optax.OptState]:
+    """One ``torch.optim.Adam``/``SGD`` step at learning rate ``lr`` (times ``lr_scale[key]`` for the listed
+    params, a param group with its own lr); returns the new params and state."""
     scale = lr_scale or {}
     lrs = {k: lr * scale.get(k, 1.0) for k in params}
-    if cfg.weight_decay:
-        grads = {k: g + cfg.weight_decay * params[k] for k, g in grads.items()}
-    if cfg.name == "adam":
-        m = {k: cfg.b1 * state["m"][k] + (1 - cfg.b1) * g for k, g in grads.items()}
-        v = {k: cfg.b2 * state["v"][k] + (1 - cfg.b2) * g * g for k, g in grads.items()}
-        tf = t.astype(jnp.float32)
-        bc1, bc2 = 1 - cfg.b1 ** tf, 1 - cfg.b2 ** tf
-        new = {k: p - lrs[k] / bc1 * m[k] / (jnp.sqrt(v[k]) / jnp.sqrt(bc2) + cfg.eps) for k, p in params.items()}
-        return new, {"m": m, "v": v, "t": t}
-    # SGD: buf = momentum * buf + g (the first step sets buf = g, which this equals); Nesterov g + momentum * buf.
-    buf = {k: jnp.where(t == 1, g, cfg.momentum * state["buf"][k] + g) for k, g in grads.items()}
-    step = {k: (grads[k] + cfg.momentum * buf[k]) if cfg.nesterov else buf[k] for k in grads}
-    if not cfg.momentum:
-        step = grads
-    new = {k: p - lrs[k] * step[k] for k, p in params.items()}
-    return new, {"buf": buf, "t": t}
+    updates, state = path_optimizer(cfg).update(grads, state, params, lr=lrs)
+    return optax.apply_updates(params, updates), state
 
 
 def path_lr(cfg: PathOptim, epochs_done: int) -> float:
     """MultiStepLR after ``epochs_done`` scheduler steps: ``lr * gamma ** bisect_right(milestones, done)``."""
-    return cfg.lr * cfg.gamma ** bisect.bisect_right(sorted(cfg.milestones), epochs_done)
+    return optim.multistep_lr(cfg.lr, cfg.milestones, cfg.gamma, epochs_done)
 
 
 def trainable_keys(params: PyTree, site: gates.GateSite, stages: int, with_gate: bool) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from jinterp.core.config import OptimConfig
+from jinterp.core.config import OptimConfig, check_field_types
 from jinterp.errors import ConfigError
 
 # Default (input layer, target layer) per performer architecture [I]: a middle conv layer and a higher one.
@@ -110,6 +110,9 @@ class ExplainerConfig:
     sweep_etas: tuple[float, ...] = (0.1, 1.0)
     sweep_steps: int = 0
     num_figure_filters: int = 8
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
 
     @classmethod
     def paper(cls) -> ExplainerConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from jinterp.core.config import check_field_types
 from jinterp.errors import ConfigError
 
 
@@ -81,6 +82,9 @@ class GraphConfig:
     transfer_top_t: int = 50
     memory_mb: int = 512
     backbone_steps: int = 0
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
 
     @classmethod
     def paper(cls) -> GraphConfig:
