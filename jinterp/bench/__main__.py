@@ -116,7 +116,7 @@ def run(args: argparse.Namespace, error=None) -> dict:
 
     peak = harness.matmul_peak(1024 if args.quick else 2048)
     print(f"matmul peak: JAX {peak['jax_flop_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
-    rows, scaling, skipped = [], [], []
+    rows, scaling, skipped, unavailable = [], [], [], {}
     for name in names:
         mod = _module(name)
         if mod is None or not hasattr(mod, "cases"):
@@ -129,11 +129,11 @@ def run(args: argparse.Namespace, error=None) -> dict:
                               if not args.no_scaling and hasattr(mod, "scaling_cases") else [])
         except harness.BenchUnavailable as e:
             print(f"  skipped: {e}", flush=True)
-            skipped.append(name)
+            unavailable[name] = str(e)
             continue
         rows += harness.run_cases(module_cases, repeats=repeats, warmup=warmup, peak=peak["jax_flop_per_s"])
         scaling += harness.run_cases(module_scaling, repeats=repeats, warmup=warmup, peak=peak["jax_flop_per_s"])
-    extra: dict = {"matmul_peak": peak, "skipped": skipped, "scaling": scaling}
+    extra: dict = {"matmul_peak": peak, "skipped": skipped, "unavailable": unavailable, "scaling": scaling}
     plots = plot_scaling(scaling, out, device) if scaling else []
     extra["scaling_plots"] = [p.name for p in plots]
     sections = [harness.markdown(rows)]
@@ -156,6 +156,8 @@ def run(args: argparse.Namespace, error=None) -> dict:
         synthparts.main(synth_args + ["--out", str(out / "synthparts_cpu.json")])
     if skipped:
         print(f"no benchmark module yet for: {', '.join(skipped)}")
+    for name, reason in unavailable.items():
+        print(f"not run: {name}: {reason}")
     if not args.quick and device == "cpu" and not args.only and update_readme(mpath.read_text().strip()):
         print(f"updated the benchmark table in {README.name}")
     print(mpath.read_text())

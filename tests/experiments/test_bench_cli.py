@@ -60,3 +60,14 @@ def test_checkout_keeps_the_committed_results_folder_and_old_import_paths():
 
     assert old_harness is harness
     assert harness.RESULTS == REPO / "experiments" / "bench" / "results"
+
+
+def test_installed_bench_run_reports_the_checkout_only_pipeline(installed, torch):
+    import json
+
+    out = _run(installed, "-m", "jinterp.cli", "bench", "--quick", "--only", "backbones", "--no-extras",
+               "--no-scaling", "--repeats", "1")
+    assert out.returncode == 0, out.stderr
+    assert "not run: backbones" in out.stdout and "no benchmark module yet" not in out.stdout
+    saved = json.loads(next((installed["cwd"] / "bench-results" / "tmp").glob("*.json")).read_text())
+    assert saved["results"] == [] and "torch_reference.py" in saved["unavailable"]["backbones"]
