@@ -41,7 +41,7 @@ RESERVED: dict[str, tuple[str, str, str]] = {
                   "the explainer network issue (spec/explainer_and_graph.md parts B, C)"),
     "demo": ("jinterp.report.demo", "all five methods on a small CNN, with an HTML report",
              "the demo and report issue"),
-    "bench": ("experiments.bench.cli", "JAX vs PyTorch benchmarks", "the benchmarks issue"),
+    "bench": ("jinterp.bench.cli", "JAX vs PyTorch benchmarks", "the benchmarks issue"),
 }
 
 

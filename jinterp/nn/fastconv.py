@@ -6,6 +6,8 @@ the convolutions that autodiff emits for gradients (input gradients of strided c
 decoder step ran ~4x slower than PyTorch. Each formulation here computes the same sums in a different order, as
 matrix multiplications XLA:CPU runs well (YNNPACK/Eigen GEMM), so results agree with ``lax`` to float32 round-off:
 
+* :func:`conv2d_lax_kgrad_unfused` — XLA's convolution, with the kernel gradient reading a materialized copy of
+  the input so that XLA cannot fuse (and recompute, transposed) the input's producer chain into it.
 * :func:`conv2d_im2col` — gather the ``kh·kw`` shifted (strided, dilated) views of the padded input into patches
   ``P`` of shape ``(N·Ho·Wo, kh·kw·Cin)`` and compute ``P @ W`` with the HWIO kernel reshaped to
   ``(kh·kw·Cin, Cout)``. Autodiff gives GEMMs for both gradients: ``dW = Pᵀ dY`` and ``dP = dY Wᵀ`` followed by
@@ -26,6 +28,8 @@ grouped convolutions.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -38,6 +42,46 @@ def conv2d_lax(x: jax.Array, kernel: jax.Array, stride=(1, 1), padding=(0, 0), d
     """XLA's native convolution (the reference every other formulation is tested against)."""
     return lax.conv_general_dilated(x, kernel, tuple(stride), _pads(padding), rhs_dilation=tuple(dilation),
                                     dimension_numbers=_DN, feature_group_count=groups)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv2d_lax_kgrad_unfused(x: jax.Array, kernel: jax.Array, stride=(1, 1), padding=(0, 0),
+                             dilation=(1, 1)) -> jax.Array:
+    """:func:`conv2d_lax` (same forward, same ``dx``) whose kernel gradient reads a *materialized* copy of ``x``.
+
+    Why: XLA:CPU computes ``dW`` as a convolution over ``x`` transposed to ``(Cin, H, W, N)`` and fuses the whole
+    elementwise chain that produced ``x`` (train-mode BatchNorm, residual add, ReLU of up to three blocks) into that
+    transpose, recomputing it in transposed order: ~40 % of a ResNet-20 backward (``experiments/README.md``).
+    Barriers do not stop it (``optimization_barrier`` is removed before fusion; a trivial ``while`` is simplified
+    away; a ``cond`` keeps the boundary but compiles its convolution naively, 20x slower). A matmul is a fusion
+    boundary XLA keeps, so ``dW`` reads ``x @ I`` (``I`` the ``Cin x Cin`` identity): one small GEMM per conv, after
+    which the transpose is a plain copy. ``x @ I`` equals ``x`` exactly for finite ``x`` (every product but one is
+    a product with 0); an ``inf`` in ``x`` would spread NaN over its pixel's channels (training is broken then
+    anyway). Shapes: ``x`` (N, H, W, Cin), ``kernel`` (kh, kw, Cin, Cout) -> (N, Ho, Wo, Cout); ``groups=1``.
+    """
+    return conv2d_lax(x, kernel, stride, padding, dilation)
+
+
+def _kgrad_unfused_fwd(x, kernel, stride, padding, dilation):
+    return conv2d_lax(x, kernel, stride, padding, dilation), (x, kernel)
+
+
+def _kgrad_unfused_bwd(stride, padding, dilation, residuals, g):
+    x, kernel = residuals
+    _, vjp_x = jax.vjp(lambda a: conv2d_lax(a, kernel, stride, padding, dilation), x)
+    x_copy = _materialized(x)
+    _, vjp_w = jax.vjp(lambda w: conv2d_lax(x_copy, w, stride, padding, dilation), kernel)
+    # The cotangent's transpose also holds a fused chain (the BatchNorm backward), but it keeps channels minor;
+    # materializing it too measured 0.95-1.19x the time of this version (noise-level, not kept).
+    return vjp_x(g)[0], vjp_w(g)[0]
+
+
+def _materialized(a: jax.Array) -> jax.Array:
+    """``a @ I`` over the last axis: the same values (finite ``a``) as a buffer XLA will not fuse producers into."""
+    return jnp.dot(a, jnp.eye(a.shape[-1], dtype=a.dtype), precision=lax.Precision.HIGHEST)
+
+
+conv2d_lax_kgrad_unfused.defvjp(_kgrad_unfused_fwd, _kgrad_unfused_bwd)
 
 
 def _pads(padding) -> tuple[tuple[int, int], tuple[int, int]]:

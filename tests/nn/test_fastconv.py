@@ -88,6 +88,61 @@ def test_im2col_asymmetric_and_negative_padding():
                lambda a, b: fastconv.conv2d_lax(a, b, (1, 1), pads), x, kern)
 
 
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_kgrad_unfused_matches_lax(case):
+    n, h, w, cin, cout, k, s, p, d = case
+    rng = np.random.default_rng(0)
+    x, kern = _rand(rng, n, h, w, cin), _rand(rng, k, k, cin, cout)
+    args = ((s, s), (p, p), (d, d))
+    _check_vjp(lambda a, b: fastconv.conv2d_lax_kgrad_unfused(a, b, *args),
+               lambda a, b: fastconv.conv2d_lax(a, b, *args), x, kern)
+
+
+def test_conv2d_kgrad_unfused_second_order_and_vmap():
+    """Gradients of gradients (a penalty on dW) and a vmap over stacked kernels (the explainer/α sweeps) match."""
+    rng = np.random.default_rng(3)
+    x, kerns = _rand(rng, 2, 6, 6, 3), _rand(rng, 4, 3, 3, 3, 5)
+
+    def penalty(conv, k):
+        dw = jax.grad(lambda kk: jnp.sum(jnp.tanh(conv(x, kk, (1, 1), (1, 1), (1, 1)))))(k)
+        return jnp.sum(dw ** 2)
+
+    got = jax.jit(jax.grad(lambda k: penalty(fastconv.conv2d_lax_kgrad_unfused, k)))(kerns[0])
+    ref = jax.jit(jax.grad(lambda k: penalty(fastconv.conv2d_lax, k)))(kerns[0])
+    _close(got, ref)
+
+    def batched(conv):
+        loss = lambda k: jnp.sum(jnp.sin(conv(x, k, (2, 2), (1, 1), (1, 1))))  # noqa: E731
+        return jax.jit(jax.vmap(jax.grad(loss)))(kerns)
+
+    _close(batched(fastconv.conv2d_lax_kgrad_unfused), batched(fastconv.conv2d_lax))
+
+
+def _transposes_reading_the_chain(conv) -> list[str]:
+    """Optimized-HLO fusions of a conv's gradient that transpose the conv input while recomputing the
+    BatchNorm/ReLU chain that produced it (more than one operand)."""
+    import re
+
+    def loss(k, x, scale):
+        h = jax.nn.relu(x * scale + 1.0)  # an elementwise producer chain, as BN + ReLU in a ResNet
+        return jnp.sum(conv(h, k, (1, 1), (1, 1), (1, 1)) ** 2)
+
+    rng = np.random.default_rng(0)
+    x, k = _rand(rng, 8, 16, 16, 16), _rand(rng, 3, 3, 16, 16)
+    hlo = jax.jit(jax.grad(loss)).lower(k, x, 2.0).compile().as_text()
+    entry = hlo.split("ENTRY", 1)[1]
+    # The input transposed for the kernel gradient: (Cin, H, W, N) = f32[16,16,16,8].
+    fusions = [ln for ln in entry.splitlines() if re.search(r"= f32\[16,16,16,8\]\S* fusion\(", ln)]
+    assert fusions, "expected the kernel gradient to read a transposed copy of the input"
+    return [ln for ln in fusions if "%x" in ln.split("fusion(", 1)[1]]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU fusion behaviour")
+def test_conv2d_kgrad_unfused_keeps_the_chain_out_of_the_transpose():
+    assert _transposes_reading_the_chain(fastconv.conv2d_lax), "XLA no longer fuses the chain: drop the workaround"
+    assert not _transposes_reading_the_chain(fastconv.conv2d_lax_kgrad_unfused)
+
+
 # ------------------------------------------------------------------------------------ conv_transpose2d
 
 CONVT_CASES = [  # (n, h, w, cin, cout, k, stride, padding, output_padding)

@@ -1,0 +1,199 @@
+"""ClaDec train steps, JAX vs PyTorch: the decoder step at α = 0 and α > 0 and the RefAE step.
+
+    python -m jinterp.bench.cladec [--quick] [--repeats N]
+
+Official setting (spec A.8): Fashion-MNIST-shaped input (1 x 32 x 32), batch 128, the VGG-11-like classifier of
+``models.py`` (random weights with realistic BN statistics), the official decoder for the pre-logit ``flat`` code
+(7.2M parameters) and for ``conv4a`` (5.1M), Adam(3e-4, weight decay 1e-5). Both frameworks start from the same
+weights and see the same batch and activations; float32, no AMP.
+
+Cases:
+* ``cladec.step`` α = 0 — JAX on cached activations without the classifier; PyTorch *hygienic* (no CE term).
+* ``cladec.step`` α = 0 ``as released`` — the official loop computes ``0·CE(C(x̂), y)`` and, with the
+  classifier's ``requires_grad`` left on, its weight gradients; JAX ``faithful`` computes the CE term too but
+  never the classifier's weight gradients (they are not asked for). The speed-up here is partly removed waste.
+* ``cladec.step`` α = 0.001 — decoder, frozen classifier on x̂, backward through it, Adam (both hygienic).
+* ``refae.step`` — a fresh classifier prefix in train mode + decoder, MSE, Adam.
+
+Agreement (checked before timing): the loss and every gradient of the step, max abs difference relative to the
+largest gradient entry (Adam's first update is nearly ``lr·sign(g)``, so comparing updated weights would
+amplify round-off on near-zero gradients).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from jinterp import backbones
+from jinterp.backbones import torch_import
+from jinterp.bench import torch_cladec as tcl
+from jinterp.bench.harness import Case, main_for
+from jinterp.methods.cladec import evaluation, refae, training
+from jinterp.methods.cladec.decoder import make_decoder
+
+LR, WD = 3e-4, 1e-5
+FULL = {"batch": 128, "base": 64}
+QUICK = {"batch": 16, "base": 16}
+
+
+def _setup(batch: int, seed: int = 0):
+    import torch
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (batch, 32, 32, 1), dtype=np.uint8)
+    y = rng.integers(0, 10, (batch,)).astype(np.int64)
+    ref = tcl.reference()
+    cls = ref.randomize(tcl.classifier(1, 10), seed, torch.rand(32, 1, 32, 32)).eval()
+    variables = torch_import.from_torch("vgg11_bn_cladec", cls.state_dict())
+    model = backbones.create("vgg11_bn_cladec", 10)
+    return x, y, cls, model, variables
+
+
+def _rel_diff(jax_tree: dict, torch_tree: dict) -> float:
+    a, b = jax.tree.leaves(jax_tree), jax.tree.leaves(torch_tree)
+    scale = max(float(np.abs(np.asarray(t)).max()) for t in b) or 1.0
+    return max(float(np.abs(np.asarray(u) - np.asarray(t)).max()) for u, t in zip(a, b, strict=True)) / scale
+
+
+def cladec_case(layer: str, alpha: float, batch: int, base: int, *, as_released: bool = False) -> Case:
+    import torch
+
+    x, y, cls, model, variables = _setup(batch)
+    act = np.asarray(jax.jit(lambda v, xx: model.apply(v, xx, train=False)[1][layer])(
+        variables, training.to_unit(x)))
+    in_shape = act.shape[1:] if act.ndim == 2 else (act.shape[3], act.shape[1], act.shape[2])
+    torch.manual_seed(1)
+    net0 = tcl.ClaDecNet(in_shape, 1, channel_mult=base, image_size=32)
+    dec = make_decoder(act.shape[1:], (32, 32, 1), base, layer)
+    use_ce = alpha > 0 or as_released
+    classify = evaluation.make_classify(model, "vgg11_bn_cladec")
+    tx = training.torch_adam(LR, WD)
+    step = training.make_sweep_step(dec, tx, classify=classify, use_ce=use_ce)
+    data = {"image": jnp.asarray(x), "label": jnp.asarray(y, jnp.int32), "act": jnp.asarray(act)}
+    alphas, idx = jnp.asarray([alpha], jnp.float32), jnp.arange(batch)
+    cls_vars = variables if use_ce else {}
+    stacked = lambda: jax.tree.map(lambda p: jnp.asarray(p)[None], tcl.to_flax(net0))  # noqa: E731
+    state = [training.new_state(stacked(), tx, jax.random.key_data(jax.random.key(0)))]
+
+    def jax_fn():
+        state[0], metrics = step(state[0], idx, data, alphas, cls_vars)
+        return metrics["loss"]
+
+    net = copy.deepcopy(net0)
+    opt = tcl.adam(net.parameters(), LR, WD)
+    tcls = copy.deepcopy(cls).eval().requires_grad_(as_released)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+    yt, actt = torch.from_numpy(y), tcl.nhwc_to_nchw(act)
+
+    def torch_fn():
+        return tcl.cladec_step(net, opt, tcls, xt, yt, actt, alpha, use_ce=use_ce)
+
+    def check():
+        (loss, _, grads) = jax.jit(lambda p: training.sweep_loss_and_grads(
+            p, alphas, data, cls_vars, decoder=dec, classify=classify, use_ce=use_ce))(stacked())
+        n2 = copy.deepcopy(net0)
+        out = n2(actt)
+        lt = (1 - alpha) * torch.nn.functional.mse_loss(out, xt)
+        if use_ce:
+            lt = lt + alpha * torch.nn.functional.cross_entropy(tcls(out), yt)
+        lt.backward()
+        g = tcl.to_flax(n2, grad=True)
+        lt = float(lt.detach())
+        return max(abs(float(loss[0]) - lt) / max(abs(lt), 1e-12),
+                   _rel_diff(jax.tree.map(lambda a: a[0], grads), g))
+
+    params = {"layer": layer, "alpha": alpha, "batch": batch, "px": 32, "base": base}
+    if as_released:
+        params["variant"] = "as released"
+    note = ("JAX faithful (0·CE, no classifier weight grads) vs PyTorch as released (0·CE + classifier weight "
+            "grads)" if as_released else ("JAX cached activations, no classifier; PyTorch no CE term"
+                                          if alpha == 0 else "frozen classifier in the loss on both sides"))
+    return Case("cladec.step", params, jax_fn, torch_fn, check, atol=1e-4, items=batch, note=note,
+                jax_lowered=lambda: step.lower(state[0], idx, data, alphas, cls_vars))
+
+
+def refae_case(layer: str, batch: int, base: int) -> Case:
+    import torch
+
+    x, _, _, model, _ = _setup(batch, seed=1)
+    torch.manual_seed(2)
+    fresh = tcl.classifier(1, 10)                       # PyTorch default init, as the official RefAE
+    enc_vars = torch_import.from_torch("vgg11_bn_cladec", fresh.state_dict())
+    enc = refae.make_encoder("vgg11_bn_cladec", model, enc_vars, (32, 32, 1), layer)
+    p_enc, stats, frozen = enc.split(enc_vars)
+    act_shape = jax.eval_shape(lambda v, xx: model.apply(v, xx, train=False)[1][layer], enc_vars,
+                               jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.float32)).shape[1:]
+    in_shape = act_shape if len(act_shape) == 1 else (act_shape[2], act_shape[0], act_shape[1])
+    torch.manual_seed(3)
+    net0 = tcl.ClaDecNet(in_shape, 1, channel_mult=base, image_size=32)
+    dec = make_decoder(act_shape, (32, 32, 1), base, layer)
+    tx = training.torch_adam(LR, WD)
+    step = refae.make_refae_step(enc, dec, tx)
+    data, idx = {"image": jnp.asarray(x)}, jnp.arange(batch)
+    params0 = lambda: {"encoder": jax.tree.map(jnp.array, p_enc),  # noqa: E731
+                       "decoder": jax.tree.map(jnp.asarray, tcl.to_flax(net0))}
+    state = [training.new_state(params0(), tx, jax.random.key_data(jax.random.key(0)),
+                                jax.tree.map(jnp.array, stats))]
+
+    def jax_fn():
+        state[0], metrics = step(state[0], idx, data, frozen)
+        return metrics["loss"]
+
+    def torch_model():
+        m = tcl.RefAE(tcl.cladec_prefix(copy.deepcopy(fresh), layer), copy.deepcopy(net0))
+        return m.train()
+
+    tm = torch_model()
+    opt = tcl.adam(tm.parameters(), LR, WD)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+
+    def torch_fn():
+        return tcl.refae_step(tm, opt, xt)
+
+    def check():
+        rng = jax.random.key(5)
+        (loss, _), grads = jax.jit(jax.value_and_grad(
+            lambda p: refae.refae_loss(p, stats, frozen, data["image"], rng, encoder=enc, decoder=dec),
+            has_aux=True))(params0())
+        m = torch_model()
+        lt = torch.nn.functional.mse_loss(m(xt), xt)
+        lt.backward()
+        g_dec = tcl.to_flax(m.dec, grad=True)
+        # the prefix's gradients under the classifier's state_dict names ("0.conv1.weight" -> "conv0.conv1.weight")
+        sd = {k: torch.zeros_like(v) for k, v in fresh.state_dict().items()}
+        for k, p in m.enc.named_parameters():
+            i, rest = k.split(".", 1)
+            sd[f"{fresh.names[int(i)]}.{rest}"] = p.grad.detach().clone()
+        g_enc_flat = traverse_util.flatten_dict(torch_import.from_torch("vgg11_bn_cladec", sd)["params"], sep="/")
+        ours = {"decoder": grads["decoder"], "encoder": {k: grads["encoder"][k] for k in p_enc}}
+        theirs = {"decoder": g_dec, "encoder": {k: g_enc_flat[k] for k in p_enc}}
+        return max(abs(float(loss) - float(lt)) / float(lt), _rel_diff(ours, theirs))
+
+    return Case("refae.step", {"layer": layer, "batch": batch, "px": 32, "base": base}, jax_fn, torch_fn, check,
+                atol=1e-4, items=batch, note="fresh VGG-11-like prefix in train mode (BN batch stats) + decoder",
+                jax_lowered=lambda: step.lower(state[0], idx, data, frozen))
+
+
+def cases(quick: bool) -> list[Case]:
+    s = QUICK if quick else FULL
+    out = [cladec_case("flat", 0.0, s["batch"], s["base"]),
+           cladec_case("flat", 0.0, s["batch"], s["base"], as_released=True),
+           cladec_case("flat", 0.001, s["batch"], s["base"]),
+           refae_case("flat", s["batch"], s["base"])]
+    if not quick:
+        out += [cladec_case("conv4a", 0.0, s["batch"], s["base"]),
+                cladec_case("conv4a", 0.001, s["batch"], s["base"])]
+    return out
+
+
+def main(argv=None):
+    return main_for(cases, argv, "cladec")
+
+
+if __name__ == "__main__":
+    main()
