@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import digamma
 
-from jinterp.errors import ShapeError
+from jinterp.errors import ConfigError, ShapeError
 
 NOISE_SCALE = 1e-10
 
@@ -129,6 +129,13 @@ def _check(features, labels):
         raise ShapeError(f"labels must be (N,) = ({features.shape[0]},), got shape {tuple(labels.shape)}")
     if features.shape[0] < 2:
         raise ShapeError(f"need at least 2 samples for a kNN estimate, got {features.shape[0]}")
+    # kNN distances on NaN/Inf are meaningless and would silently give MI 0 (NaN compares False): refuse them.
+    bad = ~np.isfinite(np.asarray(jax.device_get(features)))
+    if bad.any():
+        cols = np.flatnonzero(bad.any(0))
+        raise ShapeError(f"features hold {int(bad.sum())} NaN/Inf values (in columns {cols[:8].tolist()}"
+                         f"{'…' if cols.size > 8 else ''}); MI needs finite activations: check the model (a diverged "
+                         "run) and the inputs.")
 
 
 def _x64(precision: str):
@@ -136,7 +143,7 @@ def _x64(precision: str):
         return jax.enable_x64(True)
     if precision == "float32":
         return contextlib.nullcontext()
-    raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
+    raise ConfigError(f"precision must be 'float64' or 'float32', got {precision!r}")
 
 
 def _as_float(features, precision: str) -> jax.Array:
@@ -183,9 +190,13 @@ def mutual_information_score(features, labels, num_classes: int, *, n_neighbors:
         features = _as_float(jax.device_get(features), precision)
         labels = jnp.asarray(np.asarray(labels)).astype(jnp.int32)
         _check(features, labels)
+        lab = np.asarray(labels)
+        if lab.min() < 0 or lab.max() >= num_classes:
+            raise ShapeError(f"labels range over [{lab.min()}, {lab.max()}] but num_classes={num_classes}; labels "
+                             f"must lie in [0, num_classes).")
         if isinstance(noise, str):
             if noise != "sklearn":
-                raise ValueError(f"noise must be 'sklearn', an array or None, got {noise!r}")
+                raise ConfigError(f"noise must be 'sklearn', an array or None, got {noise!r}")
             noise = sklearn_noise(tuple(features.shape), random_state)
         x = preprocess(features, None if noise is None else jnp.asarray(np.asarray(noise), features.dtype))
         m = np.asarray(_mi_class_matrix(x, labels, int(num_classes), int(n_neighbors)))
