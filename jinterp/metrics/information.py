@@ -207,3 +207,19 @@ def gate_density(gate) -> jax.Array:
     """L1 density ``||G||_1 / (K * C)`` of a gate matrix (spec B.5.2, ``get_density``)."""
     gate = jnp.asarray(gate)
     return jnp.abs(gate).sum() / gate.size
+
+
+def filter_mis(maps, labels, num_classes: int, **kwargs) -> tuple[float, np.ndarray]:
+    """CSG's MIS from the gated layer's feature maps, as the spec defines it (B.5.2 step 1).
+
+    ``maps``: ``(N, h, w, K)`` activations of the gated layer (``layer4`` in the paper; the gate disabled); the
+    features are their spatial means ``(N, K)``. Taking maps rather than features makes the wiring checkable:
+    logits or probabilities ``(N, C)`` are refused. ``kwargs`` go to :func:`mutual_information_score`. Higher
+    MIS: each filter carries more information about one class (more class-specific).
+    """
+    shape = tuple(np.shape(maps))
+    if len(shape) != 4:
+        raise ShapeError(f"filter_mis needs the gated layer's feature maps (N, h, w, K), got shape {shape}; MIS is "
+                         "computed on the spatial mean of each filter's map, not on logits or class probabilities.")
+    pooled = np.asarray(jax.device_get(maps), np.float64).mean(axis=(1, 2))
+    return mutual_information_score(pooled, labels, num_classes, **kwargs)

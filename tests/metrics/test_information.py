@@ -81,3 +81,16 @@ def test_mis_rejects_labels_outside_the_classes():
     x = np.random.default_rng(0).normal(size=(12, 3))
     with pytest.raises(JinterpError, match="num_classes"):
         info.mutual_information_score(x, np.arange(12) % 3, 2)
+
+
+def test_filter_mis_uses_spatial_means_of_the_maps_and_refuses_logits():
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 4
+    maps = rng.normal(size=(40, 3, 3, 5))
+    maps[..., 0] += 3 * (y == 1)[:, None, None]  # filter 0 fires for class 1 only
+    mis, m = info.filter_mis(maps, y, 4)
+    ref, m_ref = info.mutual_information_score(maps.mean((1, 2)), y, 4)
+    assert mis == pytest.approx(ref) and m.argmax(0)[0] == 1 and m[1, 0] > 0.3
+    logits = rng.normal(size=(40, 4))
+    with pytest.raises(JinterpError, match="not on logits"):
+        info.filter_mis(logits, y, 4)
