@@ -149,12 +149,16 @@ FILTER_NORMS = ("filter", "none")
 
 def make_loss(model: Explainer, *, template_beta: float = 4.0, prior_alpha: float | None = None,
               loss_input: str = "unmasked", surrogate: bool = False, surrogate_coef: float = 1e-6,
-              filter_norm: str = "filter", filter_gain: float = icnn.DEFAULT_GAIN,
-              surrogate_batch_mean: bool = False):
+              filter_norm: str = "filter", filter_gain: float = icnn.DEFAULT_GAIN, filter_floor: float = 0.5,
+              surrogate_batch_mean: bool = False, filter_diversity: float = 0.0):
     """``loss_fn(params, model_state, f, fplus, lam, eta, epoch) -> (loss, (new_model_state, aux, metrics))``.
 
     ``filter_norm``: ``"filter"`` (default) puts the exact loss on scale-normalized maps (gain ``filter_gain``),
-    ``"none"`` on the raw maps (the paper's formula; satisfiable by scale). ``surrogate_batch_mean`` (faithful
+    ``"none"`` on the raw maps (the paper's formula; satisfiable by scale). ``filter_floor``: the normalizer is
+    at least ``filter_floor`` × the mean of the input features ``f`` (not differentiated), so fading the maps out
+    does not satisfy the loss either (0: no floor). ``filter_diversity`` > 0 adds ``filter_diversity ·``
+    :func:`icnn.filter_overlap` of both interpretable layers (an optional remedy for every filter finding the same
+    part, [I]). ``surrogate_batch_mean`` (faithful
     mode) divides the release's per-image surrogate gradient by the batch size: the release adds it to the
     gradient of a batch-summed loss that SGD then divides by the batch size, while the other terms here are
     batch means. The logged ``filter`` value is always the exact loss of the maps the gradient acts on.
@@ -162,7 +166,7 @@ def make_loss(model: Explainer, *, template_beta: float = 4.0, prior_alpha: floa
     if filter_norm not in FILTER_NORMS:
         raise ConfigError(f"filter_norm must be one of {FILTER_NORMS}, got {filter_norm!r}")
 
-    def filter_term(x, mask, epoch):
+    def filter_term(x, mask, epoch, floor=None):
         if surrogate:
             pos = jnp.ones((x.shape[0],), jnp.float32)
             coef = jnp.asarray(surrogate_coef, jnp.float32) / epoch
@@ -170,7 +174,8 @@ def make_loss(model: Explainer, *, template_beta: float = 4.0, prior_alpha: floa
                 coef = coef / x.shape[0]
             return icnn.surrogate_filter_loss(x, mask, pos, coef, template_beta, prior_alpha)
         if filter_norm == "filter":
-            return jnp.sum(icnn.scale_invariant_filter_loss(x, filter_gain, template_beta, None, prior_alpha))
+            return jnp.sum(icnn.scale_invariant_filter_loss(x, filter_gain, template_beta, None, prior_alpha,
+                                                            floor=floor))
         return jnp.sum(icnn.filter_loss(x, template_beta, None, prior_alpha))
 
     def loss_fn(params, model_state, f, fplus, lam, eta, epoch):
@@ -178,10 +183,16 @@ def make_loss(model: Explainer, *, template_beta: float = 4.0, prior_alpha: floa
         (recon, aux), new_state = model.apply(variables, f, train=True, mutable=["batch_stats"])
         rec = relative_error(fplus, recon).mean()
         maps = ("a1", "a2") if loss_input == "unmasked" else ("y1", "y2")
-        filt = filter_term(aux[maps[0]], aux["mask1"], epoch) + filter_term(aux[maps[1]], aux["mask2"], epoch)
+        floor = filter_floor * jax.lax.stop_gradient(jnp.mean(f)) if filter_floor > 0 else None
+        filt = (filter_term(aux[maps[0]], aux["mask1"], epoch, floor)
+                + filter_term(aux[maps[1]], aux["mask2"], epoch, floor))
         logp = jax.nn.log_sigmoid(aux["p_logit"]).mean()
         loss = rec + lam * filt - eta * logp
         metrics = {"recon": rec, "filter": filt, "log_p": logp, "p_mean": aux["p"].mean()}
+        if filter_diversity > 0:
+            overlap = icnn.filter_overlap(aux[maps[0]]) + icnn.filter_overlap(aux[maps[1]])
+            loss = loss + filter_diversity * overlap
+            metrics["overlap"] = overlap
         return loss, ({**model_state, **new_state}, aux, metrics)
 
     return loss_fn

@@ -43,6 +43,24 @@ def test_scale_invariant_loss_cannot_be_lowered_by_inflating_activations():
     assert abs(float(jnp.vdot(g, varied))) < 1e-3 * float(jnp.linalg.norm(g)) * float(jnp.linalg.norm(varied))
 
 
+def test_with_a_floor_fading_the_maps_out_does_not_satisfy_the_loss_either():
+    varied = _bumps()
+    floor = float(jnp.mean(varied))
+    loss = lambda c: float(icnn.scale_invariant_filter_loss(c * varied, floor=floor)[0])  # noqa: E731
+    assert loss(10.0) == pytest.approx(loss(1.0), abs=1e-4)   # invariant above the floor
+    assert loss(0.1) > loss(1.0) + 1.0 and loss(0.01) > loss(0.1)  # fading out below it costs MI
+
+
+def test_filter_overlap_is_one_for_copied_filters_and_zero_for_disjoint_ones():
+    one = _bumps()                                       # (32, 8, 8, 1)
+    copied = jnp.concatenate([one, 3 * one, one], -1)
+    assert float(icnn.filter_overlap(copied)) == pytest.approx(1.0, abs=1e-5)
+    disjoint = jnp.zeros((4, 8, 8, 3)).at[:, 0, 0, 0].set(1.0).at[:, 4, 4, 1].set(2.0).at[:, 7, 1, 2].set(1.0)
+    assert float(icnn.filter_overlap(disjoint)) == pytest.approx(0.0, abs=1e-7)
+    assert ExplainerConfig(filter_diversity=1.0).loss_kwargs()["filter_diversity"] == 1.0
+    assert ExplainerConfig(filter_diversity=1.0, faithful=True).loss_kwargs()["filter_diversity"] == 0.0
+
+
 # ---------------------------------------------------------------------------------------------- model level
 def _data(seed=0):
     rng = np.random.default_rng(seed)
