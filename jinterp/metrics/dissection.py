@@ -8,9 +8,9 @@ Reference: Bau et al., *Network Dissection* (CVPR 2017) and UIBE's extended scor
    merged batch by batch with ``lax.top_k`` (``k = ceil(q · N · h · w)``); ``T_k`` is the k-th largest value.
    NetDissect-Lite uses an approximate sketch, so its thresholds differ slightly.
 2. :func:`tally` — per batch, activations are upsampled bilinearly to the label resolution (as two small
-   interpolation matmuls), thresholded ``S ≥ T``, and intersected with each image's *present* concepts only
-   (at most ``max_labels`` per image, padded), then scatter-added into global counters. Memory per batch is
-   ``B × U × H × W`` booleans, never ``N × U × H × W``.
+   interpolation matmuls), thresholded ``S > T`` (strict, as NetDissect-Lite), and intersected with each image's
+   *present* concepts only (at most ``max_labels`` per image, padded), then scatter-added into global counters.
+   Memory per batch is ``B × U × H × W`` booleans, never ``N × U × H × W``.
 3. :func:`iou` — ``IoU[u, c] = I[u, c] / (A[u, cat(c)] + G[c] − I[u, c])`` where ``A[u, g]`` counts unit u's active
    pixels only over images that carry some label of category g (the paper's / QND's category rule) and ``G[c]``
    counts concept c's pixels. Image-level labels (texture) cover the whole image.
@@ -280,7 +280,9 @@ def _tally_batch(tally: Tally, acts, thresholds, dead, valid, pixel_labels, imag
     b, _, h, w = pixel_labels.shape
     # Upsample as two interpolation matmuls: exact bilinear, no (B, H, W, U) float intermediate of resize.
     up = jnp.einsum("Hh,bhwu,Ww->buHW", rh, acts.astype(jnp.float32), rw, precision=jax.lax.Precision.HIGHEST)
-    on = (up >= thresholds[None, :, None, None]) & ~dead[None, :, None, None] & valid[:, None, None, None]
+    # Strict ">" as NetDissect-Lite: a unit that is 0 on >= 99.5 % of positions gets T = 0, and ">=" would mark
+    # every pixel of every image active (a spurious texture/whole-image detector).
+    on = (up > thresholds[None, :, None, None]) & ~dead[None, :, None, None] & valid[:, None, None, None]
     on = on.reshape(b, on.shape[1], h * w).astype(jnp.float32)
 
     # Present concepts per image, padded to max_labels (0 = pad); pixel and image-level labels together.

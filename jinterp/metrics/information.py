@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import digamma
 
-from jinterp.errors import ShapeError
+from jinterp.errors import ConfigError, ShapeError
 
 NOISE_SCALE = 1e-10
 
@@ -129,6 +129,13 @@ def _check(features, labels):
         raise ShapeError(f"labels must be (N,) = ({features.shape[0]},), got shape {tuple(labels.shape)}")
     if features.shape[0] < 2:
         raise ShapeError(f"need at least 2 samples for a kNN estimate, got {features.shape[0]}")
+    # kNN distances on NaN/Inf are meaningless and would silently give MI 0 (NaN compares False): refuse them.
+    bad = ~np.isfinite(np.asarray(jax.device_get(features)))
+    if bad.any():
+        cols = np.flatnonzero(bad.any(0))
+        raise ShapeError(f"features hold {int(bad.sum())} NaN/Inf values (in columns {cols[:8].tolist()}"
+                         f"{'…' if cols.size > 8 else ''}); MI needs finite activations: check the model (a diverged "
+                         "run) and the inputs.")
 
 
 def _x64(precision: str):
@@ -136,7 +143,7 @@ def _x64(precision: str):
         return jax.enable_x64(True)
     if precision == "float32":
         return contextlib.nullcontext()
-    raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
+    raise ConfigError(f"precision must be 'float64' or 'float32', got {precision!r}")
 
 
 def _as_float(features, precision: str) -> jax.Array:
@@ -183,9 +190,13 @@ def mutual_information_score(features, labels, num_classes: int, *, n_neighbors:
         features = _as_float(jax.device_get(features), precision)
         labels = jnp.asarray(np.asarray(labels)).astype(jnp.int32)
         _check(features, labels)
+        lab = np.asarray(labels)
+        if lab.min() < 0 or lab.max() >= num_classes:
+            raise ShapeError(f"labels range over [{lab.min()}, {lab.max()}] but num_classes={num_classes}; labels "
+                             f"must lie in [0, num_classes).")
         if isinstance(noise, str):
             if noise != "sklearn":
-                raise ValueError(f"noise must be 'sklearn', an array or None, got {noise!r}")
+                raise ConfigError(f"noise must be 'sklearn', an array or None, got {noise!r}")
             noise = sklearn_noise(tuple(features.shape), random_state)
         x = preprocess(features, None if noise is None else jnp.asarray(np.asarray(noise), features.dtype))
         m = np.asarray(_mi_class_matrix(x, labels, int(num_classes), int(n_neighbors)))
@@ -196,3 +207,19 @@ def gate_density(gate) -> jax.Array:
     """L1 density ``||G||_1 / (K * C)`` of a gate matrix (spec B.5.2, ``get_density``)."""
     gate = jnp.asarray(gate)
     return jnp.abs(gate).sum() / gate.size
+
+
+def filter_mis(maps, labels, num_classes: int, **kwargs) -> tuple[float, np.ndarray]:
+    """CSG's MIS from the gated layer's feature maps, as the spec defines it (B.5.2 step 1).
+
+    ``maps``: ``(N, h, w, K)`` activations of the gated layer (``layer4`` in the paper; the gate disabled); the
+    features are their spatial means ``(N, K)``. Taking maps rather than features makes the wiring checkable:
+    logits or probabilities ``(N, C)`` are refused. ``kwargs`` go to :func:`mutual_information_score`. Higher
+    MIS: each filter carries more information about one class (more class-specific).
+    """
+    shape = tuple(np.shape(maps))
+    if len(shape) != 4:
+        raise ShapeError(f"filter_mis needs the gated layer's feature maps (N, h, w, K), got shape {shape}; MIS is "
+                         "computed on the spatial mean of each filter's map, not on logits or class probabilities.")
+    pooled = np.asarray(jax.device_get(maps), np.float64).mean(axis=(1, 2))
+    return mutual_information_score(pooled, labels, num_classes, **kwargs)

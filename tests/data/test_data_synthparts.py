@@ -97,3 +97,56 @@ def test_config_validation():
     with pytest.raises(ConfigError, match="unknown synthparts option"):
         load("synthparts:n_train=5,colour=3")
     assert SynthPartsConfig.easy().noise == 0 and SynthPartsConfig.hard().max_rotation > 30
+
+
+def _shape_variation(d, category):
+    """Spread over images of the category's part layout with the object's pose divided out: the pairwise distances
+    between its slot centres, divided by their norm, are invariant to position, scale, rotation and flip, so their
+    std across images is 0 exactly when the parts sit at fixed offsets in the object frame."""
+    n_slots = int((d["slot_part"][d["label"] == category][0] > 0).sum())
+    lm = d["landmarks"][d["label"] == category][:, :n_slots].astype(np.float64)
+    i, j = np.triu_indices(n_slots, 1)
+    dist = np.linalg.norm(lm[:, i] - lm[:, j], axis=-1)
+    dist /= np.linalg.norm(dist, axis=1, keepdims=True)
+    return len(lm), float(dist.std(0).max())
+
+
+def test_articulated_parts_move_relative_to_their_object_and_rigid_ones_do_not():
+    rigid = generate(120, seed=4, config=SynthPartsConfig.rigid())
+    art = generate(120, seed=4, config=SynthPartsConfig.articulated())
+    for category in range(6):
+        (nr, r), (na, a) = _shape_variation(rigid, category), _shape_variation(art, category)
+        assert nr >= 5 and na >= 5
+        assert r < 1e-4, "rigid: part offsets are fixed in the object frame"
+        assert a > 0.03, "articulated: part offsets vary across images"
+    # objects range over more of the frame than in the rigid preset
+    spread = lambda d: d["landmarks"][d["landmark_visible"]].std(0).mean()  # noqa: E731
+    assert spread(art) > spread(rigid)
+
+
+def test_rigid_is_the_default_byte_for_byte():
+    a, b = generate(16, seed=2), generate(16, seed=2, config=SynthPartsConfig.rigid())
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+
+
+def test_articulated_is_deterministic_chunk_invariant_and_consistent():
+    cfg = SynthPartsConfig.articulated()
+    a = generate(40, seed=3, config=cfg, chunk=256)
+    c = generate(25, seed=3, start=15, chunk=7, config=cfg)
+    for k in a:
+        assert a[k][15:].tobytes() == c[k].tobytes(), k
+    test_label_maps_consistent(a)
+    test_visible_landmarks_lie_on_their_part(generate(96, seed=7, config=SynthPartsConfig.articulated(
+        occluders=(0, 2))))
+
+
+def test_dropped_parts_are_not_drawn_and_their_landmarks_are_invisible():
+    cfg = SynthPartsConfig.articulated(part_drop=0.5, occluders=(0, 0), distractors=(0, 0))
+    d = generate(60, seed=1, config=cfg)
+    exists = d["slot_part"] > 0
+    drawn = np.stack([(d["slot"] == j + 1).any((1, 2)) for j in range(sp.NUM_SLOTS)], 1)
+    assert 0.3 < (exists & ~drawn).sum() / exists.sum() < 0.7
+    assert not np.any(d["landmark_visible"] & ~drawn)
+    with pytest.raises(ConfigError, match="part_drop"):
+        SynthPartsConfig(part_drop=1.0)

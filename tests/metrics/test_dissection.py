@@ -46,7 +46,7 @@ def reference_iou(acts, concepts: dis.ConceptSet, quantile):
             g = concepts.category_of[c]
             inter = act = lab = 0.0
             for x in range(n):
-                m = np_bilinear(acts[x, :, :, j], H, W) >= thresholds[j]
+                m = np_bilinear(acts[x, :, :, j], H, W) > thresholds[j]  # NetDissect-Lite: strict
                 if dead[j]:
                     m[:] = False
                 ids_here = set(concepts.pixel_labels[x].ravel()) | set(concepts.image_labels[x].ravel())
@@ -112,12 +112,32 @@ def test_unit_equal_to_a_label_mask_has_iou_one_and_its_complement_zero():
     labels = rng.integers(0, 2, (6, 8, 8))
     concepts = dis.concepts_from_label_maps({"object": labels}, {}, {"object": ["thing"]})
     acts = np.stack([labels == 1, labels == 0], -1).astype(np.float32)  # at label resolution
-    th = dis.quantile_thresholds([acts], acts.shape[0] * 64, 0.1)
+    # A quantile above each unit's firing share gives threshold 0, and the strict ">" keeps exactly its 1-pixels.
+    th = dis.quantile_thresholds([acts], acts.shape[0] * 64, 0.75)
+    np.testing.assert_array_equal(th.value, 0.0)
     table = dis.iou(dis.tally([acts], concepts, th, batch_size=6), concepts)
     assert table[0, 0] == pytest.approx(1.0)
     assert table[1, 0] == pytest.approx(0.0)
     res = dis.label_units(table)
     assert res.num_detectors == 1 and res.num_unique == 1
+
+
+def test_mostly_zero_unit_gets_threshold_zero_and_marks_only_its_positive_pixels():
+    # A unit zero on >= 99.5 % of positions has T = 0; NetDissect-Lite's strict ">" keeps only its few positive
+    # pixels, where ">=" would mark every pixel active and score a whole-image texture detector.
+    rng = np.random.default_rng(3)
+    n, h = 20, 10
+    acts = np.zeros((n, h, h, 1), np.float32)
+    acts[0, 2, 3, 0] = 1.0  # one positive position in 2000 (0.05 %)
+    part = np.zeros((n, h, h), int)
+    part[0, 2, 3] = 1
+    tex = rng.integers(1, 3, (n,))  # every image carries a texture label
+    concepts = dis.concepts_from_label_maps({"part": part}, {"texture": tex}, {"part": ["p"], "texture": ["s", "t"]})
+    th = dis.quantile_thresholds([acts], n * h * h, 0.005)
+    assert th.value[0] == 0.0 and not th.dead[0]
+    table = dis.iou(dis.tally([acts], concepts, th, batch_size=n), concepts)
+    assert table[0, 0] == pytest.approx(1.0)             # the part it fires on
+    assert table[0, 1:].max() < 0.01                     # not a texture detector
 
 
 def test_s1_s2_closed_forms_equal_the_threshold_integrals():

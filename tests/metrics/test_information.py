@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jinterp.errors import ShapeError
+from jinterp.errors import JinterpError, ShapeError
 from jinterp.metrics import information as info
 
 sk = pytest.importorskip("sklearn.feature_selection")
@@ -64,3 +64,33 @@ def test_errors_and_density():
     with pytest.raises(ShapeError, match="labels"):
         info.mutual_info_classif(np.zeros((4, 2)), np.zeros(3, int))
     assert float(info.gate_density(np.array([[1.0, 0.0], [0.5, 0.5]]))) == 0.5
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_mis_rejects_non_finite_features_with_a_jinterp_error(bad):
+    x = np.random.default_rng(0).normal(size=(12, 3))
+    x[4, 1] = bad
+    y = np.arange(12) % 2
+    with pytest.raises(JinterpError, match="NaN/Inf.*columns \\[1\\]"):
+        info.mutual_information_score(x, y, 2)
+    with pytest.raises(JinterpError, match="NaN/Inf"):
+        info.mutual_info_classif(x, y)
+
+
+def test_mis_rejects_labels_outside_the_classes():
+    x = np.random.default_rng(0).normal(size=(12, 3))
+    with pytest.raises(JinterpError, match="num_classes"):
+        info.mutual_information_score(x, np.arange(12) % 3, 2)
+
+
+def test_filter_mis_uses_spatial_means_of_the_maps_and_refuses_logits():
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 4
+    maps = rng.normal(size=(40, 3, 3, 5))
+    maps[..., 0] += 3 * (y == 1)[:, None, None]  # filter 0 fires for class 1 only
+    mis, m = info.filter_mis(maps, y, 4)
+    ref, m_ref = info.mutual_information_score(maps.mean((1, 2)), y, 4)
+    assert mis == pytest.approx(ref) and m.argmax(0)[0] == 1 and m[1, 0] > 0.3
+    logits = rng.normal(size=(40, 4))
+    with pytest.raises(JinterpError, match="not on logits"):
+        info.filter_mis(logits, y, 4)

@@ -46,8 +46,15 @@ class ExplainerConfig:
     ``beta_rate`` toward ``clip(beta_scale/σ̄, *beta_clip)``, clamped to ``beta_bounds``; ``learn_beta=False``
     keeps β fixed), ``icnn_surrogate`` (the release's surrogate gradient with coefficient
     ``surrogate_coef / epoch`` instead of the exact MI gradient; 1e−6 = 1e−5 · mag 0.1 in the release).
-    ``faithful=True`` reproduces the release's ICNN behaviour: surrogate gradient (even when
-    ``icnn_surrogate`` is False). No labels are used, so every image is a "positive" of the filter loss
+    ``filter_norm`` (``filter``: the exact loss sees each filter's map divided by its batch mean times
+    ``filter_gain``, so it cannot be satisfied by inflating activations [I, issue #20]; the divisor is at least
+    ``filter_floor`` × the input features' mean, so it cannot be satisfied by fading them out either; ``none``: raw
+    maps, the paper's formula); ``filter_diversity`` > 0 penalizes the filters' mutual overlap (an option, [I]:
+    the per-filter ICNN loss lets every filter find the same part). ``faithful=True`` reproduces the release's
+    ICNN behaviour: surrogate gradient (even when ``icnn_surrogate`` is False) divided by the batch size (the
+    release sums the loss over the batch and SGD divides by it), β moved by SGD with momentum 0.9 and 1/batch
+    (``beta_rule="released"``), raw maps. :meth:`loss_kwargs` / :meth:`update_kwargs` give the arguments of
+    ``model.make_loss`` / ``make_update``. No labels are used, so every image is a "positive" of the filter loss
     (spec C3 leaves negatives open; jinterp decides: none).
 
     Loss (spec C3): ``L = E‖f⁺ − f̂⁺‖²/‖f⁺‖² + lam·Σ_filters Loss_filter − eta·E log p``; ``lam`` and ``eta``
@@ -91,6 +98,10 @@ class ExplainerConfig:
     beta_bounds: tuple[float, float] = (0.5, 10.0)
     icnn_surrogate: bool = False
     surrogate_coef: float = 1e-6
+    filter_norm: typing.Literal["filter", "none"] = "filter"
+    filter_gain: float = 16.0
+    filter_floor: float = 0.5
+    filter_diversity: float = 0.0
     # loss
     lam: float = 1e-3
     eta: float = 0.1
@@ -138,6 +149,20 @@ class ExplainerConfig:
         """Whether the filter-loss gradient is the release's surrogate (``icnn_surrogate`` or ``faithful``)."""
         return bool(self.icnn_surrogate or self.faithful)
 
+    def loss_kwargs(self) -> dict:
+        """Keyword arguments of ``model.make_loss`` for this config (faithful: raw maps, 1/B surrogate)."""
+        return dict(template_beta=self.template_beta, prior_alpha=self.prior_alpha or None,
+                    loss_input=self.loss_input, surrogate=self.surrogate, surrogate_coef=self.surrogate_coef,
+                    filter_norm="none" if self.faithful else self.filter_norm, filter_gain=self.filter_gain,
+                    filter_floor=self.filter_floor, filter_diversity=0.0 if self.faithful else self.filter_diversity,
+                    surrogate_batch_mean=self.faithful)
+
+    def update_kwargs(self) -> dict:
+        """Keyword arguments of ``model.make_update`` (without ``steps_per_epoch``); faithful: the release's β SGD."""
+        return dict(learn_beta=self.learn_beta, beta_rate=self.beta_rate, beta_scale=self.beta_scale,
+                    beta_clip=self.beta_clip, beta_bounds=self.beta_bounds, location=self.location,
+                    beta_rule="released" if self.faithful else "step")
+
     def layers(self) -> tuple[str, str]:
         """(input layer, target layer), with the arch defaults filled in."""
         default = DEFAULT_LAYERS.get(self.arch, ("", ""))
@@ -169,5 +194,12 @@ class ExplainerConfig:
             raise ConfigError(f"beta_bounds must satisfy 0 < lo <= hi, got {self.beta_bounds}")
         if not 0 < self.beta_clip[0] <= self.beta_clip[1]:
             raise ConfigError(f"beta_clip must satisfy 0 < lo <= hi, got {self.beta_clip}")
+        if self.filter_norm not in ("filter", "none"):
+            raise ConfigError(f"filter_norm must be 'filter' or 'none', got {self.filter_norm!r}")
+        if self.filter_floor < 0 or self.filter_diversity < 0:
+            raise ConfigError(f"filter_floor and filter_diversity must be >= 0, got {self.filter_floor}, "
+                              f"{self.filter_diversity}")
+        if not self.filter_gain > 0:
+            raise ConfigError(f"filter_gain must be > 0, got {self.filter_gain}")
         if not 0 <= self.beta_rate <= 1:
             raise ConfigError(f"beta_rate must be in [0, 1], got {self.beta_rate}")

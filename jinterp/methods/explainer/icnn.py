@@ -15,6 +15,13 @@ the per-axis form for rectangular maps is a jinterp choice). Priors ``p(T_μ) = 
 in log space (log-sum-exp over the batch for ``Z_T`` and over templates for ``p(x)``), so it is finite for any
 finite input and any β. It lies in ``[−log(HW + 1), 0]``. :func:`filter_loss`.
 
+**Scale-invariant loss** (jinterp's default for the explainer, :func:`scale_normalized`): the MI grows with the
+activations' magnitude (``tr(x·T)`` is linear in ``x``), so a network can satisfy the loss by inflating a map
+that peaks at the same cell in every image (issue #20: RMS 0.04 → 3206, per-filter MI 2.85 → 0.0007 nats once
+rescaled). Dividing each filter's map by its mean over the batch and positions (times a fixed ``gain``) before the
+MI makes ``Loss(c·x) = Loss(x)``; only where and in which images a filter fires can lower it. Not in the paper
+(whose τ = 0.5/n² assumes VGG-scale activations) nor in the release; ``faithful=True`` keeps the raw maps.
+
 **Mask** (released code, [V] ICNN-m ``getMu``/``getMask``): the part location ``μ̂`` is the activation-weighted
 centroid rounded to the grid (``location="centroid"``, the code's choice) or the argmax (``"argmax"``, the
 paper's wording; disabled in the code); coordinates are normalized to ``[−1, 1]`` per axis and
@@ -127,6 +134,56 @@ def filter_loss(x: jax.Array, beta: float | jax.Array = 4.0, tau: float | None =
     return -filter_mi(x, beta, tau, alpha)
 
 
+DEFAULT_GAIN = 16.0  # mean activation of a normalized map: see scale_normalized
+
+
+def scale_normalized(x: jax.Array, gain: float = DEFAULT_GAIN, eps: float = 1e-12,
+                     floor: float | jax.Array | None = None) -> jax.Array:
+    """``gain · x_c / max(mean_{b,h,w}(x_c), floor)`` per filter, ``(B, H, W, C)`` (differentiated; a dead filter
+    stays 0).
+
+    Without ``floor`` the loss is invariant to any rescaling, so nothing stops the maps from shrinking until the
+    filters die (measured on the tiny explainer: every interpretable filter dead after 150 steps). With a
+    ``floor`` (e.g. a fraction of the input features' mean) it is invariant above it and shrinking below it
+    lowers the MI, so the loss can be met neither by inflating nor by fading activations.
+
+    ``gain`` fixes the scale the templates see [I]. At 16, on 8×8 maps of 32 images, a bump at a random cell per
+    image scores MI ≈ 2.6 nats (of log 65 = 4.17), the same bump at one cell in every image ≈ 0.005 and uniform
+    noise ≈ 0.04, so the loss rewards one part per image at varying places, and nothing else.
+    """
+    _check_maps(x)
+    mean = jnp.mean(x, axis=(0, 1, 2), keepdims=True)
+    if floor is not None:
+        mean = jnp.maximum(mean, floor)
+    return x * (gain / jnp.maximum(mean, eps))
+
+
+def scale_invariant_filter_loss(x: jax.Array, gain: float = DEFAULT_GAIN, beta: float | jax.Array = 4.0,
+                                tau: float | None = None, alpha: float | None = None,
+                                floor: float | jax.Array | None = None) -> jax.Array:
+    """``−MI`` of the scale-normalized maps (:func:`scale_normalized`), ``(C,)``; invariant to ``x → c·x``
+    (above ``floor`` when one is given)."""
+    return filter_loss(scale_normalized(x, gain, floor=floor), beta, tau, alpha)
+
+
+def filter_overlap(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """Mean pairwise cosine similarity of the filters' spatial maps within each image, a scalar in ``[0, 1]``
+    for non-negative maps (1: every filter has the same map, 0: disjoint supports); dead maps count 0.
+
+    The ICNN loss is per filter, so it has no term against every filter finding the same part (issue #20: all
+    interpretable filters peaked on one cell in 98–99 % of images). Penalizing this overlap is jinterp's optional
+    remedy [I] (``filter_diversity`` in the explainer config); neither paper has it.
+    """
+    b, h, w, c = _check_maps(x)
+    if c < 2:
+        return jnp.zeros((), jnp.float32)
+    flat = x.reshape(b, h * w, c).astype(jnp.float32)
+    unit = flat / jnp.maximum(jnp.linalg.norm(flat, axis=1, keepdims=True), eps)
+    gram = jnp.einsum("bpc,bpd->bcd", unit, unit)
+    off = gram.sum((1, 2)) - jnp.trace(gram, axis1=1, axis2=2)
+    return jnp.mean(off) / (c * (c - 1))
+
+
 # ---------------------------------------------------------------------------------------------- mask layer
 def part_location(x: jax.Array, method: str = "centroid") -> jax.Array:
     """Part location per image and filter, ``(B, C, 2)`` int32 grid indices ``(row, col)`` (not differentiated).
@@ -218,6 +275,28 @@ def update_beta(beta: jax.Array, target: jax.Array, rate: float = 0.05,
     beta = safe_beta(beta, *bounds)
     new = beta + rate * (target - beta)
     return jnp.clip(jnp.where(jnp.isfinite(new), new, beta), *bounds)
+
+
+RELEASED_BETA = {"lr": 1e-4, "lr_mult": 0.05, "grad_scale": 1e4, "momentum": 0.9}
+
+
+def update_beta_released(beta: jax.Array, velocity: jax.Array, target: jax.Array, batch_size: int, *,
+                         lr: float = RELEASED_BETA["lr"], lr_mult: float = RELEASED_BETA["lr_mult"],
+                         grad_scale: float = RELEASED_BETA["grad_scale"], momentum: float = RELEASED_BETA["momentum"],
+                         bounds: tuple[float, float] = (0.5, 10.0)) -> tuple[jax.Array, jax.Array]:
+    """The release's β step as MatConvNet's simplenn SGD takes it: returns ``(β, velocity)``.
+
+    ``g = −grad_scale·(target − β)`` (ICNN-m ``our_vl_simplenn``), ``v ← momentum·v − g / batch_size``
+    (``cnn_train``: the layer gradient of the batch-summed loss divided by the batch size; β's weight decay is
+    taken as 0 [I]), ``β ← β + lr·lr_mult·v``. At batch 32 that is ~1/32 of :func:`update_beta`'s step, carried
+    by momentum 0.9. Non-finite targets leave β and the velocity as they are; β is clamped to ``bounds``.
+    """
+    beta = safe_beta(beta, *bounds)
+    ok = jnp.isfinite(target)
+    g = -grad_scale * (jnp.where(ok, target, beta) - beta)
+    v = jnp.where(ok, momentum * velocity - g / batch_size, velocity)
+    new = beta + lr * lr_mult * v
+    return jnp.clip(jnp.where(jnp.isfinite(new), new, beta), *bounds), v
 
 
 # ----------------------------------------------------------------------------------- released surrogate gradient

@@ -19,7 +19,9 @@ mean of the per-image RMS is used (and differentiated, as BatchNorm's statistics
 values O(1).)
 
 Loss (spec C3): ``L = mean_I ‖f⁺_I − f̂⁺_I‖² / ‖f⁺_I‖² + λ Σ_filters Loss_filter − η mean_I log p_I`` with the
-exact ICNN filter loss on both interpretable layers (or the release's surrogate gradient); the performer is
+exact ICNN filter loss on both interpretable layers, by default on scale-normalized maps (``filter_norm="filter"``,
+:func:`icnn.scale_normalized`: the raw loss is satisfied by inflating activations), or the release's surrogate
+gradient (scaled by 1/B in ``faithful`` mode, as the release divides the batch-summed gradient); the performer is
 frozen (its features are computed under ``stop_gradient`` from a separate variables tree that the step never
 updates).
 """
@@ -37,7 +39,7 @@ import jax.numpy as jnp
 import optax
 
 from jinterp.core.train import TrainState
-from jinterp.errors import LayerError, ShapeError
+from jinterp.errors import ConfigError, LayerError, ShapeError
 from jinterp.methods.explainer import icnn
 from jinterp.nn import ops
 from jinterp.nn.layers import Conv2d, ConvTranspose2d
@@ -75,7 +77,8 @@ class Explainer(nn.Module):
 
     ``aux``: ``a1``, ``a2`` (post-ReLU maps of the two interpretable layers, before their masks), ``y1``, ``y2``
     (after the masks), ``mask1``, ``mask2``, ``p_logit``, ``p`` ``(B,)``. ICNN β per filter lives in the
-    ``icnn`` collection (``beta1``, ``beta2``), updated outside the optimizer (:func:`make_update`).
+    ``icnn`` collection (``beta1``, ``beta2``), its SGD velocity (release rule) in ``icnn_momentum``, both updated
+    outside the optimizer (:func:`make_update`).
     """
 
     out_shape: tuple[int, int, int]
@@ -95,6 +98,9 @@ class Explainer(nn.Module):
         k = self.filters
         b1 = self.variable("icnn", "beta1", lambda: jnp.full((k,), self.beta_init, jnp.float32))
         b2 = self.variable("icnn", "beta2", lambda: jnp.full((k,), self.beta_init, jnp.float32))
+        # β's SGD momentum (used by the release's β rule, make_update(beta_rule="released")).
+        self.variable("icnn_momentum", "beta1", lambda: jnp.zeros((k,), jnp.float32))
+        self.variable("icnn_momentum", "beta2", lambda: jnp.zeros((k,), jnp.float32))
         a1 = nn.relu(Conv2d(k, 3, padding=1, name="interp1")(f))
         y1, m1 = icnn.apply_mask(a1, b1.value, self.location)
         a2 = nn.relu(Conv2d(k, 3, padding=1, name="interp2")(y1))
@@ -138,15 +144,38 @@ def relative_error(target: jax.Array, recon: jax.Array, eps: float = 1e-12) -> j
     return num / jnp.maximum(jnp.sum(jnp.square(target), axis=axes), eps)
 
 
-def make_loss(model: Explainer, *, template_beta: float = 4.0, prior_alpha: float | None = None,
-              loss_input: str = "unmasked", surrogate: bool = False, surrogate_coef: float = 1e-6):
-    """``loss_fn(params, model_state, f, fplus, lam, eta, epoch) -> (loss, (new_model_state, aux, metrics))``."""
+FILTER_NORMS = ("filter", "none")
 
-    def filter_term(x, mask, epoch):
+
+def make_loss(model: Explainer, *, template_beta: float = 4.0, prior_alpha: float | None = None,
+              loss_input: str = "unmasked", surrogate: bool = False, surrogate_coef: float = 1e-6,
+              filter_norm: str = "filter", filter_gain: float = icnn.DEFAULT_GAIN, filter_floor: float = 0.5,
+              surrogate_batch_mean: bool = False, filter_diversity: float = 0.0):
+    """``loss_fn(params, model_state, f, fplus, lam, eta, epoch) -> (loss, (new_model_state, aux, metrics))``.
+
+    ``filter_norm``: ``"filter"`` (default) puts the exact loss on scale-normalized maps (gain ``filter_gain``),
+    ``"none"`` on the raw maps (the paper's formula; satisfiable by scale). ``filter_floor``: the normalizer is
+    at least ``filter_floor`` × the mean of the input features ``f`` (not differentiated), so fading the maps out
+    does not satisfy the loss either (0: no floor). ``filter_diversity`` > 0 adds ``filter_diversity ·``
+    :func:`icnn.filter_overlap` of both interpretable layers (an optional remedy for every filter finding the same
+    part, [I]). ``surrogate_batch_mean`` (faithful
+    mode) divides the release's per-image surrogate gradient by the batch size: the release adds it to the
+    gradient of a batch-summed loss that SGD then divides by the batch size, while the other terms here are
+    batch means. The logged ``filter`` value is always the exact loss of the maps the gradient acts on.
+    """
+    if filter_norm not in FILTER_NORMS:
+        raise ConfigError(f"filter_norm must be one of {FILTER_NORMS}, got {filter_norm!r}")
+
+    def filter_term(x, mask, epoch, floor=None):
         if surrogate:
             pos = jnp.ones((x.shape[0],), jnp.float32)
             coef = jnp.asarray(surrogate_coef, jnp.float32) / epoch
+            if surrogate_batch_mean:
+                coef = coef / x.shape[0]
             return icnn.surrogate_filter_loss(x, mask, pos, coef, template_beta, prior_alpha)
+        if filter_norm == "filter":
+            return jnp.sum(icnn.scale_invariant_filter_loss(x, filter_gain, template_beta, None, prior_alpha,
+                                                            floor=floor))
         return jnp.sum(icnn.filter_loss(x, template_beta, None, prior_alpha))
 
     def loss_fn(params, model_state, f, fplus, lam, eta, epoch):
@@ -154,10 +183,16 @@ def make_loss(model: Explainer, *, template_beta: float = 4.0, prior_alpha: floa
         (recon, aux), new_state = model.apply(variables, f, train=True, mutable=["batch_stats"])
         rec = relative_error(fplus, recon).mean()
         maps = ("a1", "a2") if loss_input == "unmasked" else ("y1", "y2")
-        filt = filter_term(aux[maps[0]], aux["mask1"], epoch) + filter_term(aux[maps[1]], aux["mask2"], epoch)
+        floor = filter_floor * jax.lax.stop_gradient(jnp.mean(f)) if filter_floor > 0 else None
+        filt = (filter_term(aux[maps[0]], aux["mask1"], epoch, floor)
+                + filter_term(aux[maps[1]], aux["mask2"], epoch, floor))
         logp = jax.nn.log_sigmoid(aux["p_logit"]).mean()
         loss = rec + lam * filt - eta * logp
         metrics = {"recon": rec, "filter": filt, "log_p": logp, "p_mean": aux["p"].mean()}
+        if filter_diversity > 0:
+            overlap = icnn.filter_overlap(aux[maps[0]]) + icnn.filter_overlap(aux[maps[1]])
+            loss = loss + filter_diversity * overlap
+            metrics["overlap"] = overlap
         return loss, ({**model_state, **new_state}, aux, metrics)
 
     return loss_fn
@@ -165,10 +200,14 @@ def make_loss(model: Explainer, *, template_beta: float = 4.0, prior_alpha: floa
 
 def make_update(loss_fn: Callable, tx: optax.GradientTransformation, *, learn_beta: bool = True,
                 beta_rate: float = 0.05, beta_scale: float = 3.0, beta_clip=(1.5, 3.0), beta_bounds=(0.5, 10.0),
-                location: str = "centroid", steps_per_epoch: int = 1):
+                location: str = "centroid", steps_per_epoch: int = 1, beta_rule: str = "step"):
     """``update(state, f, fplus, lam, eta) -> (state, metrics)`` for one explainer: a pure function (vmap it
-    over stacked states and (lam, eta) for a sweep). The optimizer updates ``params``; β moves by the
-    release's rule (:func:`icnn.update_beta`); BatchNorm-like statistics come back from the loss."""
+    over stacked states and (lam, eta) for a sweep). The optimizer updates ``params``; β moves toward the
+    release's target either by the direct step ``beta_rate·(target − β)`` (``beta_rule="step"``,
+    :func:`icnn.update_beta`) or as the release's SGD takes it (``"released"``: divided by the batch size, with
+    momentum 0.9, :func:`icnn.update_beta_released`); BatchNorm-like statistics come back from the loss."""
+    if beta_rule not in ("step", "released"):
+        raise ConfigError(f"beta_rule must be 'step' or 'released', got {beta_rule!r}")
 
     def update(state: TrainState, f, fplus, lam, eta):
         epoch = (1 + state.step // max(steps_per_epoch, 1)).astype(jnp.float32)
@@ -178,11 +217,15 @@ def make_update(loss_fn: Callable, tx: optax.GradientTransformation, *, learn_be
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if learn_beta:
-            betas = dict(model_state["icnn"])
+            betas, velocity = dict(model_state["icnn"]), dict(model_state["icnn_momentum"])
             for i in (1, 2):
                 tgt = icnn.beta_target(aux[f"a{i}"], aux[f"mask{i}"], location, beta_scale, beta_clip)
-                betas[f"beta{i}"] = icnn.update_beta(betas[f"beta{i}"], tgt, beta_rate, beta_bounds)
-            model_state = {**model_state, "icnn": betas}
+                if beta_rule == "released":
+                    betas[f"beta{i}"], velocity[f"beta{i}"] = icnn.update_beta_released(
+                        betas[f"beta{i}"], velocity[f"beta{i}"], tgt, f.shape[0], bounds=beta_bounds)
+                else:
+                    betas[f"beta{i}"] = icnn.update_beta(betas[f"beta{i}"], tgt, beta_rate, beta_bounds)
+            model_state = {**model_state, "icnn": betas, "icnn_momentum": velocity}
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         return state.replace(step=state.step + 1, params=params, model_state=model_state,
                              opt_state=opt_state), metrics
