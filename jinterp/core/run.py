@@ -335,9 +335,10 @@ class Run:
             shown = "; ".join(diffs[:6]) + (f"; ... ({len(diffs)} in all)" if len(diffs) > 6 else "")
             what = f"under other settings ({shown})"
         state = "a finished" if prev is not None and prev.get("status") == "done" else "an unfinished"
+        names = ", ".join(str(p.relative_to(self.workdir)) for p in present)
         return (f"stage {name!r} in {self.workdir} holds {state} run {what}; its checkpoints were left "
                 f"untouched. Rerun with the original settings to resume, use a new --workdir, or pass --restart "
-                f"to discard it ({', '.join(str(p.relative_to(self.workdir)) for p in present)}) and start this stage over")
+                f"to discard it ({names}) and start this stage over")
 
     def upstream(self, name: str) -> str | None:
         """The fingerprint of stage ``name`` of this run (an input of the stages that read its outputs)."""
