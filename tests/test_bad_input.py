@@ -966,6 +966,7 @@ CLADEC_SMALL = ["image_size=32", "train_size=64", "test_size=32", "batch_size=32
                 "layers=relu3", "retrain_epochs=0", "grid_rows=2", "eval_batch_size=32", "base_width=8"]
 
 
+@pytest.mark.slow
 def test_cladec_new_config_in_an_old_workdir_recomputes_and_never_mislabels(tmp_path):
     """Defect 1: `--set lr=... --set seed=...` in the workdir of another run used to reuse the RefAE and decoders
     (only alphas were compared) and label the old numbers with the new config."""
@@ -992,6 +993,10 @@ def test_cladec_new_config_in_an_old_workdir_recomputes_and_never_mislabels(tmp_
     # The same settings again: every stage reused.
     third = cladec_run(other, work, progress=False)
     assert third["layers"]["relu3"]["cladec_train"].get("loaded") and mse(third) == mse(second)
+    # --config <workdir>/config.json reruns that run exactly (its weights, lr and seed): nothing is retrained.
+    assert cli.main(["cladec", "--quiet", "--config", str(work / "config.json"), "--workdir", str(work)]) == 0
+    fourth = json.loads((work / "results.json").read_text())
+    assert fourth["layers"]["relu3"]["cladec_train"].get("loaded") and fourth["config"] == second["config"]
 
 
 def test_cladec_backbone_of_another_seed_is_refused_not_reused(tmp_path, monkeypatch):

@@ -109,8 +109,8 @@ def code_version(modules: Iterable[str] = ()) -> str:
 # --------------------------------------------------------------------------------------------- storage
 def storage_error(path: str | Path, e: OSError, *, what: str = "write") -> StorageError:
     reason = e.strerror or type(e).__name__
-    return StorageError(f"cannot {what} {path} ({reason}); make the work directory writable (or free disk space), "
-                        "or use another --workdir; rerunning the same command then resumes from what was saved")
+    return StorageError(f"cannot {what} {path} ({reason}); make the work directory writable or free disk space, "
+                        "then rerun the same command (it resumes from what was saved), or use another --workdir")
 
 
 def is_storage_oserror(e: BaseException) -> bool:
@@ -138,6 +138,14 @@ def check_workdir(workdir: str | Path) -> Path:
     if p.exists() and not p.is_dir():
         raise StorageError(f"--workdir {p} is a file; pass a directory (it is created when missing)")
     return p
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        Path(path).absolute().relative_to(Path(root).absolute())
+        return True
+    except ValueError:
+        return False
 
 
 # ------------------------------------------------------------------------------------------------ lock
@@ -262,8 +270,12 @@ class Run:
         if self._lock is not None:
             release_lock(self._lock)
         if exc is not None and is_storage_oserror(exc):
-            path = exc.filename or self.workdir
-            raise storage_error(path, exc) from exc
+            path = Path(exc.filename) if exc.filename else self.workdir
+            if _inside(path, self.workdir):
+                raise storage_error(path, exc) from exc
+            # an input outside the work directory (data, weights): not a disk or work-directory problem
+            raise StorageError(f"cannot access {path} ({exc.strerror or type(exc).__name__}); check that the path "
+                               "is the one you meant and that it is readable") from exc
 
     # -------------------------------------------------------------------------------------- record
     def _read_previous(self) -> dict[str, dict]:

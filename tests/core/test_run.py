@@ -119,15 +119,24 @@ def test_lock_keeps_a_second_process_out_and_a_stale_lock_is_taken_over(tmp_path
     assert not (tmp_path / LOCK_FILE).exists()  # released
 
 
-@pytest.mark.parametrize("err", [PermissionError(errno.EACCES, "Permission denied", "/w/figures/x.png"),
-                                 OSError(errno.EROFS, "Read-only file system", "/w/results.json"),
+@pytest.mark.parametrize("err", [PermissionError(errno.EACCES, "Permission denied", "figures/x.png"),
+                                 OSError(errno.EROFS, "Read-only file system", "results.json"),
                                  OSError(errno.ENOSPC, "No space left on device")])
 def test_storage_oserrors_in_a_run_become_storage_errors_naming_the_path(tmp_path, err):
+    if err.filename:
+        err.filename = str(tmp_path / err.filename)
     with pytest.raises(StorageError) as e, Run(tmp_path, C.TrainBackboneConfig.tiny(), method="test"):
         raise err
     msg = str(e.value)
     assert (err.filename or str(tmp_path)) in msg and err.strerror in msg and "writable" in msg
+    assert "rerun the same command" in msg
     assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_unreadable_input_outside_the_workdir_is_not_called_a_disk_problem(tmp_path):
+    with pytest.raises(StorageError) as e, Run(tmp_path / "w", C.TrainBackboneConfig.tiny(), method="test"):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "data.npz"))
+    assert f"cannot access {tmp_path / 'data.npz'}" in str(e.value) and "disk" not in str(e.value)
 
 
 def test_other_errors_pass_through_unchanged(tmp_path):
