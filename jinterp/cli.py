@@ -9,9 +9,12 @@ variables file, e.g. ``<workdir>/params.npz`` of ``train-backbone``). Errors tha
 (``JinterpError``) print as one line ``jinterp: error: ...`` and exit with status 2.
 
 Method subcommands plug in without editing this file: ``jinterp <name>`` imports ``jinterp.methods.<name>.cli``
-(or the module listed in ``RESERVED``) and calls its ``run(args) -> int`` with the parsed common options
-(plus any the module adds through an optional ``add_arguments(parser)``; keep such modules light to import);
-until that module exists the command says which issue it waits for and exits with status 2.
+(the module listed in ``COMMANDS``) and calls its ``run(args) -> int`` with the parsed common options (plus any the
+module adds through an optional ``add_arguments(parser)``; keep such modules light to import).
+
+Every run holds its work directory (``jinterp.core.run.Run``): a lock keeps a second process out, ``config.json``
+records what produced each stage, and ``--config <workdir>/config.json`` reruns a run exactly. A stage saved under
+other settings is recomputed, or, for a training with checkpoints, refused unless ``--restart`` is given.
 """
 
 from __future__ import annotations
@@ -23,33 +26,29 @@ import sys
 from collections.abc import Sequence
 
 from jinterp import __version__
-from jinterp.errors import JinterpError
+from jinterp.errors import ConfigError, JinterpError
 
 PROG = "jinterp"
 
-# name -> (module providing run(args), what it is, the issue it lands with)
-RESERVED: dict[str, tuple[str, str, str]] = {
+# name -> (module providing run(args), what it is)
+COMMANDS: dict[str, tuple[str, str]] = {
     "cladec": ("jinterp.methods.cladec.cli", "ClaDec: decode a layer's activations, contrast with a reference "
-               "auto-encoder", "the ClaDec issue (spec/cladec_and_csg.md part A)"),
-    "csg": ("jinterp.methods.csg.cli", "class-specific gates trained into the CNN",
-            "the class-specific gates issue (spec/cladec_and_csg.md part B)"),
-    "basis": ("jinterp.methods.basis.cli", "unsupervised interpretable basis extraction (+ supervised baseline)",
-              "the interpretable basis extraction issue (spec/uibe_and_metrics.md)"),
-    "graph": ("jinterp.methods.graph.cli", "explanatory graph of part patterns",
-              "the explanatory graph issue (spec/explainer_and_graph.md part A)"),
-    "explainer": ("jinterp.methods.explainer.cli", "explainer network distilled from a conv layer",
-                  "the explainer network issue (spec/explainer_and_graph.md parts B, C)"),
-    "demo": ("jinterp.report.demo", "all five methods on a small CNN, with an HTML report",
-             "the demo and report issue"),
-    "bench": ("jinterp.bench.cli", "JAX vs PyTorch benchmarks", "the benchmarks issue"),
+               "auto-encoder"),
+    "csg": ("jinterp.methods.csg.cli", "class-specific gates trained into the CNN"),
+    "basis": ("jinterp.methods.basis.cli", "unsupervised interpretable basis extraction (+ supervised baseline)"),
+    "graph": ("jinterp.methods.graph.cli", "explanatory graph of part patterns"),
+    "explainer": ("jinterp.methods.explainer.cli", "explainer network distilled from a conv layer"),
+    "demo": ("jinterp.report.demo", "all five methods on a small CNN, with an HTML report"),
+    "bench": ("jinterp.bench.cli", "JAX vs PyTorch benchmarks"),
 }
+RESERVED = COMMANDS  # the former name, kept for callers
 
 
 def _add_common(p: argparse.ArgumentParser, *, workdir_default: str, config_default: str = "paper") -> None:
     g = p.add_argument_group("common options")
-    g.add_argument("--config", choices=("paper", "tiny"), default=config_default,
+    g.add_argument("--config", default=config_default, metavar="PRESET|FILE",
                    help="config preset: 'paper' (the published setting) or 'tiny' (seconds to minutes on a "
-                        "2-core CPU) (default: %(default)s)")
+                        "2-core CPU), or a run's saved config.json to rerun it exactly (default: %(default)s)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of this command's config, parsed by its type (repeatable), e.g. "
                         "--set seed=1 (train-backbone: --set optim.lr=0.05; cladec: --set alphas=0,0.01); an "
@@ -57,6 +56,9 @@ def _add_common(p: argparse.ArgumentParser, *, workdir_default: str, config_defa
     g.add_argument("--workdir", default=workdir_default,
                    help="run directory: checkpoints, metrics.jsonl, results; rerunning the same command there "
                         "resumes (default: %(default)s)")
+    g.add_argument("--restart", action="store_true",
+                   help="discard the stages of --workdir saved under other settings (checkpoints included) and "
+                        "recompute them, instead of refusing to touch them")
     g.add_argument("--data", default="synthparts",
                    help="data spec: 'synthparts' (generated in memory), 'synthparts:size=64,n_train=2000', "
                         "'cifar10:PATH', 'mnist:PATH', 'npz:PATH', 'folder:PATH', 'tfds:NAME[:DIR]', "
@@ -85,18 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, workdir_default="runs/train-backbone")
     p.set_defaults(handler=_train_backbone)
 
-    for name, (module, what, issue) in RESERVED.items():
-        if _available(module):
-            q = sub.add_parser(name, help=what, description=f"{what}.")
-        else:
-            q = sub.add_parser(name, help=f"{what} (not implemented yet)",
-                               description=f"{what}. Not implemented yet: lands with {issue}.")
+    for name, (module, what) in COMMANDS.items():
+        q = sub.add_parser(name, help=what, description=f"{what}.")
         # The demo's point is a first look in minutes: its presets default to tiny.
         _add_common(q, workdir_default=f"runs/{name}", config_default="tiny" if name == "demo" else "paper")
         _add_method_arguments(q, module)
         if name == "demo":
             q.add_argument("--quick", action="store_true", help="the tiny settings: a few minutes on a CPU")
-        q.set_defaults(handler=_reserved(name))
+        q.set_defaults(handler=_command(name))
     return parser
 
 
@@ -123,23 +121,30 @@ def _add_method_arguments(parser: argparse.ArgumentParser, module: str) -> None:
 
 def _train_backbone(args: argparse.Namespace) -> int:
     from jinterp.core import config as cfglib
+    from jinterp.core.run import load_config
     from jinterp.core.train_backbone import train_backbone
 
-    cfg = cfglib.preset(cfglib.TrainBackboneConfig, args.config)
-    cli_sets = [f"data={args.data}"]
+    cfg = load_config(cfglib.TrainBackboneConfig, args.config, method="train-backbone")
+    cli_sets = [f"data={args.data}"] if _given(args, "data") else []
     if args.arch is not None:
         cli_sets.append(f"arch={args.arch}")
     if args.weights:
         cli_sets.append(f"weights={args.weights}")
     cfg = cfglib.apply_overrides(cfg, cli_sets + list(args.overrides))
-    final = train_backbone(cfg, args.workdir, progress=not args.quiet)
+    final = train_backbone(cfg, args.workdir, progress=not args.quiet, restart=args.restart)
     print(f"{final['arch']}: test accuracy {final['test_accuracy']:.4f} after {final['step']} steps "
           f"({final['wall_time_s']:.0f} s); params: {final['params']}")
     return 0
 
 
-def _reserved(name: str):
-    module, _, issue = RESERVED[name]
+def _given(args: argparse.Namespace, name: str) -> bool:
+    from jinterp.core.run import explicit
+
+    return explicit(args, name)
+
+
+def _command(name: str):
+    module, _ = COMMANDS[name]
 
     def handler(args: argparse.Namespace) -> int:
         try:
@@ -147,19 +152,30 @@ def _reserved(name: str):
         except ModuleNotFoundError as e:
             if e.name is None or not module.startswith(e.name):
                 raise  # a missing dependency inside an existing module is a real error
-            mod = None
-        run = getattr(mod, "run", None)
-        if run is None:
-            print(f"{PROG}: {name}: not implemented yet: lands with {issue}", file=sys.stderr)
-            return 2
-        return int(run(args) or 0)
+            raise ConfigError(f"`{PROG} {name}` needs {module}, which is not importable here (it ships with the "
+                              "repository checkout, not the installed package); run it from a checkout") from e
+        return int(mod.run(args) or 0)
 
     return handler
+
+
+def _interrupted_message(args: argparse.Namespace) -> str:
+    """A resume hint only where a checkpoint exists to resume from."""
+    from pathlib import Path
+
+    workdir = getattr(args, "workdir", None)
+    has_ckpt = bool(workdir) and any(p.name.isdigit() and p.is_dir()
+                                     for p in Path(workdir).glob("**/checkpoints/*"))
+    if has_ckpt:
+        return "interrupted; rerun the same command to resume from the last checkpoint"
+    return ("interrupted before the first checkpoint was written; rerunning the same command starts the "
+            "training over")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.handler(args)
     except JinterpError as e:
@@ -167,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        print(f"{PROG}: {_interrupted_message(args)}", file=sys.stderr)
         return 130
 
 

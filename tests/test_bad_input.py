@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import importlib
+import json
 import pickle
 import shutil
 import struct
@@ -918,3 +919,219 @@ def test_case_count_is_stated():
     n = (len(SET_CASES) + len(METHOD_CASES) + len(FEATURE_IDS) + len(WEIGHT_IDS) + len(CKPT_CASES)
          + len(CHECKPOINT_IDS) + len(DATA_IDS) + len(DISSECTION_IDS))
     assert n == 172, n
+
+
+# ================================================== 6. the run skeleton: workdirs, stale stages, mismatches
+# Issue #17: each case failed on the code before the run skeleton (a traceback, a silent reuse, a silent result).
+COMMANDS = ("train-backbone", "cladec", "csg", "basis", "graph", "explainer", "demo")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_empty_workdir_is_refused_by_every_command(capsys, tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, command, "--config", "tiny", "--workdir", "")
+    assert_one_line_error(code, err, "--workdir is empty", "--workdir runs/x")
+    assert not any(tmp_path.iterdir())  # nothing written into the current directory
+
+
+def test_second_process_in_a_workdir_is_refused(capsys, tmp_path):
+    """Two runs in one workdir at once: the second gets one line naming the lock and the pid holding it."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from jinterp.core.run import Run; from jinterp.core.config import "
+            "TrainBackboneConfig as T\nwith Run(sys.argv[1], T.tiny(), method='x'):\n    print('held', flush=True)"
+            "\n    time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for command in ("train-backbone", "cladec"):
+            code_, _, err = run_cli(capsys, command, "--config", "tiny", "--workdir", str(tmp_path))
+            assert_one_line_error(code_, err, "in use by another jinterp process", f"pid {holder.pid}",
+                                  ".jinterp.lock", "another --workdir")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
+def _small_weights(path: Path, *, num_classes: int = 6, image_shape=(32, 32, 3), widths=(4, 8, 8, 8)) -> Path:
+    model = backbones.create("convnet", num_classes, widths=widths)
+    return torch_import.save_variables(path, backbones.init(model, jax.random.key(0), image_shape),
+                                       {"arch": "convnet", "num_classes": num_classes, "widths": list(widths),
+                                        "image_shape": list(image_shape)})
+
+
+CLADEC_SMALL = ["image_size=32", "train_size=64", "test_size=32", "batch_size=32", "epochs=1", "alphas=0",
+                "layers=relu3", "retrain_epochs=0", "grid_rows=2", "eval_batch_size=32", "base_width=8"]
+
+
+@pytest.mark.slow
+def test_cladec_new_config_in_an_old_workdir_recomputes_and_never_mislabels(tmp_path):
+    """Defect 1: `--set lr=... --set seed=...` in the workdir of another run used to reuse the RefAE and decoders
+    (only alphas were compared) and label the old numbers with the new config."""
+    from jinterp.methods.cladec import ClaDecConfig
+    from jinterp.methods.cladec import run as cladec_run
+
+    weights = _small_weights(tmp_path / "w.npz")
+    work = tmp_path / "run"
+    base = C.apply_overrides(ClaDecConfig.tiny(), [*CLADEC_SMALL, f"weights={weights}"])
+    first = cladec_run(base, work, progress=False)
+    other = C.apply_overrides(base, ["lr=0.0001", "seed=5"])
+    second = cladec_run(other, work, progress=False)
+    layer = second["layers"]["relu3"]
+    assert not layer["cladec_train"].get("loaded") and not layer["refae_train"].get("loaded")
+    assert second["config"]["lr"] == 0.0001 and second["config"]["seed"] == 5
+    saved = json.loads((work / "results.json").read_text())
+    assert saved["config"]["lr"] == 0.0001
+    mse = lambda res: res["layers"]["relu3"]["sources"]["cladec@0"]["mse"]  # noqa: E731
+    assert mse(saved) == mse(second) != mse(first)
+    record = json.loads((work / "config.json").read_text())
+    assert record["config"]["lr"] == 0.0001
+    assert record["stages"]["cladec:relu3"]["fields"]["lr"] == 0.0001
+    assert record["stages"]["cladec:relu3"]["status"] == "done"
+    # The same settings again: every stage reused.
+    third = cladec_run(other, work, progress=False)
+    assert third["layers"]["relu3"]["cladec_train"].get("loaded") and mse(third) == mse(second)
+    # --config <workdir>/config.json reruns that run exactly (its weights, lr and seed): nothing is retrained.
+    assert cli.main(["cladec", "--quiet", "--config", str(work / "config.json"), "--workdir", str(work)]) == 0
+    fourth = json.loads((work / "results.json").read_text())
+    assert fourth["layers"]["relu3"]["cladec_train"].get("loaded") and fourth["config"] == second["config"]
+
+
+def test_cladec_backbone_of_another_seed_is_refused_not_reused(tmp_path, monkeypatch):
+    """Defect 1: the backbone trained in the workdir for seed 0 must not serve a seed-5 run; its training stage is
+    refused with the differing field and both ways out (nothing is trained here: the training is stubbed)."""
+    from jinterp.core import train_backbone as tb
+    from jinterp.methods.cladec import ClaDecConfig
+    from jinterp.methods.cladec import run as cladec_run
+
+    def killed_training(cfg, workdir, **kw):
+        (Path(workdir) / "checkpoints" / "4").mkdir(parents=True)
+        raise KeyboardInterrupt  # as if killed mid-training
+
+    monkeypatch.setattr(tb, "train_backbone", killed_training)
+    cfg = C.apply_overrides(ClaDecConfig.tiny(), CLADEC_SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        cladec_run(cfg, tmp_path, progress=False)
+    err = check_case(Case("cladec-seed", lambda: cladec_run(C.apply_overrides(cfg, ["seed=5"]), tmp_path,
+                                                             progress=False),
+                          CheckpointError, ("stage 'backbone'", "seed: saved 0 vs now 5"), ("--workdir", "--restart")))
+    assert "backbone" in str(err)
+    assert (tmp_path / "backbone" / "checkpoints" / "4").is_dir()  # left untouched
+
+
+def test_interrupt_before_any_checkpoint_does_not_promise_a_resume(capsys, tmp_path, monkeypatch):
+    from jinterp.core import train_backbone as tb
+
+    def interrupted(cfg, workdir, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tb, "train_backbone", interrupted)
+    code, _, err = run_cli(capsys, "train-backbone", "--config", "tiny", "--workdir", str(tmp_path))
+    assert code == 130 and "before the first checkpoint" in err and "resume from" not in err
+    (tmp_path / "checkpoints" / "8").mkdir(parents=True)
+    code, _, err = run_cli(capsys, "train-backbone", "--config", "tiny", "--workdir", str(tmp_path))
+    assert code == 130 and "resume from the last checkpoint" in err
+
+
+def test_corrupt_checkpoint_advice_deletes_only_the_bad_step(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "core"))
+    import coretoy
+
+    from jinterp.core import loop
+
+    _, state, step, it = coretoy.setup(steps=4)
+    with Checkpointer(tmp_path / "checkpoints", keep=5, config={"steps": 4}) as ck:
+        loop.train_loop(state, train_step=step, train_iter=it, num_steps=4, workdir=tmp_path, checkpointer=ck,
+                        ckpt_every=2, progress=False)
+    for f in (tmp_path / "checkpoints" / "4").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    _, fresh, _, _ = coretoy.setup(steps=4)
+    with Checkpointer(tmp_path / "checkpoints", keep=5, config={"steps": 4}) as ck:
+        err = check_case(Case("corrupt-step", lambda: ck.restore(fresh), CheckpointError,
+                              ("checkpoints/4", "corrupt"), ("delete just that step directory", "from step 2")))
+    assert f"delete {tmp_path / 'checkpoints'} " not in str(err)
+
+
+# ----- mismatches checked where the information exists (defect 4, the programs' side)
+def test_explainer_target_at_or_below_the_input_layer_is_refused(tmp_path):
+    from jinterp.methods.explainer import ExplainerConfig
+    from jinterp.methods.explainer import run as explainer_run
+
+    for layer, target, words in (("relu3", "relu3", "the same layer as"), ("relu4", "relu2", "below")):
+        cfg = C.apply_overrides(ExplainerConfig.tiny(), [f"layer={layer}", f"target={target}"])
+        check_case(Case(f"explainer-{layer}-{target}", lambda cfg=cfg: explainer_run(cfg, tmp_path / "w"),
+                        ConfigError, (f"target {target!r}", words), ("higher layer", "--target")))
+    assert not (tmp_path / "w").exists()
+
+
+def test_graph_layers_in_inverted_order_are_refused(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "graph", "--config", "tiny", "--layers", "bn4,bn3", "--workdir",
+                           str(tmp_path / "w"))
+    assert_one_line_error(code, err, "bottom to top", "bn4,bn3", "--layers bn3,bn4")
+    assert not (tmp_path / "w").exists()
+
+
+def test_weights_for_another_class_count_are_refused_naming_both(tmp_path):
+    from jinterp.methods.explainer import ExplainerConfig
+    from jinterp.methods.explainer import run as explainer_run
+
+    weights = _small_weights(tmp_path / "w10.npz", num_classes=10, image_shape=(32, 32, 3))
+    cfg = C.apply_overrides(ExplainerConfig.tiny(), [f"weights={weights}", "image_size=32", "train_size=64",
+                                                    "test_size=32"])
+    check_case(Case("explainer-10-vs-6", lambda: explainer_run(cfg, tmp_path / "w", progress=False), WeightsError,
+                    ("10 classes", "has 6"), ("weights trained on this data",)))
+
+
+def test_cladec_at_another_image_size_than_the_weights_is_refused(tmp_path):
+    """ClaDec at 32 px with 64-px weights used to run (accuracy 0.964 -> 0.690) though the file stores its shape."""
+    from jinterp.methods.cladec import ClaDecConfig
+    from jinterp.methods.cladec import run as cladec_run
+
+    weights = _small_weights(tmp_path / "w64.npz", image_shape=(64, 64, 3))
+    cfg = C.apply_overrides(ClaDecConfig.tiny(), [*CLADEC_SMALL, f"weights={weights}"])
+    check_case(Case("cladec-32-vs-64", lambda: cladec_run(cfg, tmp_path / "w", progress=False), WeightsError,
+                    ("64x64", "32x32"), ("--set image_size=64",)))
+    assert not (tmp_path / "w" / "layers").exists()
+
+
+def test_demo_with_grayscale_data_and_rgb_weights_is_one_line(capsys, tmp_path):
+    """Defect 3: used to end in a Flax ScopeParamShapeError traceback."""
+    rng = np.random.default_rng(0)
+    gray = tmp_path / "gray.npz"
+    np.savez(gray, train_x=rng.integers(0, 256, (48, 32, 32, 1), dtype=np.uint8), train_y=np.arange(48) % 6,
+             test_x=rng.integers(0, 256, (24, 32, 32, 1), dtype=np.uint8), test_y=np.arange(24) % 6)
+    weights = _small_weights(tmp_path / "rgb.npz")
+    code, _, err = run_cli(capsys, "demo", "--quick", "--data", f"npz:{gray}", "--weights", str(weights),
+                           "--workdir", str(tmp_path / "w"))
+    lines = [x.split("jinterp: error: ", 1)[1] for x in err.splitlines() if "jinterp: error: " in x]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err  # (the rest: the demo's progress bar)
+    for w in ("3-channel", "1 channel", "rgb.npz"):
+        assert w in lines[0], lines[0]
+
+
+@pytest.mark.slow
+def test_graph_with_fewer_usable_images_warns_and_names_the_metrics_it_skipped(tmp_path, capsys):
+    """The graph on CIFAR used 13 of 150 requested images and dropped its metrics without a word."""
+    from jinterp.methods.graph import GraphConfig
+    from jinterp.methods.graph import run as graph_run
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "small.npz"
+    np.savez(npz, train_x=rng.integers(0, 256, (60, 32, 32, 3), dtype=np.uint8), train_y=np.arange(60) % 6,
+             test_x=rng.integers(0, 256, (60, 32, 32, 3), dtype=np.uint8), test_y=np.arange(60) % 6)
+    weights = _small_weights(tmp_path / "w.npz")
+    cfg = dataclasses.replace(GraphConfig.tiny(), data=f"npz:{npz}", weights=str(weights), image_size=32,
+                              num_images=150, num_negatives=30, iterations=1, stability_units=20)
+    res = graph_run(cfg, tmp_path / "w", progress=False)
+    err = capsys.readouterr().err
+    assert "jinterp: warning: graph: 10 usable images instead of the 150 requested" in err
+    assert "only 10 test images of category" in err
+    assert res["num_images"] == 10 and "metrics" not in res
+    skipped = json.loads((tmp_path / "w" / "results.json").read_text())["metrics_not_computed"]
+    assert "instability_graph_nodes" in skipped["metrics"] and "no part landmarks" in skipped["reason"]
+    assert "metrics not computed" in err

@@ -221,6 +221,13 @@ class Checkpointer:
 
     def _unreadable(self, path: Path, e: BaseException) -> str:
         reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        if path.parent == self.directory and path.name.isdigit():
+            earlier = [s for s in self._committed_steps() if s < int(path.name)]
+            then = (f"the run resumes from step {earlier[-1]}" if earlier else "the run starts over (no earlier "
+                    "checkpoint)")
+            return (f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {reason}). It was left "
+                    f"untouched; delete just that step directory ({path}) and rerun the same command: {then}; "
+                    "or use a new --workdir.")
         return (f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {reason}). "
                 f"It was left untouched; use a new --workdir, or delete {self.directory} to start over.")
 

@@ -65,13 +65,19 @@ class MetricsWriter:
         resumed run's log reads like an uninterrupted one."""
         if not self.path.exists():
             return
+        try:
+            lines = self.path.read_text().splitlines()
+        except OSError as e:
+            raise _storage_error(self.path, e) from e
         keep = []
-        for raw in self.path.read_text().splitlines():
+        for raw in lines:
             try:
                 if json.loads(raw)["step"] <= step:
                     keep.append(raw)
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a kill
+        if len(keep) == len(lines):
+            return  # nothing to drop: leave the file (and a read-only work directory) alone
         try:
             self.path.write_text("".join(k + "\n" for k in keep))
         except OSError as e:
@@ -156,6 +162,9 @@ def train_loop(state: Any, *, train_step: Callable, train_iter: Any, num_steps: 
     """
     writer = MetricsWriter(workdir)
     start = int(jax.device_get(state.step))
+    # Lines past the step we start from were written by a run killed before its next checkpoint (or before the
+    # first one): drop them, so the log reads like an uninterrupted run's, with every step once.
+    writer.truncate_after(start)
     log_every = max(int(log_every), 1)
     history: list[tuple[int, dict[str, Any]]] = []
     pbar = tqdm(total=num_steps, initial=start, desc=desc, unit="step", disable=not progress,

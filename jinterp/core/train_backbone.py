@@ -24,13 +24,13 @@ import numpy as np
 from jinterp import backbones, data
 from jinterp.core import loop, train
 from jinterp.core import sharding as shd
-from jinterp.core.checkpoint import Checkpointer
-from jinterp.core.config import TrainBackboneConfig, to_dict, to_json
+from jinterp.core.checkpoint import RESUMABLE_CHANGES, Checkpointer
+from jinterp.core.config import TrainBackboneConfig, to_dict
+from jinterp.core.run import Run, data_fingerprint, file_fingerprint, load_backbone_weights
 from jinterp.errors import ConfigError, DataError, StorageError, WeightsError
 
 PARAMS_FILE = "params.npz"
 FINAL_METRICS_FILE = "final_metrics.json"
-CONFIG_FILE = "config.json"
 
 
 def data_spec(cfg: TrainBackboneConfig) -> str:
@@ -49,9 +49,7 @@ def normalization_stats(cfg: TrainBackboneConfig) -> tuple[tuple[float, ...], tu
 
 
 def _load_weights(path: str, arch: str, init_vars: dict) -> dict:
-    from jinterp.backbones import torch_import
-
-    variables, _ = torch_import.load_variables(path, arch)
+    variables, _ = load_backbone_weights(path, arch)
     want = jax.tree_util.tree_flatten_with_path(init_vars)[0]
     have = dict(jax.tree_util.tree_flatten_with_path(variables)[0])
     bad = [f"{train.path_name(p)}: file {None if p not in have else tuple(have[p].shape)} vs model {x.shape}"
@@ -64,16 +62,28 @@ def _load_weights(path: str, arch: str, init_vars: dict) -> dict:
 
 
 def train_backbone(cfg: TrainBackboneConfig, workdir: str | Path, *, progress: bool = True,
-                   mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
-    """Trains (or resumes training of) ``cfg.arch`` on ``cfg.data``; returns the final metrics dict."""
-    t0 = time.perf_counter()
+                   mesh: jax.sharding.Mesh | None = None, restart: bool = False) -> dict[str, Any]:
+    """Trains (or resumes training of) ``cfg.arch`` on ``cfg.data``; returns the final metrics dict.
+
+    One resumable stage ``train`` of a :class:`jinterp.core.run.Run`: a rerun with the same settings resumes
+    from the last checkpoint; a finished run under other settings is discarded and retrained; an unfinished one
+    is refused (a new ``--workdir``, or ``restart=True`` / ``--restart`` to discard it).
+    """
     cfg.validate()
     backbones.spec(cfg.arch)  # an unknown arch or normalization fails before anything is written
     normalization_stats(cfg)
-    workdir = Path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise StorageError(f"--workdir {workdir} is a file; pass a directory (it is created when missing)")
-    _writing(workdir, lambda: workdir.mkdir(parents=True, exist_ok=True))
+    with Run(workdir, cfg, method="train-backbone", restart=restart) as r:
+        return _train(cfg, r, progress=progress, mesh=mesh)
+
+
+def stage_fields(cfg: TrainBackboneConfig) -> dict[str, Any]:
+    """The config fields the trained parameters depend on (not logging/checkpoint cadence)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in RESUMABLE_CHANGES}
+
+
+def _train(cfg: TrainBackboneConfig, r: Run, *, progress: bool, mesh: jax.sharding.Mesh | None) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    workdir = r.workdir
 
     # ---- data
     spec = data_spec(cfg)
@@ -103,9 +113,14 @@ def train_backbone(cfg: TrainBackboneConfig, workdir: str | Path, *, progress: b
                     out_shardings=shd.replicated(mesh))(variables)
     del variables
 
+    inputs = {"data": data_fingerprint(spec)}
+    if cfg.weights:
+        inputs["weights"] = file_fingerprint(cfg.weights)
+    stage = r.stage("train", fields=stage_fields(cfg), inputs=inputs, resumable=True,
+                    paths=["checkpoints", loop.METRICS_FILE, PARAMS_FILE, FINAL_METRICS_FILE],
+                    code=("jinterp.core.train_backbone", "jinterp.core.train", "jinterp.core.loop"))
     ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.keep, config=to_dict(cfg))
     state, start, pos = loop.restore_or_init(ckpt, state, workdir)  # raises before anything is written
-    _writing(workdir / CONFIG_FILE, lambda: (workdir / CONFIG_FILE).write_text(to_json(cfg) + "\n"))
 
     # ---- steps
     mean, std = normalization_stats(cfg)
@@ -156,6 +171,7 @@ def train_backbone(cfg: TrainBackboneConfig, workdir: str | Path, *, progress: b
     }
     _writing(workdir / FINAL_METRICS_FILE,
              lambda: (workdir / FINAL_METRICS_FILE).write_text(json.dumps(final, indent=2) + "\n"))
+    stage.finish()
     return final
 
 

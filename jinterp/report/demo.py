@@ -71,21 +71,26 @@ class DemoSettings:
 
 
 # ----------------------------------------------------------------------------------------------------- backbone
-def prepare_backbone(s: DemoSettings, workdir: Path, progress: bool) -> dict[str, Any]:
-    """Trains the ConvNet on the demo data, or converts/loads ``--weights``; returns {arch, weights, accuracy...}."""
+def prepare_backbone(s: DemoSettings, workdir: Path, progress: bool, restart: bool = False) -> dict[str, Any]:
+    """Trains the ConvNet on the demo data, or converts/loads ``--weights``; returns {arch, weights, accuracy...}.
+
+    Weights for other images (channels) or another number of classes than the data's are a WeightsError naming
+    both, before any method runs."""
     from jinterp.backbones import torch_import
+    from jinterp.core.run import load_backbone_weights
 
     out = workdir / "backbone"
     if s.weights:
         src = Path(s.weights)
         if src.suffix == ".npz":
-            variables, meta = torch_import.load_variables(src, s.arch if s.arch else None)
+            variables, meta = load_backbone_weights(src, s.arch if s.arch else None)
             info = {"arch": meta["arch"], "weights": str(src), "source": src.name, "trained_here": False}
         else:
             variables = torch_import.from_torch(s.arch, src)
             path = torch_import.save_variables(out / "params.npz", variables, {"arch": s.arch, "source": src.name})
             info = {"arch": s.arch, "weights": str(path), "source": src.name, "trained_here": False,
                     "converted_from": "pytorch"}
+        _check_fit(src, variables, s.data_spec())
         info["test_accuracy"] = _accuracy(info["arch"], variables, s.data_spec())
         return info
     from jinterp.core import config as cfglib
@@ -96,9 +101,30 @@ def prepare_backbone(s: DemoSettings, workdir: Path, progress: bool) -> dict[str
                               train_size=0, test_size=0)
     if s.quick:
         cfg = dataclasses.replace(cfg, steps=150, eval_every=0, ckpt_every=0, log_every=25)
-    final = train_backbone(cfg, out, progress=progress)
+    final = train_backbone(cfg, out, progress=progress, restart=restart)
     return {"arch": s.arch, "weights": str(out / "params.npz"), "trained_here": True,
             "test_accuracy": final["test_accuracy"], "steps": final["step"], "seconds": final["wall_time_s"]}
+
+
+def _check_fit(path: Path, variables: dict, spec: str) -> None:
+    """The weights' input channels (first conv kernel) and classes (classifier bias) against the data's."""
+    from jinterp import data
+    from jinterp.core.run import check_weights_fit
+
+    ds = data.load(spec, "test")
+    kernels = [v for v in _leaves(variables["params"]) if getattr(v, "ndim", 0) == 4]
+    meta: dict[str, Any] = {"num_classes": int(variables["params"][_head(variables)]["bias"].shape[0])}
+    if kernels:
+        meta["image_shape"] = [0, 0, int(kernels[0].shape[2])]  # HWIO: the first conv's input channels
+    check_weights_fit(path, meta, num_classes=ds.num_classes, image_shape=tuple(ds.images.shape[1:]),
+                      data_spec=spec)
+
+
+def _leaves(tree: Any) -> list:
+    """Leaves in module order (Flax keeps the order layers were defined in)."""
+    if isinstance(tree, dict):
+        return [x for v in tree.values() for x in _leaves(v)]
+    return [tree]
 
 
 def _accuracy(arch: str, variables: dict, spec: str) -> float:
@@ -377,8 +403,18 @@ def _missing(name: str, ds) -> list[str]:
     return miss
 
 
-def run_demo(s: DemoSettings, workdir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Runs every stage; writes ``report.html`` and ``summary.json``; returns the summary."""
+def run_demo(s: DemoSettings, workdir: str | Path, *, progress: bool = True, restart: bool = False) -> dict[str, Any]:
+    """Runs every stage; writes ``report.html`` and ``summary.json``; returns the summary.
+
+    A :class:`~jinterp.core.run.Run` holds ``workdir``; the backbone and each method run in their own
+    sub-directories as their own runs (fingerprinted stages, reused only under the same settings)."""
+    from jinterp.core.run import Run
+
+    with Run(workdir, s, method="demo", restart=restart) as r:
+        return _run_demo(s, r, progress=progress)
+
+
+def _run_demo(s: DemoSettings, r, *, progress: bool) -> dict[str, Any]:
     import importlib
 
     from tqdm.auto import tqdm
@@ -386,8 +422,7 @@ def run_demo(s: DemoSettings, workdir: str | Path, *, progress: bool = True) -> 
     from jinterp import data
     from jinterp.report.html import Section, Table, write_report
 
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = r.workdir
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"settings": dataclasses.asdict(s), "methods": {}}
     sections = []
@@ -396,7 +431,7 @@ def run_demo(s: DemoSettings, workdir: str | Path, *, progress: bool = True) -> 
     t = time.perf_counter()
     stages.set_postfix_str("backbone")
     probe = data.load(s.data_spec(), "test")  # what annotations the data has (cheap for synthparts)
-    backbone = prepare_backbone(s, workdir, progress)
+    backbone = prepare_backbone(s, workdir, progress, restart=r.restart)
     timings["backbone"] = time.perf_counter() - t
     summary["backbone"] = backbone
     rows = [("architecture", backbone["arch"]), ("weights", Path(backbone["weights"]).name)]
@@ -421,7 +456,7 @@ def run_demo(s: DemoSettings, workdir: str | Path, *, progress: bool = True) -> 
         try:
             cfg = method_config(name, s, backbone)
             program = importlib.import_module(f"jinterp.methods.{name}.program")
-            results = program.run(cfg, mdir, progress=progress)
+            results = program.run(cfg, mdir, progress=progress, restart=r.restart)
             timings[name] = time.perf_counter() - t
             sections.append(section_for(name, results, mdir, timings[name]))
             summary["methods"][name] = {"status": "ok", "seconds": timings[name],
@@ -442,7 +477,7 @@ def run_demo(s: DemoSettings, workdir: str | Path, *, progress: bool = True) -> 
     report = write_report(workdir / "report.html", "jinterp demo: five ways to interpret one CNN",
                           _header(s, timings), sections, config=dataclasses.asdict(s))
     summary["report"] = report.name
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    r.write_json("summary.json", summary, default=str)
     return summary
 
 
@@ -463,10 +498,16 @@ def run(args: argparse.Namespace) -> int:
     size = 64
     if args.data and not args.data.startswith("synthparts"):
         size = 32  # the real sets in ../shared are 32 px (CIFAR) or 28 px upscaled
-    s = DemoSettings(data=args.data, arch=args.arch or "convnet", weights=args.weights or "", seed=args.seed,
-                     quick=bool(args.quick), preset="paper" if args.config == "paper" else "tiny",
-                     image_size=size, methods=methods)
-    summary = run_demo(s, args.workdir)
+    from jinterp.core import config as cfglib
+    from jinterp.core.run import check_workdir, load_config
+
+    check_workdir(args.workdir)
+    if args.config in cfglib.PRESETS:
+        s = DemoSettings(data=args.data, arch=args.arch or "convnet", weights=args.weights or "", seed=args.seed,
+                         quick=bool(args.quick), preset=args.config, image_size=size, methods=methods)
+    else:  # a saved config.json: the demo exactly as it ran
+        s = load_config(DemoSettings, args.config, method="demo")
+    summary = run_demo(s, args.workdir, restart=getattr(args, "restart", False))
     ok = [m for m, r in summary["methods"].items() if r["status"] == "ok"]
     print(f"jinterp demo: {len(ok)}/{len(s.methods)} methods ran ({', '.join(ok) or 'none'}) in "
           f"{summary['total_s']:.0f} s; report: {Path(args.workdir) / summary['report']}")

@@ -139,3 +139,48 @@ def test_nonfinite_params_are_never_saved(tmp_path):
             loop.train_loop(_counter_state(), train_step=step, train_iter=CountingIterator(), num_steps=8,
                             workdir=tmp_path, checkpointer=ck, log_every=100, ckpt_every=2, progress=False)
         assert ck.all_steps() == [2]
+
+
+class _Killed(Exception):
+    pass
+
+
+class _DyingIterator(CountingIterator):
+    """Raises (like a kill) when asked for batch ``die_at``."""
+
+    def __init__(self, die_at: int | None):
+        super().__init__()
+        self.die_at = die_at
+
+    def __next__(self):
+        if self.die_at is not None and self.pos + 1 == self.die_at:
+            raise _Killed
+        return super().__next__()
+
+
+@jax.jit
+def _counting_step(state, batch):
+    return state.replace(step=state.step + 1, params={"w": state.params["w"] + 1.0}), {
+        "loss": batch["x"].mean(), "grad_norm": jnp.float32(1)}
+
+
+@pytest.mark.parametrize("with_checkpointer", [True, False])
+def test_stopped_before_the_first_checkpoint_logs_every_step_once(tmp_path, with_checkpointer):
+    """Defect 5: a run stopped after logging steps 2..6 but before its first checkpoint (step 8) starts over on the
+    rerun; metrics.jsonl used to keep the first attempt's lines, so steps 2..6 appeared twice."""
+    def attempt(die_at):
+        ck = Checkpointer(tmp_path / "checkpoints", keep=2, config={"n": 10}) if with_checkpointer else None
+        state, _, _ = loop.restore_or_init(ck, _counter_state(), tmp_path)
+        try:
+            loop.train_loop(state, train_step=_counting_step, train_iter=_DyingIterator(die_at), num_steps=10,
+                            workdir=tmp_path, checkpointer=ck, log_every=2, ckpt_every=8, progress=False)
+        finally:
+            if ck is not None:
+                ck.close(after_error=True)
+
+    with pytest.raises(_Killed):
+        attempt(die_at=7)
+    assert [x["step"] for x in loop.MetricsWriter(tmp_path).read()] == [2, 4, 6]
+    attempt(die_at=None)
+    steps = [x["step"] for x in loop.MetricsWriter(tmp_path).read() if x["split"] == "train"]
+    assert steps == [2, 4, 6, 8, 10]

@@ -351,3 +351,108 @@ def test_write_failure_is_clear_keeps_earlier_checkpoints_and_resumes(tmp_path, 
     assert steps[-1] == TOY_STEPS
     jax.tree.map(np.testing.assert_array_equal, final.params, ref_final.params)
 
+
+
+# ------------------------------------------------ issue #17: a kill before the first checkpoint, a method killed
+def test_sigkill_before_the_first_checkpoint_then_rerun_equals_uninterrupted(tmp_path, jax_cache, reference):
+    """Killed after logging steps but before checkpoint 4: the rerun starts over, ends bitwise equal to the
+    uninterrupted run, and metrics.jsonl holds every step once (it used to hold the first attempt's steps twice)."""
+    w = tmp_path / "run"
+    p = _start(w, jax_cache, "--sleep", "0.5")
+    metrics = w / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and '"step": 2' in metrics.read_text(), p)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not _steps(w / "checkpoints"), "a checkpoint was written before the kill"
+    code, _, err = _finish(_start(w, jax_cache))
+    assert code == 0, err
+    assert json.loads((w / "final_metrics.json").read_text())["resumed_from"] == 0
+    _assert_bitwise_equal(reference / "params.npz", w / "params.npz")
+    steps = [x["step"] for x in loop.MetricsWriter(w).read() if x["split"] == "train"]
+    assert steps == list(range(2, STEPS + 1, 2)), steps
+
+
+METHOD_SCRIPT = HERE / "reliability_method.py"
+CLADEC_SETS = ["image_size=32", "train_size=64", "test_size=32", "batch_size=16", "epochs=2", "alphas=0,0.5",
+               "layers=relu3", "retrain_epochs=0", "grid_rows=2", "eval_batch_size=32", "base_width=8",
+               "ckpt_every=2", "log_every=1"]
+
+
+def _cladec(workdir: Path, weights: Path, cache: Path, sleep: float = 0.0) -> subprocess.Popen:
+    argv = ["cladec", "--config", "tiny", "--quiet", "--workdir", str(workdir), "--weights", str(weights)]
+    for s in CLADEC_SETS:
+        argv += ["--set", s]
+    return subprocess.Popen([sys.executable, str(METHOD_SCRIPT), "--sleep", str(sleep), "--", *argv],
+                            env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_method_then_rerun_equals_uninterrupted(tmp_path, jax_cache):
+    """A method program (ClaDec: RefAE, then the α sweep, both checkpointed) killed in its sweep resumes from the
+    sweep's checkpoint (the finished RefAE stage is reused) and ends bitwise equal to an uninterrupted run."""
+    from jinterp import backbones
+    from jinterp.backbones import torch_import
+
+    model = backbones.create("convnet", 6, widths=(4, 8, 8, 8))
+    weights = torch_import.save_variables(tmp_path / "w.npz", backbones.init(model, jax.random.key(0), (32, 32, 3)),
+                                          {"arch": "convnet", "num_classes": 6, "widths": [4, 8, 8, 8]})
+    ref = _cladec(tmp_path / "ref", weights, jax_cache)
+    code, _, err = _finish(ref, timeout=600)
+    assert code == 0, err[-3000:]
+    w = tmp_path / "run"
+    p = _cladec(w, weights, jax_cache, sleep=0.4)
+    sweep_ckpts = w / "layers" / "relu3" / "cladec" / "checkpoints"
+    _wait_for(lambda: bool(_steps(sweep_ckpts)), p, timeout=600)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    killed_at = max(_steps(sweep_ckpts))
+    assert killed_at < 8 and not (w / "results.json").exists()
+    record = json.loads((w / "config.json").read_text())
+    assert record["stages"]["refae:relu3"]["status"] == "done"
+    assert record["stages"]["cladec:relu3"]["status"] == "running"
+    code, _, err = _finish(_cladec(w, weights, jax_cache), timeout=600)
+    assert code == 0, err[-3000:]
+    for name in ("refae.npz", "cladec.npz"):
+        _assert_bitwise_equal(tmp_path / "ref" / "layers" / "relu3" / name, w / "layers" / "relu3" / name)
+    a, b = (json.loads((d / "results.json").read_text())["layers"]["relu3"]["sources"] for d in (tmp_path / "ref", w))
+    assert a == b
+    steps = [x["step"] for x in loop.MetricsWriter(w / "layers" / "relu3" / "cladec").read()]
+    assert steps == sorted(set(steps)) and steps[-1] == 8
+
+
+_RO_SCRIPT = r"""
+set -u
+D="$1"; PY="$2"; OUT="$3"; shift 3
+mount --bind "$D" "$D" && mount -o remount,bind,ro "$D" || exit 77
+for cmd in "$@"; do
+  "$PY" -m jinterp.cli "$cmd" --config tiny --workdir "$D/w" > "$OUT/$cmd.out" 2> "$OUT/$cmd.err"
+  echo $? > "$OUT/$cmd.rc"
+done
+"$PY" -m jinterp.cli cladec --config tiny --workdir "$D/new/w" > "$OUT/new.out" 2> "$OUT/new.err"
+echo $? > "$OUT/new.rc"
+exit 0
+"""
+RO_COMMANDS = ("train-backbone", "cladec", "csg", "basis", "graph", "explainer", "demo")
+
+
+@pytest.mark.slow
+def test_read_only_workdir_is_one_line_for_every_command(tmp_path, jax_cache):
+    """Defect 3: `cladec`, `basis`, `graph`, `csg` used to end in a PermissionError traceback on a read-only
+    workdir. Every command now stops with one line naming the path, before any work, and writes nothing."""
+    if not _unshare_ok():
+        pytest.skip("cannot mount in a private mount namespace here (unshare -rm not permitted)")
+    d, out = tmp_path / "ro", tmp_path / "out"
+    (d / "w").mkdir(parents=True)
+    out.mkdir()
+    env = dict(_env(jax_cache), PYTHONPATH=str(HERE.parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", _RO_SCRIPT, "ns", str(d), sys.executable, str(out),
+                        *RO_COMMANDS], env=env, capture_output=True, text=True, timeout=600)
+    if r.returncode == 77:
+        pytest.skip(f"read-only bind mount not permitted here: {r.stderr[-300:]}")
+    assert r.returncode == 0, r.stderr
+    for cmd in (*RO_COMMANDS, "new"):
+        rc, err = int((out / f"{cmd}.rc").read_text()), (out / f"{cmd}.err").read_text()
+        assert rc == 2 and "Traceback" not in err, f"{cmd}: {_summary(err)}"
+        line = _error_line(err)
+        assert "read-only file system" in line.lower() and str(d) in line and "writable" in line, f"{cmd}: {line}"
+    assert not any((d / "w").iterdir())

@@ -24,19 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jinterp.core import config as cfglib
+    from jinterp.core.run import config_from_args
     from jinterp.methods.basis.config import BasisConfig
     from jinterp.methods.basis.program import run as run_program
 
-    cfg = cfglib.preset(BasisConfig, args.config)
-    sets = []
-    for name in ("data", "weights", "arch", "layer"):
-        if getattr(args, name, None):
-            sets.append(f"{name}={getattr(args, name)}")
+    sets = [(name, f"{name}={getattr(args, name)}") for name in ("data", "weights", "arch", "layer")
+            if getattr(args, name, None)]
     if getattr(args, "method", None):
-        sets.append("methods=" + ",".join(args.method))
-    cfg = cfglib.apply_overrides(cfg, sets + list(getattr(args, "overrides", []) or []))
-    res = run_program(cfg, args.workdir, progress=not getattr(args, "quiet", False))
+        sets.append(("method", "methods=" + ",".join(args.method)))
+    cfg = config_from_args(BasisConfig, args, method="basis", sets=sets)
+    res = run_program(cfg, args.workdir, progress=not getattr(args, "quiet", False),
+                      restart=getattr(args, "restart", False))
     parts = [f"{k}: S1 {v['S1']:.2f} S2 {v['S2']:.2f} det {v['detectors']}/{v['directions']} "
              f"uniq {v['unique_detectors']}" for k, v in res["bases"].items()]
     print(f"basis {res['arch']} {res['layer']}: " + " | ".join(parts)

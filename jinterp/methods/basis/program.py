@@ -21,7 +21,6 @@ Writes ``<workdir>/results.json``, ``<workdir>/bases.npz`` (directions, threshol
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -32,24 +31,23 @@ import numpy as np
 
 from jinterp import backbones, data
 from jinterp.core import features
+from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_fingerprint
 from jinterp.errors import ConfigError, DataError, LayerError
 from jinterp.methods.basis import ibd, uibe
 from jinterp.methods.basis.config import BasisConfig
 from jinterp.metrics import dissection as dis
 
 
-def _load_backbone(cfg: BasisConfig, train_ds, workdir: Path, progress: bool):
-    from jinterp.backbones import torch_import
-    from jinterp.core.train_backbone import PARAMS_FILE, train_backbone
-
-    path = Path(cfg.weights) if cfg.weights else workdir / "backbone" / PARAMS_FILE
-    info: dict[str, Any] = {"arch": cfg.arch, "weights": str(path)}
-    if not cfg.weights and not path.exists():
-        bcfg = dataclasses.replace(cfg.backbone, arch=cfg.arch, data=cfg.data, seed=cfg.seed)
-        final = train_backbone(bcfg, workdir / "backbone", progress=progress)
-        info.update(trained_here=True, train_time_s=final.get("wall_time_s"),
-                    test_accuracy=final.get("test_accuracy", final.get("eval_accuracy")))
-    variables, meta = torch_import.load_variables(path, cfg.arch)
+def _load_backbone(cfg: BasisConfig, train_ds, r: Run, progress: bool):
+    """Stage ``backbone``: ``cfg.weights``, or ``cfg.backbone`` trained into ``<workdir>/backbone``."""
+    bcfg = dataclasses.replace(cfg.backbone, arch=cfg.arch, data=cfg.data, seed=cfg.seed)
+    variables, meta, path, info = backbone_stage(r, arch=cfg.arch, weights=cfg.weights, train_cfg=bcfg,
+                                                 progress=progress)
+    if "backbone_test_accuracy" in info:
+        info["test_accuracy"] = info.pop("backbone_test_accuracy")
+    if cfg.weights:
+        check_weights_fit(path, meta, num_classes=train_ds.num_classes, image_shape=train_ds.image_shape,
+                          data_spec=cfg.data)
     kw = {}
     if cfg.arch == "convnet":
         widths = tuple((meta.get("config") or {}).get("widths") or ()) or tuple(cfg.backbone.widths)
@@ -92,12 +90,21 @@ def _sample_pixels(stream: _Stream, labels_grid_fn, max_pixels: int, n_images: i
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
 
 
-def run(cfg: BasisConfig, workdir: str | Path, *, progress: bool = True) -> dict:
+def run(cfg: BasisConfig, workdir: str | Path, *, progress: bool = True, restart: bool = False) -> dict:
+    """The whole method (see the module docstring); returns and writes ``results.json``.
+
+    Stages of the :class:`~jinterp.core.run.Run`: ``backbone`` (resumable when trained here), then ``bases``
+    (fit, dissection, outputs; recomputed whenever its fingerprint changes).
+    """
     cfg.validate()
+    with Run(workdir, cfg, method="basis", restart=restart) as r:
+        return _run(cfg, r, progress)
+
+
+def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
     t0 = time.perf_counter()
     times: dict[str, float] = {}
-    workdir = Path(workdir)
-    (workdir / "figures").mkdir(parents=True, exist_ok=True)
+    workdir = rn.workdir
 
     train_ds, test_ds = data.load(cfg.data, "train"), data.load(cfg.data, "test")
     if cfg.n_train:
@@ -114,8 +121,12 @@ def run(cfg: BasisConfig, workdir: str | Path, *, progress: bool = True) -> dict
     c_test = dis.concepts_from_dataset(test_ds, cats, size=seg)
     names = c_train.names[1:]
 
-    model, variables, binfo = _load_backbone(cfg, train_ds, workdir, progress)
+    model, variables, binfo = _load_backbone(cfg, train_ds, rn, progress)
     times["backbone_s"] = time.perf_counter() - t0
+    stage = rn.stage("bases", fields=_as_dict(cfg), inputs={"backbone": rn.upstream("backbone"),
+                                                            "data": data_fingerprint(cfg.data)},
+                     paths=["bases.npz", "figures", "results.json"])
+    (workdir / "figures").mkdir(parents=True, exist_ok=True)
     if cfg.layer not in backbones.layer_names(cfg.arch):
         raise LayerError(f"unknown layer {cfg.layer!r} for {cfg.arch}; valid: {backbones.layer_names(cfg.arch)}")
     tr_stream = _Stream(model, variables, train_ds, cfg.layer, cfg.batch_size, cfg.arch)
@@ -266,7 +277,8 @@ def run(cfg: BasisConfig, workdir: str | Path, *, progress: bool = True) -> dict
     out = dict(arch=cfg.arch, layer=cfg.layer, data=cfg.data, channels=dim, n_train=len(train_ds),
                n_test=len(test_ds), fit_pixels=int(len(px)), concepts=len(names), backbone=binfo, bases=results,
                figures=figs, wall_times_s=times, config=_as_dict(cfg))
-    (workdir / "results.json").write_text(json.dumps(out, indent=2, default=_json_default))
+    rn.write_json("results.json", out, default=_json_default)
+    stage.finish()
     return out
 
 

@@ -26,24 +26,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jinterp.core import config as cfglib
+    from jinterp.core.run import config_from_args
     from jinterp.methods.cladec.config import ClaDecConfig
     from jinterp.methods.cladec.program import run as run_program
 
-    cfg = cfglib.preset(ClaDecConfig, args.config)
-    sets = []
-    if getattr(args, "data", None):
-        sets.append(f"data={args.data}")
-    if getattr(args, "weights", None):
-        sets.append(f"weights={args.weights}")
-    if getattr(args, "arch", None):
-        sets.append(f"arch={args.arch}")
-    if getattr(args, "layer", None):
-        sets.append("layers=" + ",".join(args.layer))
-    if getattr(args, "alpha", None):
-        sets.append("alphas=" + ",".join(repr(float(a)) for a in args.alpha))
-    cfg = cfglib.apply_overrides(cfg, sets + list(getattr(args, "overrides", []) or []))
-    res = run_program(cfg, args.workdir, progress=not getattr(args, "quiet", False))
+    sets = [("data", f"data={args.data}") if getattr(args, "data", None) else None,
+            ("weights", f"weights={args.weights}") if getattr(args, "weights", None) else None,
+            ("arch", f"arch={args.arch}") if getattr(args, "arch", None) else None,
+            ("layer", "layers=" + ",".join(args.layer)) if getattr(args, "layer", None) else None,
+            ("alpha", "alphas=" + ",".join(repr(float(a)) for a in args.alpha)) if getattr(args, "alpha", None)
+            else None]
+    cfg = config_from_args(ClaDecConfig, args, method="cladec", sets=[x for x in sets if x])
+    res = run_program(cfg, args.workdir, progress=not getattr(args, "quiet", False),
+                      restart=getattr(args, "restart", False))
     parts = []
     for layer, d in res["layers"].items():
         src = d["sources"]

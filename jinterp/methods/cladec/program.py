@@ -8,7 +8,10 @@ Work directory:
   ``backbone/`` (``train-backbone``'s run, ``params.npz``) unless ``weights`` is given;
   ``layers/<layer>/{refae,cladec,retrain}/metrics.jsonl`` and ``refae.npz``, ``cladec.npz`` (decoder params,
   stacked over α); ``figures/grid_<layer>.png``, ``figures/tradeoff.png``; ``results.json``.
-A rerun in the same directory reuses every finished stage (backbone, RefAE, sweep) from its saved params.
+A rerun in the same directory reuses every finished stage (backbone, RefAE, sweep) from its saved params when its
+fingerprint (the config fields, inputs and code it depends on; see ``jinterp.core.run``) is the same; a stage of
+other settings is recomputed (or, when it holds checkpoints, refused unless ``restart``). ``config.json`` records
+which settings produced each stage.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from flax import traverse_util
 
 from jinterp import backbones, data
 from jinterp.core import features
-from jinterp.core.config import to_dict, to_json
+from jinterp.core.config import to_dict
+from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_fingerprint
 from jinterp.errors import ConfigError, DataError, LayerError, WeightsError
 from jinterp.methods.cladec import evaluation, refae, training
 from jinterp.methods.cladec.config import ClaDecConfig
@@ -102,25 +106,31 @@ def check_layers(cfg: ClaDecConfig, num_classes: int, image_shape: tuple[int, in
     return out
 
 
-def get_backbone(cfg: ClaDecConfig, train_ds, test_ds, workdir: Path, progress: bool) -> tuple[Any, dict, dict]:
-    """``(model, variables, info)``: from ``cfg.weights``, a finished ``<workdir>/backbone``, or trained now."""
-    from jinterp.backbones import torch_import
-    from jinterp.core.train_backbone import PARAMS_FILE, train_backbone
-
+def get_backbone(cfg: ClaDecConfig, train_ds, test_ds, r: Run, progress: bool) -> tuple[Any, dict, dict]:
+    """``(model, variables, info)``: stage ``backbone`` of the run: ``cfg.weights``, or trained into
+    ``<workdir>/backbone`` on the prepared (resized/subset) splits."""
     num_classes = train_ds.num_classes
     image_shape = tuple(int(d) for d in train_ds.images.shape[1:])
-    path = Path(cfg.weights) if cfg.weights else workdir / "backbone" / PARAMS_FILE
-    info: dict[str, Any] = {"arch": cfg.arch, "weights": str(path)}
-    if not cfg.weights and not path.exists():
-        prepared = workdir / "data" / "prepared.npz"
+    prepared = r.workdir / "data" / "prepared.npz"
+
+    def prepare() -> None:
+        if prepared.exists():
+            return  # a resumed training must read the same bytes (np.savez stamps the time into the zip)
         prepared.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(prepared, train_x=train_ds.images, train_y=train_ds.labels, test_x=test_ds.images,
-                 test_y=test_ds.labels)
-        bcfg = dataclasses.replace(cfg.backbone, arch=cfg.arch, data=f"npz:{prepared}", seed=cfg.seed,
-                                   num_classes=num_classes)
-        final = train_backbone(bcfg, workdir / "backbone", progress=progress)
-        info.update(trained_here=True, train_time_s=final["wall_time_s"], steps=final["step"])
-    variables, meta = torch_import.load_variables(path, cfg.arch)
+        tmp = prepared.with_name("prepared.tmp.npz")
+        np.savez(tmp, train_x=train_ds.images, train_y=train_ds.labels, test_x=test_ds.images, test_y=test_ds.labels)
+        tmp.replace(prepared)
+
+    bcfg = dataclasses.replace(cfg.backbone, arch=cfg.arch, data=f"npz:{prepared}", seed=cfg.seed,
+                               num_classes=num_classes)
+    inputs = {**data_fingerprint(data_spec(cfg)), "image_size": cfg.image_size, "train_size": cfg.train_size,
+              "test_size": cfg.test_size}
+    variables, meta, path, info = backbone_stage(r, arch=cfg.arch, weights=cfg.weights, train_cfg=bcfg,
+                                                 inputs=inputs, prepare=prepare, extra_paths=["data"],
+                                                 progress=progress)
+    if cfg.weights:  # never silently degrade: another image size or class count than the file's is an error
+        check_weights_fit(path, meta, num_classes=num_classes, image_shape=image_shape, data_spec=data_spec(cfg),
+                          same_size=True)
     model = backbones.create(cfg.arch, int(meta.get("num_classes") or num_classes), **_model_kwargs(cfg, meta))
     want = backbones.variable_shapes(model, image_shape)
     ws = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(dict(want), sep="/").items()}
@@ -130,7 +140,7 @@ def get_backbone(cfg: ClaDecConfig, train_ds, test_ds, workdir: Path, progress: 
         raise WeightsError(f"{path} does not fit {cfg.arch} on {image_shape} images with {num_classes} classes "
                            f"(first differences: {[(k, hs.get(k), ws.get(k)) for k in bad]}); check --set arch, "
                            "image_size and backbone.widths")
-    if int(meta.get("num_classes") or num_classes) < num_classes:
+    if int(meta.get("num_classes") or num_classes) != num_classes:
         raise WeightsError(f"{path} has {meta.get('num_classes')} classes but the data has {num_classes}")
     variables = jax.tree.map(jnp.asarray, variables)
     return model, variables, info
@@ -249,15 +259,31 @@ def train_sweep(cfg, model, variables, layer, decoder, train_ds, acts_train, key
 
 
 # -------------------------------------------------------------------------------------------------- run
-def run(cfg: ClaDecConfig, workdir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Runs ClaDec end to end (see the module docstring); returns and writes ``results.json``."""
+def run(cfg: ClaDecConfig, workdir: str | Path, *, progress: bool = True, restart: bool = False) -> dict[str, Any]:
+    """Runs ClaDec end to end (see the module docstring); returns and writes ``results.json``.
+
+    Stages of the :class:`~jinterp.core.run.Run`: ``backbone``, per layer ``refae:<layer>`` and
+    ``cladec:<layer>`` (resumable when ``ckpt_every`` > 0), then ``results``; each is reused only under the
+    same settings (``restart``: discard those saved under other settings instead of refusing them).
+    """
+    cfg.validate()
+    with Run(workdir, cfg, method="cladec", restart=restart) as r:
+        return _run(cfg, r, progress)
+
+
+# Config fields that change no trained parameter (evaluation batch, grid size, logging).
+_COSMETIC = ("grid_rows", "eval_batch_size", "log_every", "ckpt_every", "keep")
+
+
+def _fields(cfg: ClaDecConfig, *drop: str) -> dict[str, Any]:
+    return {k: v for k, v in to_dict(cfg).items() if k not in _COSMETIC + drop}
+
+
+def _run(cfg: ClaDecConfig, r: Run, progress: bool) -> dict[str, Any]:
     from jinterp.report.figures import cladec as figs
 
     t0 = time.perf_counter()
-    cfg.validate()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(to_json(cfg) + "\n")
+    workdir = r.workdir
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -267,7 +293,8 @@ def run(cfg: ClaDecConfig, workdir: str | Path, *, progress: bool = True) -> dic
     timings["data_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    model, variables, backbone_info = get_backbone(cfg, train_ds, test_ds, workdir, progress)
+    model, variables, backbone_info = get_backbone(cfg, train_ds, test_ds, r, progress)
+    backbone_fp = r.upstream("backbone")
     act_shapes = dict(features.feature_shapes(model, variables, image_shape, cfg.layers))  # the loaded model's
     timings["backbone_s"] = time.perf_counter() - t
     classify = evaluation.make_classify(model, cfg.arch)
@@ -275,6 +302,9 @@ def run(cfg: ClaDecConfig, workdir: str | Path, *, progress: bool = True) -> dic
 
     root = jax.random.key(cfg.seed)
     grid_idx = _grid_indices(test_ds.labels, min(cfg.grid_rows, len(test_ds)))
+    # results.json and figures describe exactly this run: those of other settings go before anything is computed
+    results_stage = r.stage("results", fields=to_dict(cfg), inputs={"backbone": backbone_fp},
+                            paths=[RESULTS_FILE, "figures"])
     figures: dict[str, str] = {}
     layers_out: dict[str, Any] = {}
     tradeoff: dict[str, Any] = {}
@@ -287,12 +317,25 @@ def run(cfg: ClaDecConfig, workdir: str | Path, *, progress: bool = True) -> dic
         decoder = make_decoder(act_shapes[layer], image_shape, cfg.base_width, layer)
         lkey = jax.random.fold_in(root, li)
 
+        rel = layer_dir.relative_to(workdir)
         ref_fn, ref_info = (None, None)
-        if cfg.refae:
+        if cfg.refae:  # the RefAE never sees α or the trained backbone's weights: an α sweep reuses it
+            st = r.stage(f"refae:{layer}", fields=_fields(cfg, "alphas", "retrain_epochs", "retrain_lr",
+                                                          "retrain_weight_decay", "retrain_batch_size"),
+                         inputs={"data": data_fingerprint(data_spec(cfg)), "layer_index": li},
+                         paths=[f"{rel}/refae", f"{rel}/refae.npz"], resumable=cfg.ckpt_every > 0,
+                         code=("jinterp.methods.cladec.refae", "jinterp.methods.cladec.training"))
             ref_fn, ref_info = train_refae(cfg, model, image_shape, layer, decoder, train_ds.images,
                                            jax.random.fold_in(lkey, 1), layer_dir, progress)
+            st.finish()
+        st = r.stage(f"cladec:{layer}", fields=_fields(cfg, "retrain_epochs", "retrain_lr", "retrain_weight_decay",
+                                                       "retrain_batch_size"),
+                     inputs={"backbone": backbone_fp, "layer_index": li}, paths=[f"{rel}/cladec", f"{rel}/cladec.npz"],
+                     resumable=cfg.ckpt_every > 0,
+                     code=("jinterp.methods.cladec.decoder", "jinterp.methods.cladec.training"))
         stacked, sweep_info = train_sweep(cfg, model, variables, layer, decoder, train_ds, acts_train,
                                           jax.random.fold_in(lkey, 2), layer_dir, progress)
+        st.finish()
 
         # ---- evaluation on the test split
         te = time.perf_counter()
@@ -361,5 +404,6 @@ def run(cfg: ClaDecConfig, workdir: str | Path, *, progress: bool = True) -> dic
         "figures": figures, "wall_times_s": timings, "config": to_dict(cfg),
         "device": jax.default_backend(),
     }
-    (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    r.write_json(RESULTS_FILE, results)
+    results_stage.finish()
     return results

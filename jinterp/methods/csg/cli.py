@@ -15,20 +15,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jinterp.core import config as cfglib
+    from jinterp.core.run import config_from_args
     from jinterp.methods.csg.config import CSGConfig
     from jinterp.methods.csg.program import run as run_program
 
-    cfg = cfglib.preset(CSGConfig, args.config)
-    sets = []
-    if getattr(args, "data", None) and args.data != "synthparts":
-        sets.append(f"data={args.data}")
-    if getattr(args, "arch", None):
-        sets.append(f"arch={args.arch}")
-    if getattr(args, "weights", None):
-        sets.append(f"weights={args.weights}")
-    cfg = cfglib.apply_overrides(cfg, sets + list(args.overrides))
-    res = run_program(cfg, args.workdir, progress=not getattr(args, "quiet", False))
+    sets = [("data", f"data={args.data}") if getattr(args, "data", None) and args.data != "synthparts" else None,
+            ("arch", f"arch={args.arch}") if getattr(args, "arch", None) else None,
+            ("weights", f"weights={args.weights}") if getattr(args, "weights", None) else None]
+    cfg = config_from_args(CSGConfig, args, method="csg", sets=[x for x in sets if x])
+    res = run_program(cfg, args.workdir, progress=not getattr(args, "quiet", False),
+                      restart=getattr(args, "restart", False))
     parts = []
     for name, m in res["models"].items():
         s = f"{name}: acc {m['accuracy']:.3f} MIS {m['mis']:.4f}"

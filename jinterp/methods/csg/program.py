@@ -1,7 +1,6 @@
 """The CSG program: train a CSG model and a standard baseline from the same start, evaluate both.
 
-    from jinterp.methods.csg import CSGConfig
-    from jinterp.methods.csg.program import run
+    from jinterp.methods.csg import CSGConfig, run
     results = run(CSGConfig.tiny(), "runs/csg")
 
 Steps: load data; build the backbone (random init, ``weights``, or a pretrained backbone trained first into
@@ -27,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jinterp import backbones, data
-from jinterp.core.config import to_dict, to_json
+from jinterp.core.config import to_dict
+from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_fingerprint
 from jinterp.core.train_backbone import normalization_stats
 from jinterp.errors import WeightsError
 from jinterp.methods.csg import adversarial as adv
@@ -50,24 +50,25 @@ def _model_kwargs(cfg: CSGConfig) -> dict:
     return {"widths": cfg.widths} if cfg.widths and cfg.arch == "convnet" else {}
 
 
-def _backbone_variables(cfg: CSGConfig, model, image_shape, num_classes: int, workdir: Path) -> tuple[dict, str]:
+def _backbone_variables(cfg: CSGConfig, model, image_shape, num_classes: int, r: Run,
+                        train_ds) -> tuple[dict, str]:
+    """Stage ``backbone``: random init (seed), ``weights``, or a backbone pretrained into ``<workdir>/backbone``."""
     init = backbones.init(model, jax.random.fold_in(jax.random.key(cfg.seed), 0), image_shape)
-    path = cfg.weights
-    if not path and cfg.pretrain:
+    if not cfg.weights and not cfg.pretrain:
+        r.stage("backbone", fields={"arch": cfg.arch, "widths": cfg.widths, "seed": cfg.seed, "init": "random"}
+                ).finish()
+        return init, "random init (seed)"
+    tb = None
+    if not cfg.weights:
         from jinterp.core import config as cfglib
-        from jinterp.core.train_backbone import PARAMS_FILE, train_backbone
 
         tb = cfglib.preset(cfglib.TrainBackboneConfig, cfg.pretrain_preset)
         tb = dataclasses.replace(tb, arch=cfg.arch, widths=cfg.widths, data=cfg.data, image_size=cfg.image_size,
                                  train_size=cfg.train_size, test_size=cfg.test_size, seed=cfg.seed,
                                  num_classes=num_classes)
-        train_backbone(tb, workdir / "backbone", progress=False)
-        path = str(workdir / "backbone" / PARAMS_FILE)
-    if not path:
-        return init, "random init (seed)"
-    from jinterp.backbones import torch_import
-
-    loaded, _ = torch_import.load_variables(path, cfg.arch)
+    loaded, meta, path, _ = backbone_stage(r, arch=cfg.arch, weights=cfg.weights, train_cfg=tb,
+                                           progress=False)
+    check_weights_fit(path, meta, num_classes=num_classes, image_shape=image_shape, data_spec=data_spec(cfg))
     want = jax.tree_util.tree_flatten_with_path(init)[0]
     have = dict(jax.tree_util.tree_flatten_with_path(loaded)[0])
     bad = [jax.tree_util.keystr(p) for p, x in want if p not in have or tuple(have[p].shape) != tuple(x.shape)]
@@ -75,7 +76,7 @@ def _backbone_variables(cfg: CSGConfig, model, image_shape, num_classes: int, wo
         raise WeightsError(f"weights {path} do not fit {cfg.arch} with {num_classes} classes "
                            f"(first mismatches: {bad[:3]}); check arch/widths and the data's classes")
     return jax.tree_util.tree_unflatten(jax.tree.structure(init),
-                                        [jnp.asarray(have[p], x.dtype) for p, x in want]), path
+                                        [jnp.asarray(have[p], x.dtype) for p, x in want]), str(path)
 
 
 def _batched(fn, arrays: list[np.ndarray], batch: int) -> list[np.ndarray]:
@@ -93,13 +94,20 @@ def _batched(fn, arrays: list[np.ndarray], batch: int) -> list[np.ndarray]:
     return [np.concatenate(o) for o in outs]
 
 
-def run(cfg: CSGConfig, workdir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Runs the whole method (see the module docstring); returns and writes ``results.json``."""
-    t_start = time.perf_counter()
+def run(cfg: CSGConfig, workdir: str | Path, *, progress: bool = True, restart: bool = False) -> dict[str, Any]:
+    """Runs the whole method (see the module docstring); returns and writes ``results.json``.
+
+    Stages of the :class:`~jinterp.core.run.Run`: ``backbone`` (resumable when pretrained here), then ``csg``
+    (training both models, evaluation and outputs; recomputed whenever its fingerprint changes).
+    """
     cfg.validate()
-    workdir = Path(workdir)
-    (workdir / "figures").mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(to_json(cfg) + "\n")
+    with Run(workdir, cfg, method="csg", restart=restart) as r:
+        return _run(cfg, r, progress)
+
+
+def _run(cfg: CSGConfig, rn: Run, progress: bool) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    workdir = rn.workdir
     times: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -111,8 +119,14 @@ def run(cfg: CSGConfig, workdir: str | Path, *, progress: bool = True) -> dict[s
 
     model = backbones.create(cfg.arch, num_classes, **_model_kwargs(cfg))
     t = time.perf_counter()
-    variables, source = _backbone_variables(cfg, model, image_shape, num_classes, workdir)
+    variables, source = _backbone_variables(cfg, model, image_shape, num_classes, rn, train_ds)
     times["backbone_s"] = time.perf_counter() - t
+    # Everything below is recomputed in one go (no checkpoints): outputs of other settings go first.
+    stage = rn.stage("csg", fields=to_dict(cfg), inputs={"backbone": rn.upstream("backbone"),
+                                                         "data": data_fingerprint(spec)},
+                      paths=["metrics.jsonl", "csg_params.npz", "gate.npy", "baseline_params.npz", "figures",
+                            RESULTS_FILE])
+    (workdir / "figures").mkdir(parents=True, exist_ok=True)
     site = gates.gate_site(model)
     k = gates.num_filters(model, site, variables, image_shape)
     mean, std = normalization_stats(cfg)
@@ -240,7 +254,8 @@ def run(cfg: CSGConfig, workdir: str | Path, *, progress: bool = True) -> dict[s
     times["figures_s"] = time.perf_counter() - tf
     times["total_s"] = time.perf_counter() - t_start
     results["times"] = times
-    (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+    rn.write_json(RESULTS_FILE, results, default=_json_default)
+    stage.finish()
     return results
 
 

@@ -26,15 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jinterp.core import config as cfglib
+    from jinterp.core.run import config_from_args
     from jinterp.methods.explainer.config import ExplainerConfig
     from jinterp.methods.explainer.program import run as run_program
 
-    cfg = cfglib.preset(ExplainerConfig, args.config)
-    sets = [f"{name}={getattr(args, name)}" for name in ("data", "weights", "arch", "layer", "target")
+    sets = [(name, f"{name}={getattr(args, name)}") for name in ("data", "weights", "arch", "layer", "target")
             if getattr(args, name, None)]
-    cfg = cfglib.apply_overrides(cfg, sets + list(getattr(args, "overrides", []) or []))
-    res = run_program(cfg, args.workdir, progress=not getattr(args, "quiet", False))
+    cfg = config_from_args(ExplainerConfig, args, method="explainer", sets=sets)
+    res = run_program(cfg, args.workdir, progress=not getattr(args, "quiet", False),
+                      restart=getattr(args, "restart", False))
     ins = res["instability"]
     perf = ins.get(f"performer_{res['layer']}", {}).get("value")
     print(f"explainer {res['arch']} {res['layer']}->{res['target']}: rel. error {res['relative_error']:.3f}, "

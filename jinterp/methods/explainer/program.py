@@ -1,7 +1,6 @@
 """The explainer program: performer → explainer training → evaluation → figures → ``results.json``.
 
-    from jinterp.methods.explainer.config import ExplainerConfig
-    from jinterp.methods.explainer.program import run
+    from jinterp.methods.explainer import ExplainerConfig, run
     res = run(ExplainerConfig.tiny(), "runs/explainer")
 
 Steps: load data (synthparts by default); load the performer (``weights``) or train one into
@@ -16,7 +15,6 @@ optionally a λ/η sweep trained as one vmapped model stack; figures under ``<wo
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -29,7 +27,8 @@ import numpy as np
 from jinterp import backbones, data
 from jinterp.core import loop, train
 from jinterp.core.checkpoint import Checkpointer
-from jinterp.core.config import TrainBackboneConfig, apply_overrides, to_dict, to_json
+from jinterp.core.config import TrainBackboneConfig, apply_overrides, to_dict
+from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_fingerprint
 from jinterp.errors import ConfigError, DataError
 from jinterp.methods.explainer import model as M
 from jinterp.methods.explainer.config import ExplainerConfig
@@ -48,30 +47,42 @@ def _num_classes(arch: str, variables: dict) -> int:
     return int(variables["params"][head]["bias"].shape[0])
 
 
-def load_performer(cfg: ExplainerConfig, workdir: Path, progress: bool = True) -> tuple[Any, dict, dict]:
-    """``(module, variables, info)``: from ``cfg.weights`` or trained into ``<workdir>/backbone``."""
-    from jinterp.backbones import torch_import
-    from jinterp.core.train_backbone import PARAMS_FILE, train_backbone
-
+def load_performer(cfg: ExplainerConfig, r: Run, num_classes: int, image_shape: tuple[int, ...],
+                   progress: bool = True) -> tuple[Any, dict, dict]:
+    """``(module, variables, info)``: stage ``backbone``, from ``cfg.weights`` or trained into
+    ``<workdir>/backbone``."""
+    bcfg = TrainBackboneConfig.tiny() if cfg.backbone_steps else TrainBackboneConfig.paper()
+    sets = [f"arch={cfg.arch}", f"data={cfg.data}", f"image_size={cfg.image_size}",
+            f"train_size={cfg.train_size}", f"test_size={cfg.test_size}", f"seed={cfg.seed}"]
+    if cfg.backbone_steps:
+        sets.append(f"steps={cfg.backbone_steps}")
+    bcfg = apply_overrides(bcfg, sets)
+    t0 = time.perf_counter()
+    variables, meta, path, binfo = backbone_stage(r, arch=cfg.arch, weights=cfg.weights, train_cfg=bcfg,
+                                                  progress=progress)
     info: dict[str, Any] = {}
-    path = Path(cfg.weights) if cfg.weights else workdir / "backbone" / PARAMS_FILE
-    if not cfg.weights and not path.is_file():
-        bcfg = TrainBackboneConfig.tiny() if cfg.backbone_steps else TrainBackboneConfig.paper()
-        sets = [f"arch={cfg.arch}", f"data={cfg.data}", f"image_size={cfg.image_size}",
-                f"train_size={cfg.train_size}", f"test_size={cfg.test_size}", f"seed={cfg.seed}"]
-        if cfg.backbone_steps:
-            sets.append(f"steps={cfg.backbone_steps}")
-        bcfg = apply_overrides(bcfg, sets)
-        t0 = time.perf_counter()
-        final = train_backbone(bcfg, workdir / "backbone", progress=progress)
-        info = {"trained": True, "backbone_test_accuracy": final["test_accuracy"],
+    if "backbone_test_accuracy" in binfo:
+        info = {"trained": True, "backbone_test_accuracy": binfo["backbone_test_accuracy"],
                 "backbone_time_s": time.perf_counter() - t0}
-    variables, meta = torch_import.load_variables(path, cfg.arch)
     variables = {k: v for k, v in variables.items()}
-    performer = backbones.create(cfg.arch, _num_classes(cfg.arch, variables),
-                                 **backbones.arch_kwargs_from(cfg.arch, variables))
+    have = _num_classes(cfg.arch, variables)
+    check_weights_fit(path, {**meta, "num_classes": meta.get("num_classes") or have}, num_classes=num_classes,
+                      image_shape=image_shape, data_spec=data_spec(cfg))
+    performer = backbones.create(cfg.arch, have, **backbones.arch_kwargs_from(cfg.arch, variables))
     info.update({"weights": str(path), "performer_meta_accuracy": meta.get("test_accuracy")})
     return performer, variables, info
+
+
+def check_layer_order(cfg: ExplainerConfig) -> None:
+    """The explainer reconstructs a *higher* layer (``target``) from a lower one (``layer``): a target at or
+    below the input layer is an error, before anything is trained."""
+    layer, target = cfg.layers()
+    names = backbones.layer_names(cfg.arch)
+    if layer in names and target in names and names.index(target) <= names.index(layer):
+        above = names[names.index(layer) + 1:]
+        raise ConfigError(f"explainer target {target!r} is {'the same layer as' if target == layer else 'below'} "
+                          f"the input layer {layer!r}; the target must be a higher layer, e.g. --target "
+                          f"{above[-1] if above else '...'} (layers above {layer}: {', '.join(above[:8])})")
 
 
 # ------------------------------------------------------------------------------------------------- building
@@ -276,12 +287,26 @@ def _json_ready(x: Any) -> Any:
     return x
 
 
-def run(cfg: ExplainerConfig, workdir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Runs the whole method (see the module docstring); returns and writes ``<workdir>/results.json``."""
-    t_start = time.perf_counter()
+def run(cfg: ExplainerConfig, workdir: str | Path, *, progress: bool = True, restart: bool = False
+        ) -> dict[str, Any]:
+    """Runs the whole method (see the module docstring); returns and writes ``<workdir>/results.json``.
+
+    Stages of the :class:`~jinterp.core.run.Run`: ``backbone`` (the performer; resumable when trained here),
+    ``explainer`` (resumable: checkpoints), then ``results`` (evaluation, sweep, figures).
+    """
     cfg.validate()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    check_layer_order(cfg)
+    with Run(workdir, cfg, method="explainer", restart=restart) as r:
+        return _run(cfg, r, progress)
+
+
+# Fields that change no trained parameter.
+_COSMETIC = ("log_every", "ckpt_every", "keep", "num_figure_filters")
+
+
+def _run(cfg: ExplainerConfig, r: Run, progress: bool) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    workdir = r.workdir
     times: dict[str, float] = {}
 
     spec = data_spec(cfg)
@@ -289,7 +314,8 @@ def run(cfg: ExplainerConfig, workdir: str | Path, *, progress: bool = True) -> 
     if len(train_ds) < cfg.batch_size:
         raise DataError(f"{spec}: {len(train_ds)} training images < batch_size {cfg.batch_size}")
     t0 = time.perf_counter()
-    performer, perf_vars, perf_info = load_performer(cfg, workdir, progress)
+    performer, perf_vars, perf_info = load_performer(cfg, r, train_ds.num_classes,
+                                                     tuple(int(d) for d in train_ds.images.shape[1:]), progress)
     times["performer_s"] = time.perf_counter() - t0
     s = build(cfg, performer, perf_vars, train_ds.images)
     if s.logits is None:
@@ -302,9 +328,15 @@ def run(cfg: ExplainerConfig, workdir: str | Path, *, progress: bool = True) -> 
     tx, _ = train.make_optimizer(cfg.optim, total)
     root = jax.random.PRNGKey(cfg.seed)
     state = init_state(s, tx, jax.random.fold_in(root, 0))
+    fields = {k: v for k, v in to_dict(cfg).items() if k not in _COSMETIC}
+    train_fields = {k: v for k, v in fields.items()  # what the trained explainer depends on
+                    if not k.startswith("sweep_") and k not in ("eval_batch_size", "instability_top_n")}
+    explainer_stage = r.stage("explainer", fields=train_fields, inputs={"backbone": r.upstream("backbone"),
+                                                                        "data": data_fingerprint(spec)},
+                              paths=["checkpoints", loop.METRICS_FILE], resumable=True,
+                              code=("jinterp.methods.explainer.model", "jinterp.methods.explainer.icnn"))
     ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.keep, config=to_dict(cfg))
     state, start, pos = loop.restore_or_init(ckpt, state, workdir)
-    (workdir / "config.json").write_text(to_json(cfg) + "\n")
     step = make_step(s, tx, steps_per_epoch)
     lam, eta = jnp.float32(cfg.lam), jnp.float32(cfg.eta)
     train_step = lambda st, batch: step(st, s.perf_vars, batch["image"], lam, eta)
@@ -319,6 +351,9 @@ def run(cfg: ExplainerConfig, workdir: str | Path, *, progress: bool = True) -> 
     finally:
         it.close()
     times["explainer_train_s"] = time.perf_counter() - t0
+    explainer_stage.finish()
+    results_stage = r.stage("results", fields=fields, inputs={"explainer": explainer_stage.fingerprint},
+                            paths=[RESULTS_FILE, "figures"])
     perf_unchanged = all(np.array_equal(a, np.asarray(b)) for a, b in
                          zip(jax.tree.leaves(perf_before), jax.tree.leaves(jax.device_get(s.perf_vars)), strict=True))
 
@@ -369,5 +404,6 @@ def run(cfg: ExplainerConfig, workdir: str | Path, *, progress: bool = True) -> 
         "times": times, "devices": jax.device_count(), "backend": jax.default_backend(),
     }
     results = _json_ready(results)
-    (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    r.write_json(RESULTS_FILE, results)
+    results_stage.finish()
     return results

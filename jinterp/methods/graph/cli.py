@@ -38,18 +38,19 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from jinterp.core import config as cfglib
+    from jinterp.core.run import explicit, load_config
     from jinterp.methods.graph.config import GraphConfig
     from jinterp.methods.graph.program import RESULTS_FILE, summary
     from jinterp.methods.graph.program import run as run_program
 
-    arch = getattr(args, "arch", None)
+    arch = getattr(args, "arch", None) if explicit(args, "arch") else None
     if arch == "resnet20" and args.config == "tiny":
         cfg = GraphConfig.resnet20()
     else:
-        cfg = cfglib.preset(GraphConfig, args.config)
+        cfg = load_config(GraphConfig, args.config, method="graph")
     if arch:
         cfg = dataclasses.replace(cfg, arch=arch)
-    layers = getattr(args, "layers", None)
+    layers = getattr(args, "layers", None) if explicit(args, "layers") else None
     if layers:
         names = tuple(x.strip() for x in layers.split(",") if x.strip())
         n = len(names)
@@ -57,14 +58,12 @@ def run(args: argparse.Namespace) -> int:
         top_m = _fit(cfg.top_m[:-1], n - 1) + (0,) if n > 1 else (0,)
         cfg = dataclasses.replace(cfg, layers=names, density=_fit(cfg.density, n), top_n=top_n, top_m=top_m,
                                   strides=(), centers=())
-    sets = []
-    if getattr(args, "data", None):
-        sets.append(f"data={args.data}")
-    if getattr(args, "weights", None):
-        sets.append(f"weights={args.weights}")
+    sets = [(name, f"{name}={getattr(args, name)}") for name in ("data", "weights") if getattr(args, name, None)]
     if getattr(args, "faithful", False):
-        sets.append("faithful=true")
-    cfg = cfglib.apply_overrides(cfg, sets + list(getattr(args, "overrides", []) or []))
-    res = run_program(cfg, args.workdir, progress=not getattr(args, "quiet", False))
+        sets.append(("faithful", "faithful=true"))
+    cfg = cfglib.apply_overrides(cfg, [item for option, item in sets if explicit(args, option)]
+                                 + list(getattr(args, "overrides", []) or []))
+    res = run_program(cfg, args.workdir, progress=not getattr(args, "quiet", False),
+                      restart=getattr(args, "restart", False))
     print(summary(res) + f"; results: {args.workdir}/{RESULTS_FILE}")
     return 0

@@ -15,7 +15,6 @@ released ``computeStability_raw.m``: position = argmax cell of the normalized ma
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -23,11 +22,15 @@ from typing import Any
 
 import numpy as np
 
+from jinterp.core.run import Run, backbone_stage, data_fingerprint
 from jinterp.errors import ConfigError, DataError
 from jinterp.methods.graph.config import GraphConfig
 
 GRAPH_FILE = "graph.npz"
 RESULTS_FILE = "results.json"
+# What :func:`evaluate` reports; named in results.json when the data cannot give them (no landmarks).
+METRIC_NAMES = ("instability_graph_nodes", "instability_graph_filters", "instability_icnn_nodes",
+                "instability_icnn_filters", "fewshot_normalized_distance_nodes", "fewshot_normalized_distance_filters")
 
 
 # ----------------------------------------------------------------------------------------------------------- data
@@ -91,9 +94,15 @@ def load_images(cfg: GraphConfig) -> dict[str, Any]:
         pos_idx = neg_idx = np.arange(len(labels))
     if len(pos_idx) < 2 or len(neg_idx) < 2:
         raise DataError(f"graph: {ds.name} has too few images of category {cfg.category} or of the others")
-    pos_idx, neg_idx = pos_idx[:cfg.num_images], neg_idx[-cfg.num_negatives:]
     out: dict[str, Any] = {"name": ds.name, "category": cfg.category,
-                           "category_name": ds.class_names[cfg.category] if cfg.category >= 0 else "all"}
+                           "category_name": ds.class_names[cfg.category] if cfg.category >= 0 else "all",
+                           "warnings": []}
+    if len(pos_idx) < cfg.num_images:  # never a silent shortfall: say how many and why
+        out["warnings"].append(
+            f"graph: {len(pos_idx)} usable images instead of the {cfg.num_images} requested: {ds.name} has only "
+            f"{len(pos_idx)} test images of category {out['category_name']!r} ({len(labels)} in all); use data with "
+            "more images of it, or lower num_images")
+    pos_idx, neg_idx = pos_idx[:cfg.num_images], neg_idx[-cfg.num_negatives:]
     images = np.asarray(ds.images)
     lm = vis = None
     if ds.landmarks is not None:
@@ -120,31 +129,35 @@ def load_images(cfg: GraphConfig) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------- backbone
-def load_backbone(cfg: GraphConfig, workdir: Path, progress: bool):
-    """(model, variables, preprocess name); trains ``TrainBackboneConfig.tiny()`` first when ``weights`` is ""."""
+def load_backbone(cfg: GraphConfig, r: Run, progress: bool):
+    """(model, variables, preprocess name, path): stage ``backbone``; trains ``TrainBackboneConfig.tiny()`` into
+    ``<workdir>/backbone`` first when ``weights`` is ""."""
     from jinterp import backbones
-    from jinterp.backbones import torch_import
+    from jinterp.core.config import TrainBackboneConfig
 
-    path = Path(cfg.weights) if cfg.weights else workdir / "backbone" / "params.npz"
-    if not cfg.weights and not path.exists():
-        from jinterp.core.config import TrainBackboneConfig
-        from jinterp.core.train_backbone import train_backbone
-
-        t = TrainBackboneConfig.tiny()
-        t = dataclasses.replace(t, arch=cfg.arch, data=cfg.data, image_size=cfg.image_size, seed=cfg.seed,
-                                widths=t.widths if cfg.arch == "convnet" else (),
-                                steps=cfg.backbone_steps or t.steps)
-        train_backbone(t, path.parent, progress=progress)
-    variables, meta = torch_import.load_variables(path, cfg.arch)
-    kw = {}
-    widths = (meta.get("config") or {}).get("widths")
-    if cfg.arch == "convnet" and widths:
-        kw["widths"] = tuple(widths)
+    t = TrainBackboneConfig.tiny()
+    t = dataclasses.replace(t, arch=cfg.arch, data=cfg.data, image_size=cfg.image_size, seed=cfg.seed,
+                            widths=t.widths if cfg.arch == "convnet" else (), steps=cfg.backbone_steps or t.steps)
+    variables, meta, path, _ = backbone_stage(r, arch=cfg.arch, weights=cfg.weights, train_cfg=t, progress=progress)
+    kw = backbones.arch_kwargs_from(cfg.arch, variables)  # the widths the variables have
     model = backbones.create(cfg.arch, meta.get("num_classes"), **kw)
     return model, variables, meta.get("normalization") or backbones.NORMALIZATION[cfg.arch], str(path)
 
 
-# ------------------------------------------------------------------------------------------------------- evaluate
+def check_layer_order(cfg: GraphConfig) -> None:
+    """The graph is learned top-down over layers given bottom to top: any other order is an error (a reversed
+    list would build an inverted graph, parents below their children)."""
+    from jinterp import backbones
+
+    names = backbones.layer_names(cfg.arch)
+    backbones.check_layers(names, cfg.layers)  # unknown names: LayerError listing the valid ones
+    depth = [names.index(n) for n in cfg.layers]
+    if any(b <= a for a, b in zip(depth, depth[1:], strict=False)):
+        ordered = sorted(dict.fromkeys(cfg.layers), key=names.index)
+        raise ConfigError(f"graph layers must be distinct and go from bottom to top, got {','.join(cfg.layers)}; "
+                          f"give them in network order, e.g. --layers {','.join(ordered)}")
+
+
 def raw_filter_units(maps: np.ndarray, geom) -> tuple[np.ndarray, np.ndarray]:
     """Raw filters as units: (N, C, 2) argmax positions in pixels (x, y) and (N, C) max values."""
     from jinterp.metrics.localization import argmax_positions, cells_to_pixels
@@ -215,8 +228,21 @@ def save_graph(path: Path, layers) -> None:
     np.savez_compressed(path, **arrays)
 
 
-def run(cfg: GraphConfig, workdir, *, progress: bool = True) -> dict[str, Any]:
-    """The whole method on ``cfg``; returns (and writes) the results dict."""
+def run(cfg: GraphConfig, workdir, *, progress: bool = True, restart: bool = False) -> dict[str, Any]:
+    """The whole method on ``cfg``; returns (and writes) the results dict.
+
+    Stages of the :class:`~jinterp.core.run.Run`: ``backbone`` (resumable when trained here), then ``graph``
+    (learning, metrics, outputs; recomputed whenever its fingerprint changes).
+    """
+    cfg.validate()
+    check_layer_order(cfg)
+    with Run(workdir, cfg, method="graph", restart=restart) as r:
+        return _run(cfg, r, progress)
+
+
+def _run(cfg: GraphConfig, r: Run, progress: bool) -> dict[str, Any]:
+    import sys
+
     from jinterp.core import features
     from jinterp.core.config import to_dict
     from jinterp.methods.graph.geometry import layer_geom
@@ -224,18 +250,22 @@ def run(cfg: GraphConfig, workdir, *, progress: bool = True) -> dict[str, Any]:
     from jinterp.methods.graph.normalization import negative_std, normalize
 
     t_start = time.perf_counter()
-    cfg.validate()
-    workdir = Path(workdir)
-    (workdir / "figures").mkdir(parents=True, exist_ok=True)
+    workdir = r.workdir
     say = print if progress else (lambda *_: None)
     times: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    model, variables, norm, weights_path = load_backbone(cfg, workdir, progress)
-    times["backbone_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    d = load_images(cfg)
+    d = load_images(cfg)  # before the backbone: data problems show before any training
+    for w in d["warnings"]:
+        print(f"jinterp: warning: {w}", file=sys.stderr)
     times["data_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model, variables, norm, weights_path = load_backbone(cfg, r, progress)
+    times["backbone_s"] = time.perf_counter() - t0
+    stage = r.stage("graph", fields=to_dict(cfg), inputs={"backbone": r.upstream("backbone"),
+                                                          "data": data_fingerprint(cfg.data)},
+                    paths=[GRAPH_FILE, RESULTS_FILE, "figures"])
+    (workdir / "figures").mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
     layers_names = tuple(cfg.layers)
@@ -262,10 +292,18 @@ def run(cfg: GraphConfig, workdir, *, progress: bool = True) -> dict[str, Any]:
                    for ly in layers],
         "graph_file": str(workdir / GRAPH_FILE),
     }
+    results["warnings"] = list(d["warnings"])
     if d["landmarks"] is not None and d["landmarks"].shape[1] > 0:
         t0 = time.perf_counter()
         results["metrics"] = evaluate(layers, maps_list, d["landmarks"], d["visible"], cfg)
         times["evaluate_s"] = time.perf_counter() - t0
+    else:  # named, never silently dropped
+        why = (f"{d['name']} has no part landmarks" if d["landmarks"] is None
+               else f"no part of category {d['category_name']!r} is visible in the images")
+        results["metrics_not_computed"] = {"metrics": list(METRIC_NAMES), "reason": why}
+        msg = f"graph: metrics not computed ({', '.join(METRIC_NAMES)}): {why}"
+        results["warnings"].append(msg)
+        print(f"jinterp: warning: {msg}", file=sys.stderr)
     t0 = time.perf_counter()
     try:
         from jinterp.report.figures import graph as gfig
@@ -277,7 +315,8 @@ def run(cfg: GraphConfig, workdir, *, progress: bool = True) -> dict[str, Any]:
     times["figures_s"] = time.perf_counter() - t0
     times["total_s"] = time.perf_counter() - t_start
     results["times"] = times
-    (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=float) + "\n")
+    r.write_json(RESULTS_FILE, results, default=float)
+    stage.finish()
     return results
 
 
