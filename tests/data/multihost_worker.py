@@ -7,9 +7,10 @@ import sys
 import jax
 import numpy as np
 
-port, pid, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid,
-                           initialization_timeout=60)
+from jinterp.core.distributed import maybe_initialize
+
+pid, out = int(sys.argv[1]), sys.argv[2]
+assert maybe_initialize()  # joins through the environment the test sets (as jinterp's CLI does at start)
 
 from multihost_data import conv_features, make_dataset, tiny_convnet, train_step_and_state  # noqa: E402
 

@@ -24,15 +24,29 @@ def test_detect_reads_the_launchers_variables(env, expected):
     assert detect(env) == expected
 
 
-def test_bad_settings_are_one_line_errors():
+def test_bad_settings_are_one_line_errors(monkeypatch):
+    import jax
+
     with pytest.raises(ConfigError, match="JINTERP_DISTRIBUTED='yes'; set it to 1"):
         detect({"JINTERP_DISTRIBUTED": "yes"})
     with pytest.raises(ConfigError, match="JINTERP_PROCESS_ID='first' must be a non-negative integer"):
         maybe_initialize({"JINTERP_DISTRIBUTED": "1", "JINTERP_PROCESS_ID": "first"})
-    # asked to join but nothing says where the coordinator is: the fix is named, nothing is initialized
+
+    def no_coordinator(**kw):  # what jax.distributed.initialize raises off a cluster without an address
+        raise ValueError("coordinator_address should be defined.")
+
+    monkeypatch.setattr(jax.distributed, "initialize", no_coordinator)
     with pytest.raises(ConfigError, match="coordinator_address should be defined; set JAX_COORDINATOR_ADDRESS"):
         maybe_initialize({"JINTERP_DISTRIBUTED": "1"})
+
+
+def test_maybe_initialize_joins_only_when_detected_and_passes_the_process_numbers(monkeypatch):
     import jax
 
-    assert not jax.distributed.is_initialized()
-    assert maybe_initialize({}) is False
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    assert maybe_initialize({}) is False and maybe_initialize(SLURM | {"JINTERP_DISTRIBUTED": "0"}) is False
+    assert calls == []
+    assert maybe_initialize(SLURM) is True and calls == [{}]  # JAX's SLURM detection fills in the rest
+    assert maybe_initialize({"JINTERP_DISTRIBUTED": "1", "JINTERP_NUM_PROCESSES": "2", "JINTERP_PROCESS_ID": "1"})
+    assert calls[-1] == {"num_processes": 2, "process_id": 1}

@@ -27,10 +27,12 @@ def test_two_processes_read_disjoint_halves_that_assemble_to_the_single_process_
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
-           "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, str(HERE / "multihost_worker.py"), str(port), str(pid),
-                               str(tmp_path / f"p{pid}.npz")], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for pid in range(2)]
+           "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")]),
+           # how a launcher tells jinterp.core.distributed.maybe_initialize to join a job
+           "JINTERP_DISTRIBUTED": "1", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JINTERP_NUM_PROCESSES": "2"}
+    procs = [subprocess.Popen([sys.executable, str(HERE / "multihost_worker.py"), str(pid),
+                               str(tmp_path / f"p{pid}.npz")], env={**env, "JINTERP_PROCESS_ID": str(pid)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for pid in range(2)]
     for p in procs:
         out, _ = p.communicate(timeout=240)
         assert p.returncode == 0, out[-3000:]
