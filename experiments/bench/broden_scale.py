@@ -110,6 +110,7 @@ def measure(root: str, arch: str, layer: str, batch_size: int, chunk: int, label
 
     th = dis.quantile_thresholds(all_acts(), n * h * w)
     t1, c1 = time.perf_counter(), _cpu_s()
+    peak_thresholds = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     total = None
     concepts = None
     for start in range(0, n, chunk):
@@ -125,6 +126,7 @@ def measure(root: str, arch: str, layer: str, batch_size: int, chunk: int, label
                 batch_size=batch_size, chunk=chunk, label_size=label_size,
                 peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 peak_rss_sampled_mb=peak_sampled, rss_after_load_mb=rss_after_load,
+                peak_rss_after_thresholds_mb=peak_thresholds,
                 thresholds_s=t1 - t0, thresholds_img_s=n / (t1 - t0), thresholds_cpu_per_wall=(c1 - c0) / (t1 - t0),
                 tally_s=t2 - t1, tally_img_s=n / (t2 - t1), tally_cpu_per_wall=(c2 - c1) / (t2 - t1),
                 widths=list(widths), detectors=result.num_detectors, dead_units=int(np.sum(result.dead)),
@@ -157,10 +159,13 @@ def main(argv=None) -> None:
     try:
         # one folder of max(N) images; each N dissects its first N (images 0..N-1 are the same whatever the total)
         root = work / "broden"
-        t = time.perf_counter()
-        write_synthparts_broden(root, max(args.n), size=224)
-        write_s = time.perf_counter() - t
-        print(json.dumps({"written": max(args.n), "write_s": write_s}), flush=True)
+        index = root / "index.csv"
+        if args.keep and index.exists() and len(index.read_text().splitlines()) > max(args.n):
+            print(json.dumps({"reused": str(root)}), flush=True)  # a kept folder from an earlier run
+        else:
+            t = time.perf_counter()
+            write_synthparts_broden(root, max(args.n), size=224)
+            print(json.dumps({"written": max(args.n), "write_s": time.perf_counter() - t}), flush=True)
         for n in sorted(args.n):
             cmd = [sys.executable, "-m", "experiments.bench.broden_scale", "--measure", f"{root}:max_images={n}",
                    "--arch", args.arch, "--layer", args.layer, "--batch-size", str(args.batch_size),
