@@ -7,8 +7,9 @@ child process, the dissection of that folder read with ``lazy=1``:
 1. thresholds: images decoded per batch in :class:`~jinterp.data.BatchIterator`'s prefetch thread, features of
    ``--layer`` by :func:`jinterp.core.features.iter_features` (jitted), exact top-0.5 % quantiles
    (:func:`jinterp.metrics.dissection.quantile_thresholds`);
-2. tally: the same stream again; concept labels (:func:`jinterp.data.broden_concepts`, every plane, merged names)
-   are built ``--chunk`` images at a time and :func:`jinterp.metrics.dissection.tally` runs per chunk; the tally's
+2. tally: the same stream again (one iterator over the whole set); concept labels
+   (:func:`jinterp.data.broden_concepts`, every plane, merged names) are built ``--chunk`` images at a time and
+   :func:`jinterp.metrics.dissection.tally` runs per chunk on that chunk's batches of the stream; the tally's
    counters are sums over images, so the chunk tallies add up to the tally of the whole set;
 3. IoU and unit labels.
 
@@ -69,6 +70,57 @@ def _cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def _mark() -> tuple[float, float, float]:
+    """(wall s, CPU s, peak RSS MiB so far) of this process."""
+    return time.perf_counter(), _cpu_s(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def streamed_dissection(ds, model, variables, layer: str, batch_size: int, chunk: int, label_size: int,
+                        marks: list | None = None):
+    """Thresholds, tally, IoU and unit labels of ``ds`` (a ``broden:`` Dataset, lazy or not) with nothing
+    data-set-sized in memory: images stream through one prefetching BatchIterator per pass, concept labels are
+    built ``chunk`` images at a time. Returns ``(iou_table (U, L), DissectionResult, Thresholds, first activation
+    batch)``; appends :func:`_mark` at the start, after the thresholds pass and at the end to ``marks``."""
+    import itertools
+
+    import jax
+    import numpy as np
+
+    from jinterp.core.features import iter_features
+    from jinterp.data import BatchIterator, broden_concepts
+    from jinterp.metrics import dissection as dis
+
+    marks = [] if marks is None else marks
+    n = len(ds)
+
+    def acts():
+        it = BatchIterator(ds, batch_size, shuffle=False, num_epochs=1, prefetch=2)
+        # batches are decoded in the iterator's prefetch thread while the previous one is computed
+        images = (np.asarray(b["image"])[np.asarray(b["mask"])] for b in it)
+        for out in iter_features(model, variables, images, [layer], batch_size=batch_size):
+            yield out[layer]
+
+    marks.append(_mark())
+    stream = acts()
+    first = next(stream)
+    h, w = first.shape[1:3]
+    th = dis.quantile_thresholds(itertools.chain([first], stream), n * h * w)
+    marks.append(_mark())
+    total = concepts = None
+    chunk = max(1, chunk // batch_size) * batch_size  # whole batches per chunk
+    stream = acts()  # one ordered pass; each chunk's tally takes that chunk's batches from it
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        concepts = broden_concepts(ds.take(np.arange(start, stop)), size=(label_size, label_size))
+        t = dis.tally(itertools.islice(stream, -(-(stop - start) // batch_size)), concepts, th, batch_size,
+                      max_labels=32)
+        total = t if total is None else jax.tree_util.tree_map(lambda a, b: a + b, total, t)
+    table = dis.iou(total, concepts)  # names and categories come from the CSVs: the same for every chunk
+    result = dis.label_units(table, th.dead)
+    marks.append(_mark())
+    return table, result, th, first
+
+
 def measure(root: str, arch: str, layer: str, batch_size: int, chunk: int, label_size: int,
             widths: tuple[int, ...] = ()) -> dict:
     """Dissect the Broden folder ``root`` streamed with lazy=1 (run in a fresh process)."""
@@ -78,49 +130,17 @@ def measure(root: str, arch: str, layer: str, batch_size: int, chunk: int, label
     import numpy as np
 
     from jinterp import backbones
-    from jinterp.core.features import iter_features
-    from jinterp.data import BatchIterator, broden_concepts, load
-    from jinterp.metrics import dissection as dis
+    from jinterp.data import load
 
     ds = load(f"broden:{root},lazy=1", "train")
     n = len(ds)
     model = backbones.create(arch, num_classes=10, **({"widths": widths} if widths else {}))
     variables = backbones.init(model, jax.random.key(0), ds.image_shape)
-
-    def images(subset):
-        it = BatchIterator(subset, batch_size, shuffle=False, num_epochs=1, prefetch=2)
-        for batch in it:  # decoded in the iterator's prefetch thread while the previous batch is computed
-            keep = np.asarray(batch["mask"])
-            yield np.asarray(batch["image"])[keep]
-
-    def acts(subset):
-        for out in iter_features(model, variables, images(subset), [layer], batch_size=batch_size):
-            yield out[layer]
-
     rss_after_load = _rss_mb()
-    t0, c0 = time.perf_counter(), _cpu_s()
-    first = None
-    stream = acts(ds)
-    first = next(stream)
+    marks = []
+    table, result, _, first = streamed_dissection(ds, model, variables, layer, batch_size, chunk, label_size, marks)
+    (t0, c0, _), (t1, c1, peak_thresholds), (t2, c2, _) = marks
     h, w = first.shape[1:3]
-
-    def all_acts():
-        yield first
-        yield from stream
-
-    th = dis.quantile_thresholds(all_acts(), n * h * w)
-    t1, c1 = time.perf_counter(), _cpu_s()
-    peak_thresholds = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    total = None
-    concepts = None
-    for start in range(0, n, chunk):
-        part = ds.take(np.arange(start, min(start + chunk, n)))
-        concepts = broden_concepts(part, size=(label_size, label_size))
-        t = dis.tally(acts(part), concepts, th, batch_size, max_labels=32)
-        total = t if total is None else jax.tree_util.tree_map(lambda a, b: a + b, total, t)
-    table = dis.iou(total, concepts)
-    result = dis.label_units(table, th.dead)
-    t2, c2 = time.perf_counter(), _cpu_s()
     peak_sampled = sampler.stop()
     return dict(n=n, arch=arch, layer=layer, feature_hw=[int(h), int(w)], units=int(first.shape[-1]),
                 batch_size=batch_size, chunk=chunk, label_size=label_size,
@@ -130,7 +150,7 @@ def measure(root: str, arch: str, layer: str, batch_size: int, chunk: int, label
                 thresholds_s=t1 - t0, thresholds_img_s=n / (t1 - t0), thresholds_cpu_per_wall=(c1 - c0) / (t1 - t0),
                 tally_s=t2 - t1, tally_img_s=n / (t2 - t1), tally_cpu_per_wall=(c2 - c1) / (t2 - t1),
                 widths=list(widths), detectors=result.num_detectors, dead_units=int(np.sum(result.dead)),
-                concepts=int(concepts.num_concepts))
+                concepts=int(table.shape[1]))
 
 
 def main(argv=None) -> None:
