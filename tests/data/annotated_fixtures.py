@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 from PIL import Image
+
+from jinterp.data.broden_writer import encode  # noqa: F401  (tests import it from here)
+from jinterp.data.broden_writer import write_csv as _write_csv
 
 CUB_PARTS = ("back", "beak", "belly", "breast", "crown", "forehead", "left eye", "left leg", "left wing", "nape",
              "right eye", "right leg", "right wing", "tail", "throat")
@@ -143,18 +144,6 @@ def write_pascal_part(root, seed=0):
 
 
 # ------------------------------------------------------------------------------------------------ Broden
-def _write_csv(path, header, rows):
-    with open(path, "w", newline="") as f:
-        wr = csv.writer(f)
-        wr.writerow(header)
-        wr.writerows(rows)
-
-
-def encode(num):
-    """Global label numbers -> Broden mask RGB (R + 256 * G)."""
-    return np.stack([num % 256, num // 256, np.zeros_like(num)], -1).astype(np.uint8)
-
-
 def write_broden_hard(root, n=6, ih=16, sh=8, seed=0):
     """A Broden folder (joinseg layout) with the hard cases: overlapping part planes, multi-label texture cells,
     ``ring`` shared by object and part (one global number, listed in c_object.csv and c_part.csv), a label number

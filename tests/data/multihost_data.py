@@ -28,3 +28,28 @@ def conv_features(images):
     x = normalize(images, "imagenet")
     y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return jax.nn.relu(y)
+
+
+def tiny_convnet():
+    """A tiny ConvNet (2 conv stages on 4x4 images), its initial variables and ``iter_features``' layer."""
+    import jax
+
+    from jinterp import backbones
+
+    model = backbones.create("convnet", num_classes=3, widths=(4, 6))
+    return model, backbones.init(model, jax.random.key(5), (4, 4, 3)), "relu2"
+
+
+def train_step_and_state(mesh=None):
+    """``jinterp.core.train``'s jitted classifier step (SGD with momentum, BatchNorm in train mode, padding rows
+    masked out of the loss) and its initial state; with ``mesh`` the step is sharded over ``data``."""
+    import jax
+    import optax
+
+    from jinterp.core import train
+
+    model, variables, _ = tiny_convnet()
+    tx = optax.sgd(0.1, momentum=0.9)
+    loss = train.make_classifier_loss(model, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    state = train.create_train_state(variables, tx, jax.random.key_data(jax.random.key(11)))
+    return train.make_train_step(loss, tx, mesh=mesh), state

@@ -1,23 +1,33 @@
 """One process of the two-process pipeline test (tests/data/test_data_multihost.py): joins the job, iterates the
-BatchIterator and saves the shards its devices hold plus the dataset rows it decoded."""
+BatchIterator and saves the shards its devices hold, the dataset rows it decoded, the features
+``jinterp.core.features.iter_features`` gives for its own rows, and the state after one sharded training step."""
 
 import sys
 
 import jax
 import numpy as np
 
-port, pid, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid,
-                           initialization_timeout=60)
+from jinterp.core.distributed import maybe_initialize
 
-from multihost_data import conv_features, make_dataset  # noqa: E402
+pid, out = int(sys.argv[1]), sys.argv[2]
+assert maybe_initialize()  # joins through the environment the test sets (as jinterp's CLI does at start)
 
-from jinterp.data import BatchIterator  # noqa: E402
+from multihost_data import conv_features, make_dataset, tiny_convnet, train_step_and_state  # noqa: E402
+
+from jinterp.core.features import iter_features  # noqa: E402
+from jinterp.data import BatchIterator, data_mesh  # noqa: E402
 
 decoded = []
 ds = make_dataset(decoded)
 record = {"process_count": np.asarray(jax.process_count())}
-it = BatchIterator(ds, 4, seed=1, num_epochs=1, prefetch=1, masks=("part",), landmarks=True)
+mesh = data_mesh()
+model, variables, layer = tiny_convnet()
+step_fn, state = train_step_and_state(mesh)
+# the initial state (the same values on every process) as global arrays replicated over the two-process mesh
+replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+state = jax.tree.map(lambda x: jax.make_array_from_callback(np.shape(x), replicated, lambda idx: np.asarray(x)[idx]),
+                     state)
+it = BatchIterator(ds, 4, seed=1, num_epochs=1, prefetch=1, masks=("part",), landmarks=True, mesh=mesh)
 for step, batch in enumerate(it):
     batch["features"] = jax.jit(conv_features)(batch["image"])  # computed on the assembled global batch
     for key, arr in batch.items():
@@ -25,5 +35,13 @@ for step, batch in enumerate(it):
         for shard in arr.addressable_shards:
             start = shard.index[0].start or 0
             record[f"{step}/{key}/{start}"] = np.asarray(shard.data)
+    # feature extraction: each process runs the backbone on the rows it holds
+    (local,) = [np.asarray(s.data) for s in batch["image"].addressable_shards]
+    (feats,) = list(iter_features(model, variables, local, [layer], batch_size=len(local)))
+    record[f"{step}/backbone/{pid}"] = feats[layer]
+    if step == 0:  # one training step on the global batch: gradients and BatchNorm statistics cross processes
+        state, metrics = step_fn(state, {k: batch[k] for k in ("image", "label", "mask")})
+        for path, leaf in jax.tree_util.tree_leaves_with_path((state, metrics)):
+            record[f"train{jax.tree_util.keystr(path)}"] = np.asarray(leaf.addressable_data(0))
 record["decoded"] = np.asarray(decoded)
 np.savez(out, **record)

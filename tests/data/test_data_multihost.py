@@ -1,5 +1,7 @@
 """Per-host shards: two local CPU processes joined with jax.distributed each read only their half of every global
-batch; the assembled global batches, and conv features computed on them under jit, equal the single-process ones."""
+batch; the assembled global batches, conv features computed on them under jit, backbone features each process
+extracts (``jinterp.core.features``) from its rows, and one sharded training step (``jinterp.core.train``) equal the
+single-process ones."""
 
 from __future__ import annotations
 
@@ -15,18 +17,22 @@ HERE = Path(__file__).resolve().parent
 
 
 def test_two_processes_read_disjoint_halves_that_assemble_to_the_single_process_batches(tmp_path):
-    from multihost_data import N, conv_features, make_dataset
+    import jax
+    from multihost_data import N, conv_features, make_dataset, tiny_convnet, train_step_and_state
 
+    from jinterp.core.features import iter_features
     from jinterp.data import BatchIterator
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
-           "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, str(HERE / "multihost_worker.py"), str(port), str(pid),
-                               str(tmp_path / f"p{pid}.npz")], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for pid in range(2)]
+           "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")]),
+           # how a launcher tells jinterp.core.distributed.maybe_initialize to join a job
+           "JINTERP_DISTRIBUTED": "1", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JINTERP_NUM_PROCESSES": "2"}
+    procs = [subprocess.Popen([sys.executable, str(HERE / "multihost_worker.py"), str(pid),
+                               str(tmp_path / f"p{pid}.npz")], env={**env, "JINTERP_PROCESS_ID": str(pid)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for pid in range(2)]
     for p in procs:
         out, _ = p.communicate(timeout=240)
         assert p.returncode == 0, out[-3000:]
@@ -43,6 +49,22 @@ def test_two_processes_read_disjoint_halves_that_assemble_to_the_single_process_
             for pid, start in ((0, 0), (1, 2)):  # process p's one device holds rows [2p, 2p + 2)
                 np.testing.assert_allclose(got[pid][f"{step}/{key}/{start}"], full[start:start + 2],
                                            rtol=1e-5, atol=1e-5, err_msg=f"step {step} {key} process {pid}")
+        # backbone features: process p extracted rows [2p, 2p + 2) of the batch itself
+        model, variables, layer = tiny_convnet()
+        (feats,) = list(iter_features(model, variables, np.asarray(batch["image"]), [layer], batch_size=4))
+        for pid in range(2):
+            np.testing.assert_allclose(got[pid][f"{step}/backbone/{pid}"], feats[layer][2 * pid:2 * pid + 2],
+                                       rtol=1e-5, atol=1e-6, err_msg=f"step {step} backbone process {pid}")
+    # one training step on the first global batch, on one device, equals the step sharded over two processes
+    step_fn, state = train_step_and_state()
+    state, metrics = step_fn(state, {k: single[0][k] for k in ("image", "label", "mask")})
+    leaves = jax.tree_util.tree_leaves_with_path((state, metrics))
+    assert len(leaves) > 10
+    for pid in range(2):
+        for path, leaf in leaves:
+            np.testing.assert_allclose(got[pid][f"train{jax.tree_util.keystr(path)}"], np.asarray(leaf), rtol=1e-5,
+                                       atol=1e-6, err_msg=f"train state {jax.tree_util.keystr(path)} process {pid}")
+    assert int(state.step) == 1 and float(metrics["grad_norm"]) > 0
     # each process decoded only its own rows: together every example once, no overlap
     read = [set(g["decoded"].tolist()) for g in got]
     assert not read[0] & read[1] and read[0] | read[1] == set(range(N))

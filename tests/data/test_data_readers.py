@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import gzip
 import pickle
 import struct
@@ -12,6 +11,8 @@ import pytest
 from PIL import Image
 
 from jinterp.data import Dataset, load
+from jinterp.data.broden_writer import encode as _encode
+from jinterp.data.broden_writer import write_csv as _write_csv
 from jinterp.errors import ConfigError, DataError, MissingFileError, ShapeError
 
 RNG = np.random.default_rng(0)
@@ -137,18 +138,6 @@ def test_image_folder(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ Broden
-def _write_csv(path, header, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-
-
-def _encode(num):
-    """Global label numbers -> Broden mask RGB (R + 256 * G)."""
-    return np.stack([num % 256, num // 256, np.zeros_like(num)], -1).astype(np.uint8)
-
-
 def write_broden(root, n=6, ih=16, sh=8):
     """A tiny Broden-format data set; returns the expected per-category code maps at image size."""
     # global numbering: 1-2 colors, 3 object "dog", 300 object "cat" (needs the G channel), 4 part "head",
