@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 
 from jinterp import __version__
+from jinterp.core.distributed import maybe_initialize
 from jinterp.errors import ConfigError, JinterpError
 
 PROG = "jinterp"
@@ -177,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        maybe_initialize()  # joins a multi-host JAX job when the launcher's environment says so
         return args.handler(args)
     except JinterpError as e:
         msg = " ".join(str(e).split())  # one line
