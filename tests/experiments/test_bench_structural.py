@@ -17,11 +17,11 @@ from jinterp.bench import cladec, graph  # noqa: E402
 
 
 def test_sweep_case_agrees_and_both_torch_ways_take_the_same_step():
-    loop = cladec.sweep_case("flat", 8, 8, torch_way="loop")
+    loop = cladec.sweep_case("flat", 4, 4, torch_way="loop")
     assert loop.params["models"] == 6
     diff = loop.check()
     assert np.isfinite(diff) and diff <= loop.atol, diff
-    ens = cladec.sweep_case("flat", 8, 8, torch_way="torch.func")
+    ens = cladec.sweep_case("flat", 4, 4, torch_way="torch.func")
     loop_losses, ens_losses = np.asarray(loop.torch_fn()), np.asarray(ens.torch_fn())
     assert loop_losses.shape == (6,) and len(set(np.round(loop_losses, 6))) == 6   # six distinct models
     np.testing.assert_allclose(ens_losses, loop_losses, rtol=1e-5)
