@@ -179,12 +179,96 @@ def refae_case(layer: str, batch: int, base: int) -> Case:
                 jax_lowered=lambda: step.lower(state[0], idx, data, frozen))
 
 
+# α ≤ 0.001: at α = 0.01 the per-model gradients agree only to 4.9e-4 of the largest entry at full size (losses to
+# 1e-7; the gap grows linearly with α, i.e. it is in the CE gradient through the classifier, the path the α = 0.001
+# cladec.step row checks). The step does the same work for any α.
+SWEEP_ALPHAS, SWEEP_SEEDS = (0.0, 0.0005, 0.001), 2
+
+
+def sweep_case(layer: str, batch: int, base: int, *, torch_way: str) -> Case:
+    """K = 3 α × 2 seeds decoders, one train step each. JAX: the ClaDec program's own vmapped sweep step over the
+    stacked params (``training.make_sweep_step``). PyTorch ``torch_way="loop"``: a Python loop over the K models
+    (the natural way, one optimizer each); ``"torch.func"``: ``stack_module_state`` + ``vmap(functional_call)``.
+
+    Agreement: model k's loss and gradients from the JAX sweep equal those of model k trained alone in PyTorch
+    (relative to the largest gradient entry), and the PyTorch ensemble's per-model losses equal the loop's."""
+    import torch
+
+    torch.manual_seed(0)             # _setup's BN-statistics batch is torch.rand: same classifier for either way
+    x, y, cls, model, variables = _setup(batch)
+    act = np.asarray(jax.jit(lambda v, xx: model.apply(v, xx, train=False)[1][layer])(
+        variables, training.to_unit(x)))
+    in_shape = act.shape[1:] if act.ndim == 2 else (act.shape[3], act.shape[1], act.shape[2])
+    alpha_list = [a for _ in range(SWEEP_SEEDS) for a in SWEEP_ALPHAS]
+    nets0 = []
+    for k in range(len(alpha_list)):
+        torch.manual_seed(10 + k // len(SWEEP_ALPHAS))       # one init per seed, shared across that seed's α
+        nets0.append(tcl.ClaDecNet(in_shape, 1, channel_mult=base, image_size=32))
+    dec = make_decoder(act.shape[1:], (32, 32, 1), base, layer)
+    classify = evaluation.make_classify(model, "vgg11_bn_cladec")
+    tx = training.torch_adam(LR, WD)
+    step = training.make_sweep_step(dec, tx, classify=classify, use_ce=True)
+    data = {"image": jnp.asarray(x), "label": jnp.asarray(y, jnp.int32), "act": jnp.asarray(act)}
+    alphas, idx = jnp.asarray(alpha_list, jnp.float32), jnp.arange(batch)
+    stacked = lambda: jax.tree.map(lambda *ps: jnp.stack([jnp.asarray(p) for p in ps]),  # noqa: E731
+                                   *[tcl.to_flax(n) for n in nets0])
+    state = [training.new_state(stacked(), tx, jax.random.key_data(jax.random.key(0)))]
+
+    def jax_fn():
+        state[0], metrics = step(state[0], idx, data, alphas, variables)
+        return metrics["loss"]
+
+    tcls = copy.deepcopy(cls).eval().requires_grad_(False)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+    yt, actt = torch.from_numpy(y), tcl.nhwc_to_nchw(act)
+    if torch_way == "loop":
+        nets = [copy.deepcopy(n) for n in nets0]
+        opts = [tcl.adam(n.parameters(), LR, WD) for n in nets]
+
+        def torch_fn():
+            return tcl.sweep_loop_step(nets, opts, tcls, xt, yt, actt, alpha_list)
+    elif torch_way == "torch.func":
+        ens = tcl.StackedSweep([copy.deepcopy(n) for n in nets0], tcls, alpha_list, LR, WD)
+
+        def torch_fn():
+            return ens.step(xt, yt, actt)
+    else:
+        raise ValueError(torch_way)
+
+    def check():
+        (loss, _, grads) = jax.jit(lambda p: training.sweep_loss_and_grads(
+            p, alphas, data, variables, decoder=dec, classify=classify, use_ce=True))(stacked())
+        worst, loop_losses = 0.0, []
+        for k, (n0, alpha) in enumerate(zip(nets0, alpha_list, strict=True)):
+            n2 = copy.deepcopy(n0)
+            out = n2(actt)
+            lt = (1 - alpha) * torch.nn.functional.mse_loss(out, xt) + alpha * torch.nn.functional.cross_entropy(
+                tcls(out), yt)
+            lt.backward()
+            lt = float(lt.detach())
+            loop_losses.append(lt)
+            worst = max(worst, abs(float(loss[k]) - lt) / max(abs(lt), 1e-12),
+                        _rel_diff(jax.tree.map(lambda a, k=k: a[k], grads), tcl.to_flax(n2, grad=True)))
+        ens_losses = tcl.StackedSweep([copy.deepcopy(n) for n in nets0], tcls, alpha_list, LR, WD).losses(
+            xt, yt, actt).detach().numpy()
+        return max(worst, float(np.max(np.abs(ens_losses - np.asarray(loop_losses)) / np.abs(loop_losses))))
+
+    params = {"layer": layer, "models": len(alpha_list), "alphas": "x".join(map(str, SWEEP_ALPHAS)),
+              "seeds": SWEEP_SEEDS, "batch": batch, "px": 32, "base": base, "torch": torch_way}
+    note = ("K decoders in one jitted vmapped step vs PyTorch " +
+            ("Python loop over the K models" if torch_way == "loop" else "torch.func vmap(functional_call)"))
+    return Case("cladec.sweep_step", params, jax_fn, torch_fn, check, atol=1e-4, items=batch * len(alpha_list),
+                note=note, jax_lowered=lambda: step.lower(state[0], idx, data, alphas, variables))
+
+
 def cases(quick: bool) -> list[Case]:
     s = QUICK if quick else FULL
     out = [cladec_case("flat", 0.0, s["batch"], s["base"]),
            cladec_case("flat", 0.0, s["batch"], s["base"], as_released=True),
            cladec_case("flat", 0.001, s["batch"], s["base"]),
-           refae_case("flat", s["batch"], s["base"])]
+           refae_case("flat", s["batch"], s["base"]),
+           sweep_case("flat", s["batch"], s["base"], torch_way="loop"),
+           sweep_case("flat", s["batch"], s["base"], torch_way="torch.func")]
     if not quick:
         out += [cladec_case("conv4a", 0.0, s["batch"], s["base"]),
                 cladec_case("conv4a", 0.001, s["batch"], s["base"])]

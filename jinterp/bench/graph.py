@@ -118,15 +118,57 @@ def numpy_loop_case(h: int = 8, c: int = 4, density: float = 0.1, n: int = 2) ->
                 note="PyTorch column = the loop-by-loop NumPy reference (tests/methods/graph/graph_reference.py)")
 
 
+def em_iteration_case(name: str, h: int, c: int, density: float, n: int, *, memory_mb: int = 256) -> Case:
+    """One EM iteration at scale: the E-step over all ``n`` images, streamed in chunks sized by the graph program's
+    own ``estep.chunk_size(geom, n, memory_mb)`` (bounded temporaries), then the M-step (fixed mode). Random maps
+    and prior of the layer's shape (not VGG-16 features: the cost depends on the shape only). Both frameworks
+    use the same chunk size. Agreement: the updated centers, scales and ``prob_record``."""
+    import torch
+
+    from jinterp.bench import torch_graph
+    from jinterp.methods.graph.mstep import mstep
+
+    geom = make_geom(h, c, density)
+    maps, coord, sigma, delta, s, log_lam = make_inputs(geom, n)
+    chunk = es.chunk_size(geom, n, memory_mb)
+    jargs = (jnp.asarray(maps), jnp.asarray(coord), jnp.asarray(sigma),
+             es.Prior(jnp.asarray(delta), jnp.asarray(s), jnp.asarray(log_lam)))
+    targs = tuple(torch.from_numpy(x) for x in (maps, coord, sigma, delta, s, log_lam))
+    tkw = dict(s_n=geom.s, r_max=geom.r_max, max_range=geom.max_range, deform_ratio=geom.deform_ratio,
+               map_sigma=geom.map_sigma, tau=geom.tau, faithful=False, chunk=chunk)
+    mkw = dict(s_n=geom.s, h=geom.h, max_range=geom.max_range, deform_ratio=geom.deform_ratio,
+               sigma_min=geom.sigma_min, sigma_max=geom.sigma_max)
+
+    def jax_fn():
+        stats = es.estep(*jargs, geom=geom, chunk=chunk)
+        return mstep(jargs[1], jargs[2], stats, jargs[3].s, 1, geom=geom)
+
+    def torch_fn():
+        with torch.no_grad():
+            stats = torch_graph.estep(*targs, **tkw)
+            return torch_graph.mstep(targs[1], targs[2], stats, targs[4], 1, **mkw)
+
+    def check() -> float:
+        a, b = jax_fn(), torch_fn()
+        moved = _rel(np.asarray(a[0]) - coord, b[0].numpy() - coord)     # the move, not the (large) centers
+        return max(moved, _rel(a[1], b[1]), _rel(a[2], b[2]))
+
+    return Case(pipeline="graph.em_iteration", params={"layer": name, "map": f"{h}x{h}x{c}", "K": geom.k,
+                                                       "images": n, "chunk": chunk, "memory_mb": memory_mb},
+                jax_fn=jax_fn, torch_fn=torch_fn, check=check, atol=2e-3, items=n,
+                note="E-step over all images in chunks + M-step; random maps of the layer's shape")
+
+
 def cases(quick: bool) -> list[Case]:
     if quick:
         return [estep_case("convnet bn3 (tiny)", 16, 64, 0.05, 32), estep_case("vgg16 conv5_3", 14, 512, 0.1, 2),
-                numpy_loop_case()]
+                numpy_loop_case(), em_iteration_case("vgg16 conv5_3", 14, 512, 0.1, 3, memory_mb=1)]
     return [estep_case("convnet bn3 (tiny)", 16, 64, 0.05, 300),
             estep_case("convnet bn3 (tiny)", 16, 64, 0.05, 300, faithful=True),
             estep_case("vgg16 conv5_3", 14, 512, 0.1, 16),
             estep_case("vgg16 conv4_3", 28, 512, 0.05, 2),
-            numpy_loop_case()]
+            numpy_loop_case(),
+            em_iteration_case("vgg16 conv5_3", 14, 512, 0.1, 2000)]
 
 
 def main(argv=None):

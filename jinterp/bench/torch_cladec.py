@@ -13,6 +13,7 @@ the benchmark.
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -152,3 +153,43 @@ def refae_step(model: RefAE, opt: torch.optim.Optimizer, x: torch.Tensor) -> flo
 
 def param_count(m: nn.Module) -> int:
     return int(sum(math.prod(p.shape) for p in m.parameters()))
+
+
+def sweep_loop_step(nets: list[nn.Module], opts: list[torch.optim.Optimizer], cls: nn.Module, x: torch.Tensor,
+                    y: torch.Tensor, act: torch.Tensor, alphas: list[float]) -> list[float]:
+    """K decoders trained the natural PyTorch way: a Python loop of :func:`cladec_step`, one model at a time."""
+    return [cladec_step(n, o, cls, x, y, act, a) for n, o, a in zip(nets, opts, alphas, strict=True)]
+
+
+class StackedSweep:
+    """K decoders as one ``torch.func`` ensemble: ``stack_module_state`` + ``vmap(functional_call)``, the documented
+    PyTorch model-ensembling recipe. The sum of the K losses is backpropagated once (model k's gradient is then
+    exactly its own loss's gradient: the models share no parameters), and one Adam steps the stacked tensors
+    (Adam and weight decay are elementwise, so this equals K separate optimizers)."""
+
+    def __init__(self, nets: list[nn.Module], cls: nn.Module, alphas: list[float], lr: float, wd: float):
+        from torch.func import functional_call, stack_module_state
+
+        self.params, self.buffers = stack_module_state(nets)
+        self.base = copy.deepcopy(nets[0]).to("meta")
+        self.cls, self.alphas = cls, torch.tensor(alphas, dtype=torch.float32)
+        self.functional_call = functional_call
+        self.opt = adam(list(self.params.values()), lr, wd)
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """``(K,)`` per-model losses ``(1-α_k)·MSE + α_k·CE``."""
+        from torch.func import vmap
+
+        def one(p, b, alpha):
+            out = self.functional_call(self.base, (p, b), (act,))
+            return (1 - alpha) * nn.functional.mse_loss(out, x) + alpha * nn.functional.cross_entropy(
+                self.cls(out), y)
+
+        return vmap(one)(self.params, self.buffers, self.alphas)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, act: torch.Tensor) -> list[float]:
+        self.opt.zero_grad(set_to_none=True)
+        losses = self.losses(x, y, act)
+        losses.sum().backward()
+        self.opt.step()
+        return losses.detach().tolist()

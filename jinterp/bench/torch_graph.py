@@ -115,3 +115,17 @@ def estep(maps, coord, sigma, delta, s, log_lam, *, s_n: int, r_max: int, max_ra
     t = torch.cat(out["T"])
     return {"A": sum(out["A"]), "Gr": sum(out["Gr"]), "T_sum": t.sum(0), "Q": sum(out["Q"]), "T": t,
             "pos": torch.cat(out["pos"]), "phi": torch.cat(out["phi"]), "log_scale": shift}
+
+
+def mstep(coord, sigma, stats: dict, s_prior, t: int, *, s_n: int, h: int, max_range: float, deform_ratio: float,
+          sigma_min: float, sigma_max: float, eta: float = 1.0):
+    """The fixed-mode M-step of ``jinterp/methods/graph/mstep.py`` (spec §A5) in PyTorch: centers move by
+    ``η·ΣGr/max(ΣA, 1e-8)·(min s / t^{1/4})²``; scales ``clip(√(ΣQ/ΣT)·Δ, σ_min, σ_max)`` with Δ = 2R/S of this
+    iteration's σ (a node with ΣT = 0 keeps its σ); ``prob_record = T / mean(T)``."""
+    min_delta = s_prior.min() / float(t) ** 0.25
+    coord = coord + stats["Gr"] / torch.clamp(stats["A"], min=1e-8)[..., None] * (eta * min_delta ** 2)
+    r_own = mround(torch.minimum(torch.tensor(max_range * h / 2), sigma * deform_ratio)).to(torch.int32)
+    spacing = 2.0 * r_own.float() / s_n
+    has = stats["T_sum"] > 0
+    new = torch.where(has, torch.sqrt(torch.where(has, stats["Q"] / stats["T_sum"], 0.0)) * spacing, sigma)
+    return coord, torch.clamp(new, sigma_min, sigma_max), stats["T"] / stats["T"].mean()
