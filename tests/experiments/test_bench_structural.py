@@ -16,6 +16,7 @@ pytest.importorskip("torch")
 from jinterp.bench import cladec, graph  # noqa: E402
 
 
+@pytest.mark.slow  # six decoders compiled twice (JAX, torch.func): 40-150 s on 2 loaded cores
 def test_sweep_case_agrees_and_both_torch_ways_take_the_same_step():
     loop = cladec.sweep_case("flat", 4, 4, torch_way="loop")
     assert loop.params["models"] == 6
