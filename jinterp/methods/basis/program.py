@@ -179,11 +179,17 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
                              extra=dict(margin=res.margin, bias=res.bias, final_loss=res.history[-1].tolist()))
     if "ibd" in cfg.methods:
         t = time.perf_counter()
-        r = ibd.fit(px, py, dataclasses.replace(cfg.ibd, seed=cfg.seed))
+        cols = _ibd_columns(c_train, cfg.ibd.categories)
+        r = ibd.fit(px, py[:, cols], dataclasses.replace(cfg.ibd, seed=cfg.seed))
         times["ibd_fit_s"] = time.perf_counter() - t
-        bases["ibd"] = dict(mean=zeros, scale=ones, basis=r.weights, own=-r.bias,
-                            extra=dict(concepts=[names[i] for i in r.concepts], mean_val_ap=float(r.val_ap.mean()),
-                                       val_ap=r.val_ap.tolist()))
+        trained = [names[cols[i]] for i in r.concepts]
+        # ibd@q: the quantile rule on IBD's basis vectors (centred, unit filters, as the release uses them);
+        # ibd@own: the classifiers' own decision rule wᵀx + b > 0 on the raw filters.
+        bases["ibd"] = dict(mean=zeros, scale=ones, basis=r.directions, own=None, rules=[("ibd@q", None)])
+        bases["ibd_own"] = dict(mean=zeros, scale=ones, basis=r.weights, own=-r.bias, rules=[("ibd@own", -r.bias)],
+                                extra_key="ibd@own",
+                                extra=dict(concepts=trained, mean_val_ap=float(r.val_ap.mean()),
+                                           val_ap=r.val_ap.tolist(), categories=list(cfg.ibd.categories)))
 
     # ---- the random baseline at UIBE's firing rate (issue #20): UIBE's own rule fires far more often than the
     # quantile rule, so its S¹ is compared with random directions (as many as UIBE's) thresholded to fire as often.
@@ -267,7 +273,7 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
         det = phi > dis.IOU_DETECTOR_THRESHOLD
         cat_counts: dict[str, int] = {}
         for c in lab_tr.best_concept[det]:
-            cat = names[c].split(":")[0]
+            cat = c_train.categories[int(c_train.category_of[c + 1])]
             cat_counts[cat] = cat_counts.get(cat, 0) + 1
         results[key_] = dict(directions=n, S1=s1, S2=s2, detectors=int(det.sum()),
                              unique_detectors=int(len(np.unique(lab_tr.best_concept[det]))),
@@ -280,7 +286,8 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
     verdicts = _verdicts(results)
     for name, b in bases.items():
         if "extra" in b:
-            results.setdefault(f"{name}@own" if b["own"] is not None else f"{name}@q", {}).update(b["extra"])
+            key_ = b.get("extra_key") or (f"{name}@own" if b["own"] is not None else f"{name}@q")
+            results.setdefault(key_, {}).update(b["extra"])
 
     # ---- save bases, labels, figures
     np.savez(workdir / "bases.npz", **{f"{k}_basis": b["basis"] for k, b in bases.items()},
@@ -327,6 +334,18 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
     rn.write_json("results.json", out, default=_json_default)
     stage.finish()
     return out
+
+
+def _ibd_columns(concepts: dis.ConceptSet, categories) -> np.ndarray:
+    """Label columns (concept index − 1) whose category is in ``categories`` (all when empty)."""
+    cat_of = [concepts.categories[int(c)] for c in concepts.category_of[1:]]
+    if not categories:
+        return np.arange(len(cat_of))
+    cols = np.flatnonzero([c in categories for c in cat_of])
+    if cols.size == 0:
+        raise ConfigError(f"ibd.categories={list(categories)} matches no concept category of this data set "
+                          f"({sorted(set(cat_of))}); set ibd.categories to some of those, or () for all.")
+    return cols
 
 
 @jax.jit

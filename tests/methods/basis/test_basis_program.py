@@ -60,6 +60,10 @@ def test_cli_runs_every_basis_and_writes_results(weights, tmp_path, capsys):
     assert not np.allclose(z["uibe@own_thresholds"], z["uibe@q_thresholds"])
     assert b["uibe@own"]["firing_rate_train"] > 2 * b["uibe@q"]["firing_rate_train"]
     assert {"uibe@own S1", "ibd@own S1"} <= set(res["verdicts"])
+    # IBD as released: object and part concepts only; ibd@q dissects the centred unit basis vectors.
+    assert b["ibd@own"]["concepts"] and all(c.split(":")[0] in ("object", "part") for c in b["ibd@own"]["concepts"])
+    np.testing.assert_allclose(z["ibd_basis"].mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(z["ibd_basis"], axis=0), 1, atol=1e-5)
     assert all("baselines" in t for t in res["verdicts"].values())
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["bases"]["uibe@own"]["S1"] == pytest.approx(res["bases"]["uibe@own"]["S1"])
