@@ -248,7 +248,7 @@ def ibd_inputs(pixels: int, dim: int, n_c: int, max_pos: int, seed: int = 0):
     x = np.maximum(rng.standard_normal((pixels, dim)), 0).astype(np.float32)
     rates = rng.uniform(0.01, 0.05, n_c)
     labels = rng.random((pixels, n_c)) < rates
-    cfg = ibd.IBDConfig(max_positives=max_pos)
+    cfg = ibd.IBDConfig(max_positives=max_pos, val_split="pool")  # the torch twin implements the pool split's epoch
     (pt, ptm), _, (nt, ntm), _ = ibd._sample_indices(np.random.default_rng(seed), labels, cfg)
     n_neg = min(nt.shape[1], cfg.neg_ratio * pt.shape[1])
     steps = -(-(pt.shape[1] + n_neg) // cfg.batch_size)

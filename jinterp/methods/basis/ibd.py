@@ -9,10 +9,18 @@ concept masks nearest-downsampled to the feature grid). As in the official code 
 * loss = MSE between the sigmoid output and the 0/1 label (``loss="mse"``; ``"bce"`` is an option), plain SGD
   (lr 1e-2), batch 128, 15 epochs; raw (unstandardised) features;
 * per concept: all its positive pixels (capped at ``max_positives``), a cached pool of ``neg_pool_ratio`` (20)×
-  as many negatives drawn from the pixels without the concept, split 3:1 into train/val;
-* each epoch trains on the positives plus ``neg_ratio`` (2)× as many negatives: random ones in epoch 0, then the
-  **highest-scoring** negatives of the pool under the current classifier (hard-negative mining);
-* AP on the held-out quarter is tracked per concept.
+  as many negatives drawn from the pixels without the concept;
+* each epoch mines ``neg_ratio`` (2)× as many negatives as positives from the pool: random ones in epoch 0, then
+  the **highest-scoring** negatives under the current classifier (hard-negative mining);
+* ``val_split="mined"`` (default, as ``CSAILVision/IBD``'s ``negative_mining_loader``/``_dataset_maker``): the
+  positives and that epoch's mined negatives (hardest first) are split 3:1, the first three quarters train, the
+  last quarter is the validation set (positives : negatives 1:2); AP of the last epoch's split is reported.
+  ``val_split="pool"`` (jinterp's earlier choice, kept reachable): the pool itself is split 3:1 and the held-out
+  quarter of the pool (1:20 random negatives) validates, so AP is measured on easy negatives;
+* ``init="torch"`` (default, the release's ``nn.Linear``): weights and bias uniform in ``±1/sqrt(D)``;
+  ``init="zeros"`` keeps the earlier zero start;
+* ``categories`` (default object + part, IBD paper §3.1 and the release's concept list) is applied by the caller
+  (``jinterp basis``) to choose the label columns; ``()`` trains every concept.
 
 All concepts train **together**: the per-concept index sets are padded to one length and masked, and one jitted
 epoch ``vmap``s the classifier step over concepts inside a ``lax.scan`` over mini-batches (the official code loops
@@ -48,6 +56,9 @@ class IBDConfig:
     max_positives: int = 2000       # cap per concept (padding length); 0 = no cap
     min_positives: int = 4          # concepts with fewer positive pixels are skipped (IBD: < 10 images dropped)
     loss: str = "mse"               # "mse" (official code) or "bce"
+    val_split: str = "mined"        # "mined": last quarter of each epoch's mined set (release); "pool": 1:20 pool
+    init: str = "torch"             # "torch": nn.Linear's U(±1/sqrt(D)) (release); "zeros"
+    categories: tuple[str, ...] = ("object", "part")  # concept categories trained (IBD); () = all
     seed: int = 0
 
     @classmethod
@@ -61,6 +72,10 @@ class IBDConfig:
     def validate(self) -> None:
         if self.loss not in ("mse", "bce"):
             raise ConfigError(f"IBD loss must be 'mse' or 'bce', got {self.loss!r}")
+        if self.val_split not in ("mined", "pool"):
+            raise ConfigError(f"IBD val_split must be 'mined' (release) or 'pool', got {self.val_split!r}")
+        if self.init not in ("torch", "zeros"):
+            raise ConfigError(f"IBD init must be 'torch' (release) or 'zeros', got {self.init!r}")
         if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1 or self.neg_pool_ratio < self.neg_ratio:
             raise ConfigError("IBD needs lr > 0, batch_size >= 1, epochs >= 1 and neg_pool_ratio >= neg_ratio")
         if not 0 < self.val_fraction < 1:
@@ -88,6 +103,8 @@ def _sample_indices(rng: np.random.Generator, labels: np.ndarray, cfg: IBDConfig
         neg = rng.choice(neg_all, min(len(neg_all), cfg.neg_pool_ratio * len(pos)), replace=False)
         pos, neg = rng.permutation(pos), rng.permutation(neg)
         kp, kn = int(round(len(pos) * (1 - cfg.val_fraction))), int(round(len(neg) * (1 - cfg.val_fraction)))
+        if cfg.val_split == "mined":
+            kn = len(neg)  # the whole pool is mined from; validation negatives come from each epoch's mined set
         pos_tr.append(pos[:kp]), pos_va.append(pos[kp:]), pool_tr.append(neg[:kn]), pool_va.append(neg[kn:])
 
     def pad(lists):
@@ -110,9 +127,22 @@ def _loss(w, b, x, y, m, kind: str):
     return jnp.sum(per * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "n_neg", "steps"))
 def _epoch(w, b, x, pos_idx, pos_mask, pool_idx, pool_mask, key, hard, cfg: IBDConfig, n_neg: int, steps: int):
-    """One epoch for every concept at once (vmap over concepts, scan over mini-batches)."""
+    """One epoch for every concept at once: ``(w, b, mean loss (C,))`` (see :func:`_epoch_full`; here every
+    positive given trains, so under ``val_split="mined"`` the mined count is ``neg_ratio ×`` these positives)."""
+    return _epoch_full(w, b, x, pos_idx, pos_mask, pool_idx, pool_mask, pos_mask.sum(1), key, hard, cfg=cfg,
+                       n_neg=n_neg, steps=steps)[:3]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "n_neg", "steps"))
+def _epoch_full(w, b, x, pos_idx, pos_mask, pool_idx, pool_mask, n_pos_all, key, hard, cfg: IBDConfig, n_neg: int,
+                steps: int):
+    """One epoch for every concept at once (vmap over concepts, scan over mini-batches).
+
+    ``n_pos_all (C,)``: every positive of the concept, train and validation (the release mines ``neg_ratio ×``
+    that many negatives). Returns ``(w, b, mean loss (C,), mined negatives (C, n_neg), their validation mask
+    (C, n_neg))``.
+    """
     n_c = w.shape[1]
     n_pos = pos_mask.sum(1)
     # Negatives of this epoch: random (epoch 0) or the top-scoring members of the pool (hard-negative mining).
@@ -122,8 +152,17 @@ def _epoch(w, b, x, pos_idx, pos_mask, pool_idx, pool_mask, key, hard, cfg: IBDC
     rank_key = jnp.where(pool_mask, rank_key, -jnp.inf)
     _, order = jax.lax.top_k(rank_key, n_neg)                                     # (C, n_neg)
     neg_idx = jnp.take_along_axis(pool_idx, order, 1)
-    want = jnp.minimum(cfg.neg_ratio * n_pos, pool_mask.sum(1))
-    neg_mask = jnp.arange(n_neg)[None, :] < want[:, None]
+    slot = jnp.arange(n_neg)[None, :]
+    if cfg.val_split == "mined":
+        # release: mine 2 × all positives, hardest first; the first 3/4 train, the last quarter validates
+        want = jnp.minimum(cfg.neg_ratio * n_pos_all, pool_mask.sum(1))
+        k_train = jnp.floor(want * (1 - cfg.val_fraction)).astype(want.dtype)
+        neg_mask = slot < k_train[:, None]
+        val_mask = (slot >= k_train[:, None]) & (slot < want[:, None])
+    else:
+        want = jnp.minimum(cfg.neg_ratio * n_pos, pool_mask.sum(1))
+        neg_mask = slot < want[:, None]
+        val_mask = jnp.zeros_like(neg_mask)
     # Training set per concept: positives then negatives, shuffled, padded to steps × batch.
     idx = jnp.concatenate([pos_idx, neg_idx], 1)
     lab = jnp.concatenate([jnp.ones_like(pos_idx, jnp.float32), jnp.zeros_like(neg_idx, jnp.float32)], 1)
@@ -147,7 +186,7 @@ def _epoch(w, b, x, pos_idx, pos_mask, pool_idx, pool_mask, key, hard, cfg: IBDC
 
     (w, b), (losses, counts) = jax.lax.scan(step, (w, b), (idx, lab, msk))
     mean_loss = (losses * counts).sum(0) / jnp.maximum(counts.sum(0), 1.0)
-    return w, b, mean_loss
+    return w, b, mean_loss, neg_idx, val_mask
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -185,25 +224,38 @@ def fit(pixels: np.ndarray, labels: np.ndarray, cfg: IBDConfig = IBDConfig()) ->
     rng = np.random.default_rng(cfg.seed)
     (pt, ptm), (pv, pvm), (nt, ntm), (nv, nvm) = _sample_indices(rng, labels, cfg)
     n_c, d = labels.shape[1], pixels.shape[1]
-    n_neg = min(nt.shape[1], cfg.neg_ratio * pt.shape[1])
+    n_pos_all = ptm.sum(1) + pvm.sum(1)
+    n_neg = min(nt.shape[1], cfg.neg_ratio * (int(n_pos_all.max()) if cfg.val_split == "mined" else pt.shape[1]))
     steps = -(-(pt.shape[1] + n_neg) // cfg.batch_size)
     x = jnp.asarray(pixels)
-    w = jnp.zeros((d, n_c), jnp.float32)
-    b = jnp.zeros((n_c,), jnp.float32)
     key = jax.random.key(cfg.seed)
+    w, b = init_params(jax.random.fold_in(key, 10_000), d, n_c, cfg.init)
     hist = []
-    args = [jnp.asarray(a) for a in (pt, ptm, nt, ntm)]
+    args = [jnp.asarray(a) for a in (pt, ptm, nt, ntm, n_pos_all)]
     for epoch in range(cfg.epochs):
-        w, b, loss = _epoch(w, b, x, *args, jax.random.fold_in(key, epoch), jnp.asarray(epoch > 0), cfg=cfg,
-                            n_neg=n_neg, steps=steps)
+        w, b, loss, neg_idx, neg_val = _epoch_full(w, b, x, *args, jax.random.fold_in(key, epoch),
+                                                   jnp.asarray(epoch > 0), cfg=cfg, n_neg=n_neg, steps=steps)
         hist.append(loss)
     w, b = np.asarray(w), np.asarray(b)
+    if cfg.val_split == "mined":  # the last epoch's mined validation quarter (as the release reports its AP)
+        nv, nvm = np.asarray(neg_idx), np.asarray(neg_val)
     # Validation AP per concept on its held-out positives + negatives.
     aps = []
     for c in range(n_c):
         idx = np.concatenate([pv[c][pvm[c]], nv[c][nvm[c]]])
         aps.append(average_precision(pixels[idx] @ w[:, c] + b[c], labels[idx, c]))
     return IBDResult(w, b, unbias(w), keep, np.asarray(aps, np.float32), np.asarray(jnp.stack(hist)))
+
+
+def init_params(key: jax.Array, dim: int, num_concepts: int, init: str = "torch") -> tuple[jax.Array, jax.Array]:
+    """Initial ``(w (D, C), b (C,))``: ``"torch"`` = ``nn.Linear(D, C)``'s default (kaiming-uniform with a=√5,
+    i.e. weights and bias uniform in ``±1/sqrt(D)``, as the release's ``IndexLinear``); ``"zeros"`` = all zero."""
+    if init == "zeros":
+        return jnp.zeros((dim, num_concepts), jnp.float32), jnp.zeros((num_concepts,), jnp.float32)
+    bound = 1.0 / np.sqrt(dim)
+    kw, kb = jax.random.split(key)
+    return (jax.random.uniform(kw, (dim, num_concepts), jnp.float32, -bound, bound),
+            jax.random.uniform(kb, (num_concepts,), jnp.float32, -bound, bound))
 
 
 def unbias(weights: np.ndarray) -> np.ndarray:

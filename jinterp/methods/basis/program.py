@@ -8,6 +8,11 @@ Bases compared (spec ``uibe_and_metrics.md`` §2–4):
 * ``random``  — a Haar-random rotation of the standardised feature space (NetDissect's rotation baseline);
 * ``uibe``    — the unsupervised interpretable basis (fitted on train-split pixels, no labels);
 * ``ibd``     — supervised IBD concept classifiers, one per concept (train-split masks at the feature grid).
+* ``random@rate`` — (with ``random`` and ``uibe``) as many random directions as UIBE's, thresholded at UIBE@own's
+  mean firing rate (issue #20: the own rule fires far more often than NetDissect's quantile, and S¹ grows with it).
+
+Every row reports its measured firing rate (share of positions strictly above threshold) on train and test, and
+``verdicts`` says in words whether UIBE's and IBD's S¹/S² beat the natural and random bases.
 
 Each basis is dissected with NetDissect's per-direction top-``quantile`` thresholds (``@q`` rows); UIBE and IBD are
 also dissected with their own decision rule (``@own``: UIBE ``Qᵀx̃ > b·M``, IBD ``wᵀx + b > 0``). Labels come from
@@ -35,6 +40,7 @@ from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_finger
 from jinterp.errors import ConfigError, DataError, LayerError
 from jinterp.methods.basis import ibd, uibe
 from jinterp.methods.basis.config import BasisConfig
+from jinterp.metrics import baselines
 from jinterp.metrics import dissection as dis
 
 
@@ -117,8 +123,17 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
     h_img, w_img = train_ds.image_shape[:2]
     seg = (max(1, int(round(h_img * cfg.seg_scale))), max(1, int(round(w_img * cfg.seg_scale))))
     cats = list(cfg.categories) or None
-    c_train = dis.concepts_from_dataset(train_ds, cats, size=seg)
-    c_test = dis.concepts_from_dataset(test_ds, cats, size=seg)
+    if cfg.data.startswith("broden:"):
+        # NetDissect-Lite's labels: concepts merged by name across categories, scored at the segmentation size.
+        seg_size = tuple(train_ds.meta["segmentation_size"])
+        c_train = data.broden_concepts(train_ds, cats, size=seg_size)
+        c_test = data.broden_concepts(test_ds, cats, size=seg_size)
+        if list(c_train.names) != list(c_test.names):
+            raise DataError(f"{cfg.data}: the train and test splits give different concept lists; both splits must "
+                            "come from one Broden directory (one label table).")
+    else:
+        c_train = dis.concepts_from_dataset(train_ds, cats, size=seg)
+        c_test = dis.concepts_from_dataset(test_ds, cats, size=seg)
     names = c_train.names[1:]
 
     model, variables, binfo = _load_backbone(cfg, train_ds, rn, progress)
@@ -164,11 +179,35 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
                              extra=dict(margin=res.margin, bias=res.bias, final_loss=res.history[-1].tolist()))
     if "ibd" in cfg.methods:
         t = time.perf_counter()
-        r = ibd.fit(px, py, dataclasses.replace(cfg.ibd, seed=cfg.seed))
+        cols = _ibd_columns(c_train, cfg.ibd.categories)
+        r = ibd.fit(px, py[:, cols], dataclasses.replace(cfg.ibd, seed=cfg.seed))
         times["ibd_fit_s"] = time.perf_counter() - t
-        bases["ibd"] = dict(mean=zeros, scale=ones, basis=r.weights, own=-r.bias,
-                            extra=dict(concepts=[names[i] for i in r.concepts], mean_val_ap=float(r.val_ap.mean()),
-                                       val_ap=r.val_ap.tolist()))
+        trained = [names[cols[i]] for i in r.concepts]
+        # ibd@q: the quantile rule on IBD's basis vectors (centred, unit filters, as the release uses them);
+        # ibd@own: the classifiers' own decision rule wᵀx + b > 0 on the raw filters.
+        bases["ibd"] = dict(mean=zeros, scale=ones, basis=r.directions, own=None, rules=[("ibd@q", None)])
+        bases["ibd_own"] = dict(mean=zeros, scale=ones, basis=r.weights, own=-r.bias, rules=[("ibd@own", -r.bias)],
+                                extra_key="ibd@own",
+                                extra=dict(concepts=trained, mean_val_ap=float(r.val_ap.mean()),
+                                           val_ap=r.val_ap.tolist(), categories=list(cfg.ibd.categories)))
+
+    # ---- the random baseline at UIBE's firing rate (issue #20): UIBE's own rule fires far more often than the
+    # quantile rule, so its S¹ is compared with random directions (as many as UIBE's) thresholded to fire as often.
+    # The target is UIBE@own's mean firing rate on the fitting pixel sample; the rates measured on the whole train
+    # and test splits are reported beside every basis (``firing_rate_train``/``firing_rate_val``).
+    target_rate = None
+    if "random" in cfg.methods and "uibe" in cfg.methods:
+        u = bases["uibe"]
+        target_rate = float(np.mean(((px - u["mean"]) / u["scale"]) @ u["basis"] > u["own"][None, :]))
+        if 0 < target_rate < 1:
+            t = time.perf_counter()
+            rbasis = baselines.random_orthonormal_basis(jax.random.fold_in(key, 2), dim, u["basis"].shape[1])
+            n_pos = len(train_ds) * _grid_positions(tr_stream)
+            rate_th = dis.quantile_thresholds(
+                (np.asarray(_project(f, mean, scale, rbasis)) for f in tr_stream()), n_pos, target_rate)
+            bases["random_rate"] = dict(mean=mean, scale=scale, basis=rbasis, own=None,
+                                        rules=[("random@rate", rate_th.value)])
+            times["random_rate_s"] = time.perf_counter() - t
 
     # One unit axis for every (basis, threshold rule): the frame differs per basis, so fold it into the basis:
     # (x - m)/s @ B = x @ (B / s) - (m / s) @ B.
@@ -176,11 +215,12 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
     for name, b in bases.items():
         eff = b["basis"] / b["scale"][:, None]
         off = (b["mean"] / b["scale"]) @ b["basis"]
-        rules = [("q", None)] + ([("own", b["own"])] if b["own"] is not None else [])
-        for rule, own in rules:
+        rules = b.get("rules") or ([(f"{name}@q", None)] + ([(f"{name}@own", b["own"])] if b["own"] is not None
+                                                             else []))
+        for key_, own in rules:
             cols.append(eff)
             offs.append(off)
-            rows.append((name, rule, eff.shape[1], own))
+            rows.append((key_, eff.shape[1], own))
     big = jnp.asarray(np.concatenate(cols, 1), jnp.float32)
     big_off = np.concatenate(offs).astype(np.float32)
     proj = lambda stream: (lambda: (np.asarray(_project(f, 0.0, 1.0, big)) - big_off for f in stream()))  # noqa: E731
@@ -190,7 +230,7 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
     first = next(iter(tr_stream()))
     th = dis.quantile_thresholds(proj(tr_stream)(), len(train_ds) * first.shape[1] * first.shape[2], cfg.quantile)
     value, start = th.value.copy(), 0
-    for _name, _rule, n, own in rows:
+    for _key, n, own in rows:
         if own is not None:
             value[start:start + n] = own
         start += n
@@ -200,15 +240,23 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
 
     # ---- tallies (train: labels, test: scores); per-image max per unit on test for the figures
     t = time.perf_counter()
-    iou_tr = dis.iou(dis.tally(proj(tr_stream)(), c_train, thresholds, cfg.batch_size, max_labels=64), c_train)
+    fires = {"train": [0, 0], "val": [0, 0]}  # per split: (count above threshold per unit, positions)
     img_max = []
 
-    def test_batches():
-        for a in proj(te_stream)():
-            img_max.append(a.max((1, 2)))
+    def counted(batches, split):
+        for a in batches:
+            fires[split][0] = fires[split][0] + np.asarray(_count_above(a, thresholds.value))
+            fires[split][1] += int(np.prod(a.shape[:-1]))
+            if split == "val":
+                img_max.append(a.max((1, 2)))
             yield a
 
-    iou_te = dis.iou(dis.tally(test_batches(), c_test, thresholds, cfg.batch_size, max_labels=64), c_test)
+    iou_tr = dis.iou(dis.tally(counted(proj(tr_stream)(), "train"), c_train, thresholds, cfg.batch_size,
+                               max_labels=64), c_train)
+    iou_te = dis.iou(dis.tally(counted(proj(te_stream)(), "val"), c_test, thresholds, cfg.batch_size,
+                               max_labels=64), c_test)
+    # the dissection's strict ``>``; a dead unit never fires
+    rate_of = {s: np.where(dead, 0.0, c / max(n, 1)) for s, (c, n) in fires.items()}
     img_max = np.concatenate(img_max)
     times["tally_s"] = time.perf_counter() - t
 
@@ -216,25 +264,30 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
     results: dict[str, Any] = {}
     start = 0
     per_unit: dict[str, dict] = {}
-    for name, rule, n, _ in rows:
+    for key_, n, _ in rows:
         sl = slice(start, start + n)
         start += n
         s1, s2 = dis.s1_s2(iou_tr[sl], iou_te[sl])
         lab_tr = dis.label_units(iou_tr[sl], dead[sl])
         phi = iou_te[sl][np.arange(n), lab_tr.best_concept]
         det = phi > dis.IOU_DETECTOR_THRESHOLD
-        key_ = f"{name}@{rule}"
         cat_counts: dict[str, int] = {}
         for c in lab_tr.best_concept[det]:
-            cat = names[c].split(":")[0]
+            cat = c_train.categories[int(c_train.category_of[c + 1])]
             cat_counts[cat] = cat_counts.get(cat, 0) + 1
         results[key_] = dict(directions=n, S1=s1, S2=s2, detectors=int(det.sum()),
                              unique_detectors=int(len(np.unique(lab_tr.best_concept[det]))),
-                             S1_per_direction=s1 / n, dead=int(dead[sl].sum()), detectors_by_category=cat_counts)
+                             S1_per_direction=s1 / n, dead=int(dead[sl].sum()), detectors_by_category=cat_counts,
+                             firing_rate_train=float(rate_of["train"][sl].mean()),
+                             firing_rate_val=float(rate_of["val"][sl].mean()))
         per_unit[key_] = dict(label=lab_tr.best_concept, iou=phi, slice=sl)
+    if "random@rate" in results:
+        results["random@rate"]["target_rate"] = target_rate
+    verdicts = _verdicts(results)
     for name, b in bases.items():
         if "extra" in b:
-            results.setdefault(f"{name}@own" if b["own"] is not None else f"{name}@q", {}).update(b["extra"])
+            key_ = b.get("extra_key") or (f"{name}@own" if b["own"] is not None else f"{name}@q")
+            results.setdefault(key_, {}).update(b["extra"])
 
     # ---- save bases, labels, figures
     np.savez(workdir / "bases.npz", **{f"{k}_basis": b["basis"] for k, b in bases.items()},
@@ -261,7 +314,7 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
             pos = {int(s): i for i, s in enumerate(sel)}
             rows_ = []
             for d, u in enumerate(units):
-                rows_.append([(test_ds.images[i], maps[pos[int(i)], :, :, u] >= thresholds.value[u]) for i in imgs[d]])
+                rows_.append([(test_ds.images[i], maps[pos[int(i)], :, :, u] > thresholds.value[u]) for i in imgs[d]])
             labels = [f"#{top[d]} {names[v['label'][top[d]]]} ({v['iou'][top[d]]:.2f})" for d in range(len(top))]
             path = workdir / "figures" / f"directions_{key_.replace('@', '_')}.png"
             figlib.direction_grid(rows_, labels, path, title=f"{cfg.arch} {cfg.layer}: {key_} top directions")
@@ -276,9 +329,54 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
 
     out = dict(arch=cfg.arch, layer=cfg.layer, data=cfg.data, channels=dim, n_train=len(train_ds),
                n_test=len(test_ds), fit_pixels=int(len(px)), concepts=len(names), backbone=binfo, bases=results,
+               verdicts=verdicts,
                figures=figs, wall_times_s=times, config=_as_dict(cfg))
     rn.write_json("results.json", out, default=_json_default)
     stage.finish()
+    return out
+
+
+def _ibd_columns(concepts: dis.ConceptSet, categories) -> np.ndarray:
+    """Label columns (concept index − 1) whose category is in ``categories`` (all when empty)."""
+    cat_of = [concepts.categories[int(c)] for c in concepts.category_of[1:]]
+    if not categories:
+        return np.arange(len(cat_of))
+    cols = np.flatnonzero([c in categories for c in cat_of])
+    if cols.size == 0:
+        raise ConfigError(f"ibd.categories={list(categories)} matches no concept category of this data set "
+                          f"({sorted(set(cat_of))}); set ibd.categories to some of those, or () for all.")
+    return cols
+
+
+@jax.jit
+def _count_above(acts, thresholds):
+    return (acts > thresholds).reshape(-1, acts.shape[-1]).sum(0)
+
+
+def _grid_positions(stream: _Stream) -> int:
+    """h·w of the layer's feature grid (one batch through the backbone)."""
+    first = next(iter(stream()))
+    return int(first.shape[1] * first.shape[2])
+
+
+def _verdicts(results: dict) -> dict[str, str]:
+    """Each learned basis' S¹ and S² against the natural basis and the rate-matched random basis, in words.
+
+    S¹ sums over directions, so a baseline with as many directions (random@rate has UIBE's count) is the fair one;
+    the natural basis (all channels, quantile rule) is the usual NetDissect reference.
+    """
+    base_keys = [k for k in ("natural@q", "random@rate", "random@q") if k in results]
+    out = {}
+    for key_ in [k for k in ("uibe@own", "uibe@q", "ibd@own", "ibd@q") if k in results]:
+        for score in ("S1", "S2"):
+            base = {k: results[k][score] for k in base_keys}
+            if not base:
+                continue
+            v = baselines.verdict(f"{key_} {score}", results[key_][score], base, lower_is_better=False,
+                                  names={"natural@q": "the natural basis (raw channels, NetDissect quantile)",
+                                         "random@rate": "a random basis at UIBE@own's firing rate",
+                                         "random@q": "a random rotation (NetDissect quantile)"})
+            out[f"{key_} {score}"] = v["text"]
     return out
 
 

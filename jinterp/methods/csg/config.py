@@ -89,6 +89,7 @@ class CSGConfig:
     train_size: int = 0
     test_size: int = 0
     seed: int = 12
+    seeds: int = 3             # independent runs (seed, seed+1, …) reported as mean ± std (issue #20); 1 = one run
     faithful: bool = False
     baseline: bool = True
 
@@ -156,6 +157,8 @@ class CSGConfig:
     def validate(self) -> None:
         self.std_optim.validate("std_optim")
         self.csg_optim.validate("csg_optim")
+        if self.seeds < 1:
+            raise ConfigError(f"seeds must be >= 1 (runs with seed, seed+1, …), got {self.seeds}")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError("epochs, batch_size and eval_batch_size must be >= 1")
         if self.mask_period < 1 or not 0 <= self.mask_epoch_min:

@@ -101,8 +101,82 @@ def run(cfg: CSGConfig, workdir: str | Path, *, progress: bool = True, restart: 
     (training both models, evaluation and outputs; recomputed whenever its fingerprint changes).
     """
     cfg.validate()
+    if cfg.seeds > 1:
+        return _run_seeds(cfg, Path(workdir), progress, restart)
     with Run(workdir, cfg, method="csg", restart=restart) as r:
         return _run(cfg, r, progress)
+
+
+def _run_seeds(cfg: CSGConfig, workdir: Path, progress: bool, restart: bool) -> dict[str, Any]:
+    """``cfg.seeds`` whole runs (seeds ``seed, seed+1, …``, each in ``<workdir>/seed_<s>``; the trainer carries one
+    model per run, so this is a loop over seeds at the program level, not a vmap). ``results.json`` holds every
+    number's mean over seeds (``models``), its standard deviation (``models_std``, ddof 0) and ``verdicts``."""
+    per_seed = []
+    for i in range(cfg.seeds):
+        sub = dataclasses.replace(cfg, seeds=1, seed=cfg.seed + i)
+        with Run(workdir / f"seed_{sub.seed}", sub, method="csg", restart=restart) as r:
+            per_seed.append(_run(sub, r, progress))
+    out = dict(per_seed[0])
+    models = [res["models"] for res in per_seed]
+    out["models"] = _tree_stat(models, np.mean)
+    out["models_std"] = _tree_stat(models, np.std)
+    out["seeds"] = [cfg.seed + i for i in range(cfg.seeds)]
+    out["per_seed_results"] = [str(workdir / f"seed_{s}" / RESULTS_FILE) for s in out["seeds"]]
+    out["times"] = _tree_stat([res["times"] for res in per_seed], np.sum)
+    out["verdicts"] = _verdicts(out["models"], out["models_std"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / RESULTS_FILE).write_text(json.dumps(out, indent=1, default=_json_default))
+    return out
+
+
+def _tree_stat(trees: list, fn):
+    """``fn`` over the seeds of every numeric leaf (lists of numbers elementwise); other leaves from the first."""
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: _tree_stat([t[k] for t in trees], fn) for k in first if all(isinstance(t, dict) and k in t
+                                                                               for t in trees)}
+    if isinstance(first, bool) or first is None or isinstance(first, str):
+        return first
+    if isinstance(first, (int, float)) or (isinstance(first, list) and first and
+                                           all(isinstance(v, (int, float)) for v in np.ravel(np.asarray(
+                                               first, dtype=object)))):
+        try:
+            return np.asarray(fn(np.asarray(trees, np.float64), axis=0)).tolist()
+        except ValueError:  # ragged across seeds
+            return first
+    return first
+
+
+def _verdicts(mean: dict, std: dict) -> dict[str, str]:
+    """CSG against standard training, in words: a win counts only beyond the seeds' spread (√(σ²_csg + σ²_std))."""
+    from jinterp.metrics import baselines
+
+    if "csg" not in mean or "standard" not in mean:
+        return {}
+    c, s, cs, ss = mean["csg"], mean["standard"], std["csg"], std["standard"]
+
+    def one(label, a, b, sa, sb, lower=False, base="standard training"):
+        if not all(isinstance(v, (int, float)) for v in (a, b, sa, sb)):
+            return None
+        margin = float(np.hypot(sa, sb))
+        v = baselines.verdict(f"{label} (mean over seeds, ±{sa:.2g})", a, {base: b}, lower_is_better=lower,
+                              margin=margin)
+        return v["text"] + ("" if v["beats_baselines"] else f" The difference is within the seeds' spread "
+                            f"({margin:.2g}) or against CSG.")
+
+    out = {"accuracy": one("CSG accuracy", c["accuracy"], s["accuracy"], cs["accuracy"], ss["accuracy"]),
+           "mis": one("CSG MIS (higher: more class-specific filters)", c["mis"], s["mis"], cs["mis"], ss["mis"])}
+    for m, v in (c.get("localization") or {}).items():
+        if isinstance(v, dict) and "iou" in v and "iou" in s.get("localization", {}).get(m, {}):
+            out[f"localization_{m}"] = one(f"CSG {m} localization IoU", v["iou"], s["localization"][m]["iou"],
+                                           cs["localization"][m]["iou"], ss["localization"][m]["iou"])
+    for attack, v in (c.get("adversarial") or {}).items():
+        if isinstance(v, dict) and isinstance(v.get("auc_gate"), (int, float)):
+            sd = cs["adversarial"][attack]
+            out[f"adversarial_{attack}"] = one(
+                f"CSG gate detector AUC ({attack})", v["auc_gate"], v.get("auc_empirical"), sd.get("auc_gate"),
+                sd.get("auc_empirical"), base="the empirical class-profile detector")
+    return {k: t for k, t in out.items() if t}
 
 
 def _run(cfg: CSGConfig, rn: Run, progress: bool) -> dict[str, Any]:
@@ -193,9 +267,12 @@ def _run(cfg: CSGConfig, rn: Run, progress: bool) -> dict[str, Any]:
                                "final_test_accuracy": records[name][-1]["test_accuracy"],
                                "best_test_accuracy": max(x["test_accuracy"] for x in records[name])}
         tm = time.perf_counter()
-        mis, mi_mat = information.mutual_information_score(pooled, ev.labels, num_classes,
-                                                           n_neighbors=cfg.mi_neighbors,
-                                                           random_state=cfg.mi_random_state)
+        # MIS on the gated layer's own maps (filter_mis refuses logits; spec B.5.2 step 1)
+        maps_fn = jax.jit(lambda x, p=params, m=ms: (apply_fn(p, m)(normalize(x))[1],))
+        (maps,) = _batched(maps_fn, [ev.images], bs)
+        mis, mi_mat = information.filter_mis(maps, ev.labels, num_classes, n_neighbors=cfg.mi_neighbors,
+                                             random_state=cfg.mi_random_state)
+        del maps
         out["mis"] = mis
         out["mis_time_s"] = time.perf_counter() - tm
         gate = np.asarray(st["params"]["gate"])

@@ -13,7 +13,7 @@ from jinterp.methods.csg.program import run
 
 TINIER = ["image_size=32", "train_size=200", "test_size=60", "epochs=3", "warmup_epochs=1", "mask_period=2",
           "mask_epoch_min=1", "batch_size=50", "eval_size=60", "adv_size=16", "pgd_steps=2", "n_top_channel=3",
-          "widths=4,8,8,8"]
+          "widths=4,8,8,8", "seeds=1"]
 
 
 @pytest.mark.slow
@@ -49,3 +49,35 @@ def test_cli_reports_config_errors(capsys):
 
     assert main(["csg", "--config", "tiny", "--set", "gate_init=2"]) == 2
     assert "gate_init" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_seeds_give_mean_std_and_verdicts(tmp_path):
+    """Three seeds: every number is a mean with its spread, the seeds differ, and the verdicts say in words whether
+    CSG beats standard training beyond that spread."""
+    cfg = apply_overrides(CSGConfig.tiny(), [*TINIER, "seeds=3", "epochs=2", "warmup_epochs=1", "mask_epoch_min=1",
+                                             "train_size=100", "test_size=40", "eval_size=40", "adv_size=8",
+                                             "pgd_steps=1", "batch_size=25"])
+    res = run(cfg, tmp_path, progress=False)
+    assert res["seeds"] == [0, 1, 2]
+    per = [json.loads((tmp_path / f"seed_{s}" / "results.json").read_text())["models"] for s in res["seeds"]]
+    for name in ("csg", "standard"):
+        mis = [p[name]["mis"] for p in per]
+        assert len(set(mis)) == 3  # the seed reaches the run (init, data order)
+        assert res["models"][name]["mis"] == pytest.approx(np.mean(mis))
+        assert res["models_std"][name]["mis"] == pytest.approx(np.std(mis))
+        assert res["models"][name]["accuracy"] == pytest.approx(np.mean([p[name]["accuracy"] for p in per]))
+    assert {"accuracy", "mis"} <= set(res["verdicts"])
+    assert "higher: more class-specific" in res["verdicts"]["mis"]
+    assert all("baselines" in t for t in res["verdicts"].values())
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["models_std"]["csg"]["mis"] == res["models_std"]["csg"]["mis"]
+
+
+def test_mis_refuses_logits_shape():
+    """The program's MIS goes through information.filter_mis, which takes maps (N, h, w, K) and refuses logits."""
+    from jinterp.errors import ShapeError
+    from jinterp.metrics import information
+
+    with pytest.raises(ShapeError, match="feature maps"):
+        information.filter_mis(np.zeros((10, 6)), np.zeros(10, int), 6)
