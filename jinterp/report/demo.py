@@ -210,7 +210,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "cladec": {"train_size": 512, "test_size": 128, "layers": ("relu3",), "epochs": 2, "retrain_epochs": 0,
                "grid_rows": 4},
     "csg": {"train_size": 400, "test_size": 200, "eval_size": 200, "epochs": 4, "warmup_epochs": 1,
-            "mask_period": 2, "mask_epoch_min": 1, "adv_size": 64, "pgd_steps": 3},
+            "mask_period": 2, "mask_epoch_min": 1, "adv_size": 64, "pgd_steps": 3, "seeds": 1},
 }
 
 

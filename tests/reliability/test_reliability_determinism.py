@@ -75,7 +75,8 @@ REDUCED = {
               "--set", "iterations=2", "--set", "stability_units=8", "--set", "stability_top_n=5",
               "--set", "transfer_top_t=5"],
     "csg": ["--set", "train_size=100", "--set", "test_size=50", "--set", "epochs=4", "--set", "warmup_epochs=1",
-            "--set", "eval_size=50", "--set", "adv_size=16", "--set", "pgd_steps=1", "--set", "batch_size=25"],
+            "--set", "eval_size=50", "--set", "adv_size=16", "--set", "pgd_steps=1", "--set", "batch_size=25",
+            "--set", "seeds=1"],
 }
 # Keys whose values are allowed to differ between identical runs.
 VOLATILE = re.compile(r"(^|_)(time|times|wall|seconds|s)$|wall_time|_s$|path|figures|params$|workdir|weights$",
