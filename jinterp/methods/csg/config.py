@@ -82,6 +82,7 @@ class CSGConfig:
     arch: str = "resnet50"
     widths: tuple[int, ...] = ()
     weights: str = ""
+    model: str = ""  # a user model (FILE.py:FACTORY or a saved .npz) in place of arch
     pretrain: bool = True
     pretrain_preset: typing.Literal["paper", "tiny"] = "paper"
     data: str = "synthparts"
