@@ -330,7 +330,9 @@ class TorchGraph(nn.Module):
             xa = x.as_nhwc
             if spec.get("in_channels") and xa.shape[-1] != spec["in_channels"]:
                 raise ShapeError(f"module {path!r} expects {spec['in_channels']} input channels, got "
-                                 f"{xa.shape[-1]}")
+                                 f"{xa.shape[-1]}; if it is the model's first layer, give "
+                                 f"{spec['in_channels']}-channel images (other data, or convert them) or build "
+                                 f"the model for {xa.shape[-1]} input channels")
             if spec.get("same_pads"):
                 (top, bottom), (left, right) = spec["same_pads"]
                 xa = jnp.pad(xa, ((0, 0), (top, bottom), (left, right), (0, 0)))
