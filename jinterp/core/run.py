@@ -492,10 +492,14 @@ def user_model_stage(r: Run, *, model: str, weights: str, image_shape: tuple[int
     ``"factory"``); a saved ``.npz`` model carries its weights. With ``num_classes``, a model whose logits have
     another size is a WeightsError (the methods that read predictions compare them with the data's labels).
     """
-    from jinterp.errors import WeightsError
+    from jinterp.errors import ConfigError, WeightsError
     from jinterp.models import load_model
 
+
     file = model.rsplit(":", 1)[0] if ":" in model and model.rsplit(":", 1)[0].endswith(".py") else model
+    if weights and file.endswith(".npz"):
+        raise ConfigError(f"{model} is a saved converted model and carries its own weights; drop --weights {weights} "
+                          "(or give the model as FILE.py:FACTORY with this checkpoint)")
     inputs = {"model": file_fingerprint(file) if Path(file).is_file() else file}
     if weights:
         inputs["weights"] = file_fingerprint(weights)

@@ -101,7 +101,7 @@ def test_explainer_on_own_model(user_model, tmp_path):
             "--set", "sweep_steps=0", "--set", "batch_size=16", "--set", "eval_batch_size=32")
     res = _results(w)
     assert res["arch"] == spec and (res["layer"], res["target"]) == ("features.5", "features.9")
-    assert res["in_shape"] == [32, 32, 16] and res["out_shape"] == [8, 8, 16]  # the converted model's maps
+    assert res["in_shape"] == [32, 32, 16] and res["out_shape"] == [16, 16, 16]  # the converted model's maps
     assert res["performer_unchanged"] and "accuracy_replaced" in res  # the reconstruction fed back into it
     assert _backbone_stage(w)["fields"]["model"] == spec
 
