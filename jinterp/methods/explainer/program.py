@@ -53,7 +53,8 @@ def load_performer(cfg: ExplainerConfig, r: Run, num_classes: int, image_shape: 
     ``<workdir>/backbone``, or the user's ``cfg.model`` (``info["model_info"]``: its ModelInfo)."""
     if cfg.model:
         performer, variables, minfo, binfo = user_model_stage(r, model=cfg.model, weights=cfg.weights,
-                                                              image_shape=image_shape, data_spec=data_spec(cfg))
+                                                              image_shape=image_shape, num_classes=num_classes,
+                                                              data_spec=data_spec(cfg))
         return performer, variables, {**binfo, "model_info": minfo}
     bcfg = TrainBackboneConfig.tiny() if cfg.backbone_steps else TrainBackboneConfig.paper()
     sets = [f"arch={cfg.arch}", f"data={cfg.data}", f"image_size={cfg.image_size}",
