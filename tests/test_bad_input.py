@@ -1217,3 +1217,21 @@ def test_own_model_csg_needs_the_gate_layer_and_head_named(capsys, tmp_path, tor
                            f"{file}:build", "--workdir", str(tmp_path / "w"), "--set", "gate_layer=relu2",
                            "--set", "head=conv")
     assert_one_line_error(code, err, "head 'conv' is not after the gate layer 'relu2'", "--set head=")
+
+
+def test_own_model_demo_needs_two_layers_named(capsys, tmp_path, torch):
+    file, _ = _own_model(tmp_path)
+    code, _, err = run_cli(capsys, "demo", "--quick", "--model", f"{file}:build", "--layers", "relu",
+                           "--workdir", str(tmp_path / "w"))
+    assert_one_line_error(code, err, "give --layers LOW,HIGH", "two module paths")
+
+
+def test_saved_own_model_with_weights_is_refused(capsys, tmp_path, torch):
+    from jinterp.models import from_torch, save_model
+
+    _, net = _own_model(tmp_path)
+    model, variables = from_torch(net, torch.zeros(1, 3, 32, 32))
+    saved = save_model(tmp_path / "net.npz", model, variables)
+    torch.save(net.state_dict(), tmp_path / "net.pth")
+    code, err = _explainer_on(capsys, tmp_path, "--model", str(saved), "--weights", str(tmp_path / "net.pth"))
+    assert_one_line_error(code, err, "carries its own weights", "drop --weights")
