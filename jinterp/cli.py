@@ -66,7 +66,12 @@ def _add_common(p: argparse.ArgumentParser, *, workdir_default: str, config_defa
                         "'broden:PATH' (default: %(default)s)")
     g.add_argument("--weights", default=None, metavar="PATH",
                    help="pretrained backbone variables (.npz from train-backbone's params.npz or "
-                        "jinterp.backbones.torch_import.save_variables)")
+                        "jinterp.backbones.torch_import.save_variables); with --model, the model's checkpoint "
+                        "(.pth/.pt/.th state dict, .safetensors, or .npz for a Flax model)")
+    g.add_argument("--model", default=None, metavar="FILE.py:FACTORY",
+                   help="your own CNN instead of a built-in arch: a Python file whose function returns a "
+                        "torch.nn.Module or a Flax module, or a converted model .npz (jinterp.models.save_model); "
+                        "layers are then its module paths (an unknown one lists the valid names)")
 
 
 def build_parser() -> argparse.ArgumentParser:

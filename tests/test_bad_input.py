@@ -1135,3 +1135,103 @@ def test_graph_with_fewer_usable_images_warns_and_names_the_metrics_it_skipped(t
     skipped = json.loads((tmp_path / "w" / "results.json").read_text())["metrics_not_computed"]
     assert "instability_graph_nodes" in skipped["metrics"] and "no part landmarks" in skipped["reason"]
     assert "metrics not computed" in err
+
+
+# ------------------------------------------------------------------------------------ a user's own model (--model)
+_OWN_NET = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, in_channels=3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.fc = nn.Linear(4, 6)
+
+    def forward(self, x):
+        x = self.relu(self.conv(x))
+        {branch}
+        x = self.relu2(self.conv2(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def build():
+    torch.manual_seed(0)
+    return Net({channels})
+'''
+_OWN_DATA = "synthparts:size=32,n_train=32,n_test=16"
+
+
+def _own_model(folder: Path, *, branch: str = "", channels: int = 3) -> tuple[Path, object]:
+    src = _OWN_NET.replace("{branch}", branch or "pass").replace("{channels}", str(channels))
+    file = folder / f"net_{abs(hash(src)) % 10**8}.py"
+    file.write_text(src)
+    scope: dict = {}
+    exec(compile(src, str(file), "exec"), scope)  # noqa: S102 - the test's own source
+    return file, scope["build"]()
+
+
+def _explainer_on(capsys, tmp_path, *argv: str) -> tuple[int, str]:
+    code, _, err = run_cli(capsys, "explainer", "--config", "tiny", "--data", _OWN_DATA, "--quiet",
+                           "--layer", "relu", "--target", "relu2", "--workdir", str(tmp_path / "w"), *argv)
+    return code, err
+
+
+def test_own_model_untraceable_is_one_line(capsys, tmp_path, torch):
+    file, _ = _own_model(tmp_path, branch="if x.sum() > 0:\n            x = x * 2")
+    code, err = _explainer_on(capsys, tmp_path, "--model", f"{file}:build")
+    assert_one_line_error(code, err, "cannot trace", "control flow", "torch.where")
+
+
+def test_own_model_state_dict_with_missing_and_unexpected_keys_is_one_line(capsys, tmp_path, torch):
+    file, net = _own_model(tmp_path)
+    sd = net.state_dict()
+    sd["fc.weights"] = sd.pop("fc.weight")
+    torch.save(sd, tmp_path / "renamed.pth")
+    code, err = _explainer_on(capsys, tmp_path, "--model", f"{file}:build", "--weights", str(tmp_path / "renamed.pth"))
+    assert_one_line_error(code, err, "missing keys (1): fc.weight (found fc.weights?)", "unexpected keys (1)",
+                          "torch.save(model.state_dict()")
+
+
+def test_own_model_for_other_input_channels_is_one_line(capsys, tmp_path, torch):
+    file, _ = _own_model(tmp_path, channels=1)
+    code, err = _explainer_on(capsys, tmp_path, "--model", f"{file}:build")
+    assert_one_line_error(code, err, "expects 1 input channels, got 3", "give 1-channel images")
+
+
+def test_own_model_unknown_layer_names_the_nearest_and_the_valid_ones(capsys, tmp_path, torch):
+    file, net = _own_model(tmp_path)
+    torch.save(net.state_dict(), tmp_path / "net.pth")
+    code, err = _explainer_on(capsys, tmp_path, "--model", f"{file}:build", "--weights", str(tmp_path / "net.pth"),
+                              "--target", "relu3")
+    assert_one_line_error(code, err, "unknown layer 'relu3'", "did you mean 'relu'", "valid layers: conv, relu")
+
+
+def test_own_model_csg_needs_the_gate_layer_and_head_named(capsys, tmp_path, torch):
+    file, _ = _own_model(tmp_path)
+    code, _, err = run_cli(capsys, "csg", "--config", "tiny", "--data", _OWN_DATA, "--quiet", "--model",
+                           f"{file}:build", "--workdir", str(tmp_path / "w"), "--set", "gate_layer=relu2",
+                           "--set", "head=conv")
+    assert_one_line_error(code, err, "head 'conv' is not after the gate layer 'relu2'", "--set head=")
+
+
+def test_own_model_demo_needs_two_layers_named(capsys, tmp_path, torch):
+    file, _ = _own_model(tmp_path)
+    code, _, err = run_cli(capsys, "demo", "--quick", "--model", f"{file}:build", "--layers", "relu",
+                           "--workdir", str(tmp_path / "w"))
+    assert_one_line_error(code, err, "give --layers LOW,HIGH", "two module paths")
+
+
+def test_saved_own_model_with_weights_is_refused(capsys, tmp_path, torch):
+    from jinterp.models import from_torch, save_model
+
+    _, net = _own_model(tmp_path)
+    model, variables = from_torch(net, torch.zeros(1, 3, 32, 32))
+    saved = save_model(tmp_path / "net.npz", model, variables)
+    torch.save(net.state_dict(), tmp_path / "net.pth")
+    code, err = _explainer_on(capsys, tmp_path, "--model", str(saved), "--weights", str(tmp_path / "net.pth"))
+    assert_one_line_error(code, err, "carries its own weights", "drop --weights")

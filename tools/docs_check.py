@@ -12,7 +12,9 @@ code spans (tables and prose). Each one is checked without being run:
   config module's own override machinery (``jinterp.core.config.apply_overrides``, which also runs ``validate()``);
   ``demo`` takes none;
 * every ``--layer``/``--layers``/``--target`` is a layer of the architecture the command would use (``--arch``, else
-  ``--set arch=``, else the preset's), per ``jinterp.backbones.layer_names``.
+  ``--set arch=``, else the preset's), per ``jinterp.backbones.layer_names``. A command with ``--model FILE.py:FACTORY``
+  names the module paths of the reader's own model, which exist only once that file is loaded: its layers are not
+  checked here (the command itself validates them, listing the valid names and the nearest match).
 
 Cheap commands (``--help``, ``--version``) run for real, as ``python -m jinterp.cli ...`` from the repository root.
 ``tests/test_docs_check.py`` runs the same check on README.md, so CI fails when a README command breaks.
@@ -159,7 +161,7 @@ def check_command(text: str) -> list[str]:
         cfg = _config(args.command, args)
     except JinterpError as e:
         return problems + [" ".join(str(e).split())]
-    layers = _layer_options(args)
+    layers = [] if getattr(args, "model", None) else _layer_options(args)  # a user model's: checked when it runs
     if layers:
         try:
             valid = backbones.layer_names(cfg.arch)

@@ -480,7 +480,42 @@ def backbone_stage(r: Run, *, arch: str, weights: str, train_cfg: Any = None, in
     return variables, meta, path, info
 
 
+def user_model_stage(r: Run, *, model: str, weights: str, image_shape: tuple[int, ...], num_classes: int | None = None,
+                     data_spec: str = "the data") -> tuple[Any, dict, Any, dict[str, Any]]:
+    """Stage ``backbone`` of a run on a user's model (``--model FILE.py:FACTORY`` or a converted ``.npz``):
+    ``(model, variables, model_info, info)`` through :func:`jinterp.models.load_model` on the data's
+    ``image_shape`` (H, W, C). Nothing is trained here. The model file's and the weights' digests are the
+    stage's inputs, so later stages recompute when either changes.
+
+    Rule for weights: ``FILE.py:FACTORY`` without ``weights`` runs the parameters the factory built (a factory may
+    load its own checkpoint; otherwise they are its random init, which ``info["weights"]`` records as
+    ``"factory"``); a saved ``.npz`` model carries its weights. With ``num_classes``, a model whose logits have
+    another size is a WeightsError (the methods that read predictions compare them with the data's labels).
+    """
+    from jinterp.errors import ConfigError, WeightsError
+    from jinterp.models import load_model
+
+
+    file = model.rsplit(":", 1)[0] if ":" in model and model.rsplit(":", 1)[0].endswith(".py") else model
+    if weights and file.endswith(".npz"):
+        raise ConfigError(f"{model} is a saved converted model and carries its own weights; drop --weights {weights} "
+                          "(or give the model as FILE.py:FACTORY with this checkpoint)")
+    inputs = {"model": file_fingerprint(file) if Path(file).is_file() else file}
+    if weights:
+        inputs["weights"] = file_fingerprint(weights)
+    r.stage("backbone", fields={"model": model, "weights": str(weights or ""),
+                                "image_shape": [int(d) for d in image_shape]}, inputs=inputs).finish()
+    net, variables, minfo = load_model(model, weights or None, image_shape=tuple(int(d) for d in image_shape))
+    if num_classes is not None and int(minfo.num_classes) != int(num_classes):
+        raise WeightsError(f"model {model} outputs {minfo.num_classes} logits but the data {data_spec} has "
+                           f"{int(num_classes)} classes; give a model whose head has {int(num_classes)} outputs "
+                           "(e.g. the factory's num_classes) or data with as many classes")
+    info = {"model": model, "weights": str(weights) if weights else "factory", "trained_here": False,
+            "normalization": minfo.normalization or "unit", "kind": minfo.kind}
+    return net, dict(variables), minfo, info
+
+
 __all__ = ["CONFIG_FILE", "LOCK_FILE", "Run", "Stage", "acquire_lock", "atomic_write_text", "backbone_stage",
            "check_weights_fit", "check_workdir", "code_version", "config_from_args", "data_fingerprint", "explicit",
            "file_fingerprint", "fingerprint", "is_storage_oserror", "load_backbone_weights", "load_config",
-           "release_lock", "storage_error"]
+           "release_lock", "storage_error", "user_model_stage"]

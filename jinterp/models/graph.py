@@ -256,12 +256,15 @@ class TorchGraph(nn.Module):
     ``logits`` is the graph's output in the same convention.
     ``train=True`` uses batch statistics in batch norm (``mutable=["batch_stats"]`` returns PyTorch's running
     stat update) and dropout (``rngs={"dropout": key}``).
+    ``edits`` maps layer names (as in ``feats``) to functions of that layer's output (NHWC for 4-D) whose result
+    replaces it for everything downstream, e.g. a method's gate or a reconstruction fed back; ``feats`` then holds
+    the edited value.
     """
 
     graph_json: str
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, edits: Mapping[str, Any] | None = None):
         g = parse_graph(self.graph_json)
         if x.ndim != 4:
             raise ModelError(f"expected images (N, H, W, C), got shape {tuple(x.shape)}; add a batch axis")
@@ -285,6 +288,10 @@ class TorchGraph(nn.Module):
                     out = _call(self, target, a, kw, train)
             except (ModelError, ShapeError) as e:
                 raise type(e)(f"{e} (at graph node {name!r}, {op} {target!r})") from None
+            if edits and isinstance(out, _T):
+                hit = next((k for k in (target if op == "module" else name, *aliases) if k in edits), None)
+                if hit is not None:
+                    out = _edited(out, edits[hit](out.feature()), hit)
             env[name] = out
             if isinstance(out, _T):
                 if op == "module" and target in g["shared"]:  # a module called several times
@@ -323,7 +330,9 @@ class TorchGraph(nn.Module):
             xa = x.as_nhwc
             if spec.get("in_channels") and xa.shape[-1] != spec["in_channels"]:
                 raise ShapeError(f"module {path!r} expects {spec['in_channels']} input channels, got "
-                                 f"{xa.shape[-1]}")
+                                 f"{xa.shape[-1]}; if it is the model's first layer, give "
+                                 f"{spec['in_channels']}-channel images (other data, or convert them) or build "
+                                 f"the model for {xa.shape[-1]} input channels")
             if spec.get("same_pads"):
                 (top, bottom), (left, right) = spec["same_pads"]
                 xa = jnp.pad(xa, ((0, 0), (top, bottom), (left, right), (0, 0)))
@@ -341,6 +350,16 @@ class TorchGraph(nn.Module):
         if kind == "dropout":
             return _dropout(self, x, spec["p"], spec.get("channels", False), train)
         return _call(self, spec["fn"], [x, *spec.get("args", [])], dict(spec.get("kwargs", {})), train)
+
+
+def _edited(out: _T, new: jax.Array, key: str) -> _T:
+    """The value an ``edits`` function returned, in the layout of ``out`` (NHWC for 4-D)."""
+    new = jnp.asarray(new, out.a.dtype)
+    want = out.feature().shape
+    if tuple(new.shape) != tuple(want):
+        raise ShapeError(f"the replacement of layer {key!r} has shape {tuple(new.shape)} but the layer outputs "
+                         f"{tuple(want)}")
+    return _T(new, nhwc=len(want) == 4)
 
 
 def _build_layer(path: str, spec: Mapping) -> nn.Module:

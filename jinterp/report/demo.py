@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="root seed of every stage (default: %(default)s)")
+    parser.add_argument("--layers", default=None, metavar="LOW,HIGH",
+                        help="with --model: two module paths of your model, a lower and a higher post-ReLU conv "
+                             "layer (explainer LOW->HIGH, graph LOW,HIGH, ClaDec LOW, basis and CSG's gate HIGH)")
+    parser.add_argument("--head", default=None, metavar="MODULE",
+                        help="with --model: the classifier module CSG gates before (default: the last module "
+                             "with a 2-D kernel)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +68,9 @@ class DemoSettings:
     preset: str = "tiny"
     image_size: int = 64
     methods: tuple[str, ...] = METHODS
+    model: str = ""  # a user model (FILE.py:FACTORY or a converted .npz) instead of arch; then layers and head
+    layers: tuple[str, ...] = ()
+    head: str = ""
 
     def data_spec(self) -> str:
         from jinterp import data
@@ -80,6 +89,8 @@ def prepare_backbone(s: DemoSettings, workdir: Path, progress: bool, restart: bo
     from jinterp.core.run import load_backbone_weights
 
     out = workdir / "backbone"
+    if s.model:
+        return _user_backbone(s)
     if s.weights:
         src = Path(s.weights)
         if src.suffix == ".npz":
@@ -104,6 +115,47 @@ def prepare_backbone(s: DemoSettings, workdir: Path, progress: bool, restart: bo
     final = train_backbone(cfg, out, progress=progress, restart=restart)
     return {"arch": s.arch, "weights": str(out / "params.npz"), "trained_here": True,
             "test_accuracy": final["test_accuracy"], "steps": final["step"], "seconds": final["wall_time_s"]}
+
+
+def _user_backbone(s: DemoSettings) -> dict[str, Any]:
+    """The user's ``--model``: loaded (and so converted, checked) once here, its layers and head validated and its
+    test accuracy measured before any method runs; each method loads it again in its own run."""
+    import jax
+    import numpy as np
+
+    from jinterp import backbones, data
+    from jinterp.errors import WeightsError
+    from jinterp.models import check_layers, load_model
+
+    ds = data.load(s.data_spec(), "test")
+    model, variables, info = load_model(s.model, s.weights or None, image_shape=tuple(ds.images.shape[1:]))
+    if info.num_classes != ds.num_classes:
+        raise WeightsError(f"model {s.model} outputs {info.num_classes} logits but the data {s.data_spec()} has "
+                           f"{ds.num_classes} classes; give a model whose head has {ds.num_classes} outputs")
+    head = s.head or _head(variables)
+    check_layers(info, (*s.layers, head))
+    scheme = info.normalization or "unit"
+    predict = jax.jit(lambda v, x: model.apply(v, backbones.normalize(x, scheme), train=False)[0].argmax(-1))
+    correct = sum(int((np.asarray(predict(variables, ds.images[i:i + 256])) == ds.labels[i:i + 256]).sum())
+                  for i in range(0, len(ds), 256))
+    return {"arch": s.model, "model": s.model, "weights": s.weights or "factory", "head": head,
+            "trained_here": False, "test_accuracy": correct / max(len(ds), 1)}
+
+
+def _user_model_config(name: str, cfg, s: DemoSettings, backbone: dict):
+    """A method's config on the user's model: its layers (``s.layers``: low, high) and CSG's head."""
+    low, high = s.layers
+    values = {"model": s.model, "weights": s.weights, "data": s.data_spec(), "seed": s.seed,
+              "image_size": s.image_size}
+    values.update({"explainer": {"layer": low, "target": high},
+                   "graph": {"layers": (low, high), "strides": (), "centers": ()},
+                   "basis": {"layer": high}, "cladec": {"layers": (low,)},
+                   "csg": {"gate_layer": high, "head": backbone["head"]}}[name])
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in values.items() if k in fields})
+    if s.quick:
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in QUICK.get(name, {}).items() if k != "layers"})
+    return cfg
 
 
 def _check_fit(path: Path, variables: dict, spec: str) -> None:
@@ -166,6 +218,8 @@ def method_config(name: str, s: DemoSettings, backbone: dict):
     cls = {"explainer": "ExplainerConfig", "graph": "GraphConfig", "basis": "BasisConfig",
            "cladec": "ClaDecConfig", "csg": "CSGConfig"}[name]
     cfg = getattr(getattr(mod, cls), s.preset)()
+    if s.model:
+        return _user_model_config(name, cfg, s, backbone)
     cfg = _common(cfg, s, backbone)
     arch = backbone["arch"]
     if arch != "convnet":  # the tiny presets name ConvNet layers; pick the same depth in other families
@@ -386,7 +440,7 @@ def _header(s: DemoSettings, timings: dict[str, float]) -> dict[str, Any]:
     import optax
 
     return {"command": "jinterp demo" + (" --quick" if s.quick else ""), "data": s.data_spec(),
-            "backbone": s.arch + (f" ({Path(s.weights).name})" if s.weights else " (trained here)"),
+            "backbone": (s.model or s.arch) + (f" ({Path(s.weights).name})" if s.weights else " (trained here)"),
             "preset": s.preset, "seed": s.seed,
             "device": f"{jax.default_backend()} x{jax.device_count()} ({jax.devices()[0].device_kind})",
             "versions": f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, "
@@ -489,7 +543,14 @@ def run(args: argparse.Namespace) -> int:
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ConfigError(f"--methods: unknown {bad or '(none)'}; choose from {','.join(METHODS)}")
-    if args.weights and not args.arch and not str(args.weights).endswith(".npz"):
+    model = getattr(args, "model", None) or ""
+    layers = tuple(x.strip() for x in (args.layers or "").split(",") if x.strip())
+    if model and len(layers) != 2:
+        raise ConfigError(f"with --model, give --layers LOW,HIGH: two module paths of {model}, a lower and a higher "
+                          "post-ReLU conv layer (an unknown name lists the valid ones)")
+    if (layers or args.head) and not model:
+        raise ConfigError("--layers and --head name layers of your own model: give it with --model FILE.py:FACTORY")
+    if args.weights and not args.arch and not model and not str(args.weights).endswith(".npz"):
         raise ConfigError(f"--weights {args.weights} is a PyTorch checkpoint: say which backbone it is with --arch "
                           "(e.g. --arch resnet20)")
     if args.overrides:
@@ -504,7 +565,8 @@ def run(args: argparse.Namespace) -> int:
     check_workdir(args.workdir)
     if args.config in cfglib.PRESETS:
         s = DemoSettings(data=args.data, arch=args.arch or "convnet", weights=args.weights or "", seed=args.seed,
-                         quick=bool(args.quick), preset=args.config, image_size=size, methods=methods)
+                         quick=bool(args.quick), preset=args.config, image_size=size, methods=methods,
+                         model=model, layers=layers, head=args.head or "")
     else:  # a saved config.json: the demo exactly as it ran
         s = load_config(DemoSettings, args.config, method="demo")
     summary = run_demo(s, args.workdir, restart=getattr(args, "restart", False))

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from jinterp.methods.basis.config import BasisConfig
     from jinterp.methods.basis.program import run as run_program
 
-    sets = [(name, f"{name}={getattr(args, name)}") for name in ("data", "weights", "arch", "layer")
+    sets = [(name, f"{name}={getattr(args, name)}") for name in ("data", "weights", "model", "arch", "layer")
             if getattr(args, name, None)]
     if getattr(args, "method", None):
         sets.append(("method", "methods=" + ",".join(args.method)))

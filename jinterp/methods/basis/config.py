@@ -25,6 +25,7 @@ class BasisConfig:
 
     arch: str = "convnet"
     weights: str = ""
+    model: str = ""  # a user model (FILE.py:FACTORY or a saved .npz) in place of arch
     data: str = "synthparts"
     layer: str = "relu4"
     methods: tuple[str, ...] = METHODS

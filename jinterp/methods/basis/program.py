@@ -36,7 +36,7 @@ import numpy as np
 
 from jinterp import backbones, data
 from jinterp.core import features
-from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_fingerprint
+from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_fingerprint, user_model_stage
 from jinterp.errors import ConfigError, DataError, LayerError
 from jinterp.methods.basis import ibd, uibe
 from jinterp.methods.basis.config import BasisConfig
@@ -45,7 +45,12 @@ from jinterp.metrics import dissection as dis
 
 
 def _load_backbone(cfg: BasisConfig, train_ds, r: Run, progress: bool):
-    """Stage ``backbone``: ``cfg.weights``, or ``cfg.backbone`` trained into ``<workdir>/backbone``."""
+    """Stage ``backbone``: ``cfg.weights``, or ``cfg.backbone`` trained into ``<workdir>/backbone``, or the user's
+    ``cfg.model`` (``info``: its ``normalization`` and ``layer_names``)."""
+    if cfg.model:
+        model, variables, minfo, info = user_model_stage(r, model=cfg.model, weights=cfg.weights,
+                                                         image_shape=train_ds.image_shape, data_spec=cfg.data)
+        return model, variables, {**info, "layer_names": minfo.layer_names}
     bcfg = dataclasses.replace(cfg.backbone, arch=cfg.arch, data=cfg.data, seed=cfg.seed)
     variables, meta, path, info = backbone_stage(r, arch=cfg.arch, weights=cfg.weights, train_cfg=bcfg,
                                                  progress=progress)
@@ -142,10 +147,15 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
                                                             "data": data_fingerprint(cfg.data)},
                      paths=["bases.npz", "figures", "results.json"])
     (workdir / "figures").mkdir(parents=True, exist_ok=True)
-    if cfg.layer not in backbones.layer_names(cfg.arch):
-        raise LayerError(f"unknown layer {cfg.layer!r} for {cfg.arch}; valid: {backbones.layer_names(cfg.arch)}")
-    tr_stream = _Stream(model, variables, train_ds, cfg.layer, cfg.batch_size, cfg.arch)
-    te_stream = _Stream(model, variables, test_ds, cfg.layer, cfg.batch_size, cfg.arch)
+    if cfg.model:  # a user model: its module paths, the nearest match named; its input scaling
+        backbones.check_layers(binfo.pop("layer_names"), cfg.layer)
+        preprocess = binfo["normalization"]
+    else:
+        if cfg.layer not in backbones.layer_names(cfg.arch):
+            raise LayerError(f"unknown layer {cfg.layer!r} for {cfg.arch}; valid: {backbones.layer_names(cfg.arch)}")
+        preprocess = cfg.arch
+    tr_stream = _Stream(model, variables, train_ds, cfg.layer, cfg.batch_size, preprocess)
+    te_stream = _Stream(model, variables, test_ds, cfg.layer, cfg.batch_size, preprocess)
 
     # ---- pixel sample for fitting (UIBE: features only; IBD: + concept labels on the feature grid)
     t = time.perf_counter()
@@ -309,7 +319,8 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
             imgs = np.argsort(-img_max[:, units], axis=0)[: cfg.figure_images].T          # (dirs, images)
             sel = np.unique(imgs)
             maps = np.asarray(_project(next(features.iter_features(
-                model, variables, test_ds.images[sel], [cfg.layer], max(len(sel), 1), preprocess=cfg.arch))[cfg.layer],
+                model, variables, test_ds.images[sel], [cfg.layer], max(len(sel), 1),
+                preprocess=preprocess))[cfg.layer],
                 0.0, 1.0, big)) - big_off
             pos = {int(s): i for i, s in enumerate(sel)}
             rows_ = []
@@ -327,7 +338,7 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
     times["figures_s"] = time.perf_counter() - t
     times["total_s"] = time.perf_counter() - t0
 
-    out = dict(arch=cfg.arch, layer=cfg.layer, data=cfg.data, channels=dim, n_train=len(train_ds),
+    out = dict(arch=cfg.model or cfg.arch, layer=cfg.layer, data=cfg.data, channels=dim, n_train=len(train_ds),
                n_test=len(test_ds), fit_pixels=int(len(px)), concepts=len(names), backbone=binfo, bases=results,
                verdicts=verdicts,
                figures=figs, wall_times_s=times, config=_as_dict(cfg))

@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     sets = [("data", f"data={args.data}") if getattr(args, "data", None) else None,
             ("weights", f"weights={args.weights}") if getattr(args, "weights", None) else None,
+            ("model", f"model={args.model}") if getattr(args, "model", None) else None,
             ("arch", f"arch={args.arch}") if getattr(args, "arch", None) else None,
             ("layer", "layers=" + ",".join(args.layer)) if getattr(args, "layer", None) else None,
             ("alpha", "alphas=" + ",".join(repr(float(a)) for a in args.alpha)) if getattr(args, "alpha", None)

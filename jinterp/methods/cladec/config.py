@@ -82,6 +82,7 @@ class ClaDecConfig:
 
     arch: str = "vgg11_bn_cladec"
     weights: str = ""
+    model: str = ""  # a user model (FILE.py:FACTORY or a saved .npz) in place of arch
     data: str = "synthparts"
     image_size: int = 32
     train_size: int = 0

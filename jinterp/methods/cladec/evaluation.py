@@ -145,7 +145,7 @@ def _retrain_program(model: nn.Module, arch: str, spec: RetrainSpec, steps_per_e
                      m_count: int) -> tuple[optax.GradientTransformation, Callable, Callable]:
     """``(tx, jitted step, jitted correct-count)`` of the retrain protocol; ``m_count`` > 0: vmapped over that
     many stacked models, 0: one model (sequential). Cached, so every layer of a run reuses the compiled step."""
-    mean, std = NORMALIZATIONS[backbones.NORMALIZATION[arch]]
+    mean, std = NORMALIZATIONS[backbones.NORMALIZATION.get(arch, arch)]  # an arch, or a scheme (a user model's)
     loss_fn = make_classifier_loss(model, mean=mean, std=std, augment="none")
     tx = training.torch_sgd(training.step_schedule(spec.lr, spec.epochs, steps_per_epoch, spec.lr_decay),
                             spec.momentum, spec.weight_decay)

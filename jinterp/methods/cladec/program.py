@@ -30,7 +30,7 @@ from flax import traverse_util
 from jinterp import backbones, data
 from jinterp.core import features
 from jinterp.core.config import to_dict
-from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_fingerprint
+from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_fingerprint, user_model_stage
 from jinterp.errors import ConfigError, DataError, LayerError, WeightsError
 from jinterp.methods.cladec import evaluation, refae, training
 from jinterp.methods.cladec.config import ClaDecConfig
@@ -109,7 +109,10 @@ def _model_kwargs(cfg: ClaDecConfig, meta: dict | None = None) -> dict:
 
 
 def check_layers(cfg: ClaDecConfig, num_classes: int, image_shape: tuple[int, int, int]) -> dict[str, tuple]:
-    """Validate layer names and decoder shapes before any training; returns ``{layer: act_shape}``."""
+    """Validate layer names and decoder shapes before any training; returns ``{layer: act_shape}``. A user's
+    ``cfg.model`` is checked once loaded (:func:`check_user_layers`)."""
+    if cfg.model:
+        return {}
     model = backbones.create(cfg.arch, num_classes, **_model_kwargs(cfg))
     shapes = backbones.variable_shapes(model, image_shape)
     x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
@@ -125,11 +128,27 @@ def check_layers(cfg: ClaDecConfig, num_classes: int, image_shape: tuple[int, in
     return out
 
 
+def check_user_layers(cfg: ClaDecConfig, model_info, act_shapes: dict[str, tuple]) -> None:
+    """A user model's ``cfg.layers``: module paths of ``model_info`` (unknown: the valid names and the nearest
+    match), each decodable to the image shape (``act_shapes``: the loaded model's feature shapes)."""
+    from jinterp.models import check_layers as check_model_layers
+
+    check_model_layers(model_info, cfg.layers)
+    for layer in (cfg.layers if act_shapes else ()):
+        make_decoder(act_shapes[layer], model_info.image_shape, cfg.base_width, layer)  # ShapeError when unreachable
+
+
 def get_backbone(cfg: ClaDecConfig, train_ds, test_ds, r: Run, progress: bool) -> tuple[Any, dict, dict]:
     """``(model, variables, info)``: stage ``backbone`` of the run: ``cfg.weights``, or trained into
-    ``<workdir>/backbone`` on the prepared (resized/subset) splits."""
+    ``<workdir>/backbone`` on the prepared (resized/subset) splits, or the user's ``cfg.model`` (``info``: its
+    ``normalization`` and ``model_info``)."""
     num_classes = train_ds.num_classes
     image_shape = tuple(int(d) for d in train_ds.images.shape[1:])
+    if cfg.model:
+        model, variables, minfo, info = user_model_stage(r, model=cfg.model, weights=cfg.weights,
+                                                         image_shape=image_shape, num_classes=num_classes,
+                                                         data_spec=data_spec(cfg))
+        return model, jax.tree.map(jnp.asarray, variables), {**info, "model_info": minfo}
     prepared = r.workdir / "data" / "prepared.npz"
 
     def prepare() -> None:
@@ -205,12 +224,14 @@ def _stage_config(cfg: ClaDecConfig, stage: str, layer: str) -> dict:
                                                 if k not in ("grid_rows", "eval_batch_size", "log_every")}}
 
 
-def train_refae(cfg, model, image_shape, layer, decoder, train_images, key, layer_dir: Path, progress: bool):
-    """Train (or load) the RefAE of one layer; returns ``(reconstruct(images) -> x̂, info)``."""
+def train_refae(cfg, model, image_shape, layer, decoder, train_images, key, layer_dir: Path, progress: bool,
+                scheme: str | None = None):
+    """Train (or load) the RefAE of one layer; returns ``(reconstruct(images) -> x̂, info)``. ``scheme``: the
+    input normalization (default: the arch's)."""
     k_enc, k_dec, k_loop = jax.random.split(key, 3)
     enc_vars = backbones.init(model, k_enc, image_shape)
     dropout = 0.5 if (cfg.faithful and cfg.arch == "vgg11_bn_cladec" and layer == "flat") else 0.0
-    encoder = refae.make_encoder(cfg.arch, model, enc_vars, image_shape, layer, code_dropout=dropout)
+    encoder = refae.make_encoder(scheme or cfg.arch, model, enc_vars, image_shape, layer, code_dropout=dropout)
     p_enc, stats, frozen = encoder.split(enc_vars)
     n = len(train_images)
     spe, total = training.steps_for(n, cfg.batch_size, cfg.epochs)
@@ -314,9 +335,16 @@ def _run(cfg: ClaDecConfig, r: Run, progress: bool) -> dict[str, Any]:
     t = time.perf_counter()
     model, variables, backbone_info = get_backbone(cfg, train_ds, test_ds, r, progress)
     backbone_fp = r.upstream("backbone")
+    # a user model's layers are known once loaded; its input scaling replaces the arch's
+    minfo = backbone_info.pop("model_info", None)
+    if minfo is not None:  # unknown names: the valid ones and the nearest match, before any shape is asked
+        check_user_layers(cfg, minfo, {})
     act_shapes = dict(features.feature_shapes(model, variables, image_shape, cfg.layers))  # the loaded model's
+    if minfo is not None:
+        check_user_layers(cfg, minfo, act_shapes)
+    scheme = backbone_info["normalization"] if cfg.model else cfg.arch
     timings["backbone_s"] = time.perf_counter() - t
-    classify = evaluation.make_classify(model, cfg.arch)
+    classify = evaluation.make_classify(model, scheme)
     x_test = test_ds.images
 
     root = jax.random.key(cfg.seed)
@@ -331,7 +359,7 @@ def _run(cfg: ClaDecConfig, r: Run, progress: bool) -> dict[str, Any]:
         tl = time.perf_counter()
         layer_dir = workdir / "layers" / layer.replace("/", "_")
         acts = features.extract(model, variables, np.concatenate([train_ds.images, x_test]), [layer],
-                                batch_size=cfg.eval_batch_size, preprocess=cfg.arch)[layer]
+                                batch_size=cfg.eval_batch_size, preprocess=scheme)[layer]
         acts_train, acts_test = acts[: len(train_ds)], acts[len(train_ds):]
         decoder = make_decoder(act_shapes[layer], image_shape, cfg.base_width, layer)
         lkey = jax.random.fold_in(root, li)
@@ -345,7 +373,7 @@ def _run(cfg: ClaDecConfig, r: Run, progress: bool) -> dict[str, Any]:
                          paths=[f"{rel}/refae", f"{rel}/refae.npz"], resumable=cfg.ckpt_every > 0,
                          code=("jinterp.methods.cladec.refae", "jinterp.methods.cladec.training"))
             ref_fn, ref_info = train_refae(cfg, model, image_shape, layer, decoder, train_ds.images,
-                                           jax.random.fold_in(lkey, 1), layer_dir, progress)
+                                           jax.random.fold_in(lkey, 1), layer_dir, progress, scheme=scheme)
             st.finish()
         st = r.stage(f"cladec:{layer}", fields=_fields(cfg, "retrain_epochs", "retrain_lr", "retrain_weight_decay",
                                                        "retrain_batch_size"),
@@ -384,8 +412,9 @@ def _run(cfg: ClaDecConfig, r: Run, progress: bool) -> dict[str, Any]:
             spec = evaluation.RetrainSpec(epochs=cfg.retrain_epochs, lr=cfg.retrain_lr,
                                           weight_decay=cfg.retrain_weight_decay, batch_size=cfg.retrain_batch_size,
                                           lr_decay=cfg.lr_decay, eval_batch_size=cfg.eval_batch_size, seed=cfg.seed)
-            fresh = backbones.create(cfg.arch, model.num_classes, **_model_kwargs(cfg))
-            rt = evaluation.retrain(fresh, cfg.arch, np.stack(train_sets), train_ds.labels, np.stack(test_sets),
+            # a user model is retrained from its own fresh init (its architecture, as for a built-in arch)
+            fresh = model if cfg.model else backbones.create(cfg.arch, model.num_classes, **_model_kwargs(cfg))
+            rt = evaluation.retrain(fresh, scheme, np.stack(train_sets), train_ds.labels, np.stack(test_sets),
                                     x_test, test_ds.labels, spec, layer_dir / "retrain", progress=progress)
             for m, name in enumerate(["original", *names]):
                 per_source[name]["retrain_acc_reconstructed"] = float(rt["acc_reconstructed"][m])
@@ -402,7 +431,7 @@ def _run(cfg: ClaDecConfig, r: Run, progress: bool) -> dict[str, Any]:
             x_test[grid_idx], None if ref_test is None else ref_test[grid_idx],
             {a: rec_test[k][grid_idx] for k, a in enumerate(cfg.alphas)},
             workdir / "figures" / f"grid_{layer.replace('/', '_')}.png",
-            title=f"{cfg.arch} layer {layer} {tuple(act_shapes[layer])}",
+            title=f"{cfg.model or cfg.arch} layer {layer} {tuple(act_shapes[layer])}",
             row_labels=[test_ds.class_names[int(test_ds.labels[i])] for i in grid_idx])
         figures[f"grid_{layer}"] = str(fig)
         tradeoff[layer] = {
@@ -421,7 +450,7 @@ def _run(cfg: ClaDecConfig, r: Run, progress: bool) -> dict[str, Any]:
                                                  title=f"ClaDec on {cfg.arch}: fidelity vs. classifiability"))
     timings["total_s"] = time.perf_counter() - t0
     results = {
-        "method": "cladec", "arch": cfg.arch, "data": data_spec(cfg), "image_shape": list(image_shape),
+        "method": "cladec", "arch": cfg.model or cfg.arch, "data": data_spec(cfg), "image_shape": list(image_shape),
         "train_size": len(train_ds), "test_size": len(test_ds), "layers": layers_out, "backbone": backbone_info,
         "alphas": list(cfg.alphas), "faithful": cfg.faithful,
         "retrain_protocol": RETRAIN_NOTE if cfg.retrain_epochs > 0 else None,

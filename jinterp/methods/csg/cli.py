@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
 
     sets = [("data", f"data={args.data}") if getattr(args, "data", None) and args.data != "synthparts" else None,
             ("arch", f"arch={args.arch}") if getattr(args, "arch", None) else None,
-            ("weights", f"weights={args.weights}") if getattr(args, "weights", None) else None]
+            ("weights", f"weights={args.weights}") if getattr(args, "weights", None) else None,
+            ("model", f"model={args.model}") if getattr(args, "model", None) else None]
     cfg = config_from_args(CSGConfig, args, method="csg", sets=[x for x in sets if x])
     res = run_program(cfg, args.workdir, progress=not getattr(args, "quiet", False),
                       restart=getattr(args, "restart", False))

@@ -82,6 +82,9 @@ class CSGConfig:
     arch: str = "resnet50"
     widths: tuple[int, ...] = ()
     weights: str = ""
+    model: str = ""  # a user model (FILE.py:FACTORY or a saved .npz) in place of arch
+    gate_layer: str = ""  # with model: the module whose output is gated (its last conv stage, after the ReLU)
+    head: str = ""  # with model: the classifier module after gate_layer
     pretrain: bool = True
     pretrain_preset: typing.Literal["paper", "tiny"] = "paper"
     data: str = "synthparts"

@@ -21,7 +21,8 @@ that the trainer can free the top n stages as the released code does by position
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -49,14 +50,16 @@ class GateSite:
     """Where the gate sits in one backbone.
 
     layer: the feature name of the gated map (``feats[layer]``, NHWC, K = last axis).
-    head: ``(backbone_params, A, train, rng) -> logits``, the backbone's layers after ``layer``.
+    head: ``(backbone_params, A, train, rng) -> logits``, the backbone's layers after ``layer``; None for a
+      user's converted model, whose gated path replaces ``layer``'s output inside the forward
+      (``model.apply(..., edits={layer: gate})``, see :func:`user_gate_site`).
     stages: regexes (matched against ``/``-joined param paths) of the stages below the head, input first.
     head_params: regex of the head's params.
     fc: the GAP-linear layer name when the head is GAP + one linear layer (CAM needs it), else None.
     """
 
     layer: str
-    head: Head
+    head: Head | None
     stages: tuple[str, ...]
     head_params: str
     fc: str | None = None
@@ -159,6 +162,38 @@ def gate_site(model: nn.Module) -> GateSite:
                       "CIFAR ResNets, ResNet-18/50, VGG-16(-BN), ClaDec VGG, AlexNet")
 
 
+def user_gate_site(layer_names: Sequence[str], params: PyTree, layer: str, head: str) -> GateSite:
+    """The :class:`GateSite` of a user's converted model (``jinterp.models``, e.g. ``TorchGraph``): gate the output
+    of module ``layer`` (its last conv stage's ReLU, typically) before the classifier ``head`` (a module after it).
+
+    ``layer_names``: the model's ``feats`` names in forward order (``ModelInfo.layer_names``); ``params``: its
+    ``variables["params"]`` keyed by module path. Reconstructed for models without jinterp's stage structure: the
+    stages are the parameterized modules up to ``layer``, one per module, input first (``train_stages`` frees the
+    top ones, as the released code frees the last children); the head's params are those of every module after
+    ``layer`` (so ``head`` and anything between). ``fc`` (CAM) is ``head`` when it is a linear layer taking the K
+    channels of the gated map (GAP + linear), else None. Unknown names: LayerError with the nearest match.
+    """
+    from jinterp.backbones import registry
+
+    order = list(layer_names)
+    registry.check_layers(order, [layer, head])
+    if order.index(head) <= order.index(layer):
+        after = order[order.index(layer) + 1:]
+        raise ConfigError(f"CSG head {head!r} is not after the gate layer {layer!r}; name the classifier after it "
+                          f"(--set head=..., modules after {layer}: {', '.join(after[-6:]) or 'none'})")
+    position = {n: i for i, n in enumerate(order)}
+    modules = sorted((m for m in params if m in position), key=position.__getitem__)
+    below = [m for m in modules if position[m] <= position[layer]]
+    above = [m for m in modules if position[m] > position[layer]]
+    if not above:
+        raise ConfigError(f"no trainable module after the gate layer {layer!r}; gate an earlier layer")
+    stages = tuple(f"^{re.escape(m)}/" for m in below)
+    head_params = "^(" + "|".join(re.escape(m) for m in above) + ")/"
+    kernel = params.get(head, {}).get("kernel") if isinstance(params.get(head), dict) else None
+    fc = head if kernel is not None and getattr(kernel, "ndim", 0) == 2 else None
+    return GateSite(layer, None, stages, head_params, fc)
+
+
 # ------------------------------------------------------------------------------------------------- the gate
 def init_gate(num_filters: int, num_classes: int, value: float = 0.5) -> jax.Array:
     """``G`` of shape ``(K, C)`` filled with ``value`` (the released init: 0.5)."""
@@ -223,16 +258,24 @@ def forward(model: nn.Module, site: GateSite, variables: PyTree, x: jax.Array, *
     """
     state = {k: v for k, v in variables.items() if k != "params"}
     k_model, k_head = jax.random.split(rng) if rng is not None else (jax.random.key(0), None)
+    if gate is not None and labels is None:
+        raise ShapeError("the gated path needs the labels (the gate column of each sample's class)")
+    kw, ungated = {}, []
+    if gate is not None and site.head is None:  # a user model: the gate edits the map inside its forward
+
+        def gate_map(a):
+            ungated.append(a)
+            return gate_features(a, gate, labels)
+
+        kw = {"edits": {site.layer: gate_map}}
     if train and state:
         (logits, feats), new_state = model.apply(variables, x, train=True, mutable=list(state),
-                                                 rngs={"dropout": k_model})
+                                                 rngs={"dropout": k_model}, **kw)
     else:
-        logits, feats = model.apply(variables, x, train=train, rngs={"dropout": k_model} if train else None)
+        logits, feats = model.apply(variables, x, train=train, rngs={"dropout": k_model} if train else None, **kw)
         new_state = state
-    a = feats[site.layer]
-    if gate is not None:
-        if labels is None:
-            raise ShapeError("the gated path needs the labels (the gate column of each sample's class)")
+    a = ungated[0] if ungated else feats[site.layer]
+    if gate is not None and site.head is not None:
         logits = site.head(variables["params"], gate_features(a, gate, labels), train, k_head)
     return logits, a, dict(new_state)
 

@@ -27,9 +27,9 @@ import numpy as np
 
 from jinterp import backbones, data
 from jinterp.core.config import to_dict
-from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_fingerprint
+from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_fingerprint, user_model_stage
 from jinterp.core.train_backbone import normalization_stats
-from jinterp.errors import WeightsError
+from jinterp.errors import ConfigError, WeightsError
 from jinterp.methods.csg import adversarial as adv
 from jinterp.methods.csg import gate as gates
 from jinterp.methods.csg import localization as loc
@@ -191,9 +191,22 @@ def _run(cfg: CSGConfig, rn: Run, progress: bool) -> dict[str, Any]:
     image_shape = tuple(int(d) for d in train_ds.images.shape[1:])
     times["data_s"] = time.perf_counter() - t
 
-    model = backbones.create(cfg.arch, num_classes, **_model_kwargs(cfg))
     t = time.perf_counter()
-    variables, source = _backbone_variables(cfg, model, image_shape, num_classes, rn, train_ds)
+    if cfg.model:  # a user's model: its converted parameters are trained; gate site and head named by the user
+        if not (cfg.gate_layer and cfg.head):
+            raise ConfigError(f"with --model {cfg.model} name the gated layer and the classifier head: --set "
+                              "gate_layer=MODULE (the last conv stage's output) --set head=MODULE (the final linear)")
+        model, variables, minfo, binfo = user_model_stage(rn, model=cfg.model, weights=cfg.weights,
+                                                          image_shape=image_shape, num_classes=num_classes,
+                                                          data_spec=spec)
+        source = binfo["weights"]
+        site = gates.user_gate_site(minfo.layer_names, variables["params"], cfg.gate_layer, cfg.head)
+        if cfg.normalization == "arch":
+            cfg = dataclasses.replace(cfg, normalization=binfo["normalization"])
+    else:
+        model = backbones.create(cfg.arch, num_classes, **_model_kwargs(cfg))
+        variables, source = _backbone_variables(cfg, model, image_shape, num_classes, rn, train_ds)
+        site = gates.gate_site(model)
     times["backbone_s"] = time.perf_counter() - t
     # Everything below is recomputed in one go (no checkpoints): outputs of other settings go first.
     stage = rn.stage("csg", fields=to_dict(cfg), inputs={"backbone": rn.upstream("backbone"),
@@ -201,7 +214,6 @@ def _run(cfg: CSGConfig, rn: Run, progress: bool) -> dict[str, Any]:
                       paths=["metrics.jsonl", "csg_params.npz", "gate.npy", "baseline_params.npz", "figures",
                             RESULTS_FILE])
     (workdir / "figures").mkdir(parents=True, exist_ok=True)
-    site = gates.gate_site(model)
     k = gates.num_filters(model, site, variables, image_shape)
     mean, std = normalization_stats(cfg)
     normalize = lambda x: (x.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
@@ -249,7 +261,8 @@ def _run(cfg: CSGConfig, rn: Run, progress: bool) -> dict[str, Any]:
         records[name] = recs
 
     # ---- evaluation
-    results: dict[str, Any] = {"data": spec, "arch": cfg.arch, "backbone": source, "gate_layer": site.layer,
+    results: dict[str, Any] = {"data": spec, "arch": cfg.model or cfg.arch, "backbone": source,
+                               "gate_layer": site.layer,
                                "num_filters": k, "num_classes": num_classes, "eval_size": n_eval,
                                "protocol_note": "adversarial detection: reconstructed protocol [INF], not the "
                                                 "paper's (no public code or text)"}

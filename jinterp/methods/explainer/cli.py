@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from jinterp.methods.explainer.config import ExplainerConfig
     from jinterp.methods.explainer.program import run as run_program
 
-    sets = [(name, f"{name}={getattr(args, name)}") for name in ("data", "weights", "arch", "layer", "target")
+    sets = [(name, f"{name}={getattr(args, name)}") for name in ("data", "weights", "model", "arch", "layer", "target")
             if getattr(args, name, None)]
     cfg = config_from_args(ExplainerConfig, args, method="explainer", sets=sets)
     res = run_program(cfg, args.workdir, progress=not getattr(args, "quiet", False),

@@ -70,6 +70,7 @@ class ExplainerConfig:
 
     arch: str = "convnet"
     weights: str = ""
+    model: str = ""  # a user model (FILE.py:FACTORY or a saved .npz) in place of arch
     data: str = "synthparts"
     image_size: int = 64
     train_size: int = 0

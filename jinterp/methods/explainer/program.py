@@ -28,8 +28,8 @@ from jinterp import backbones, data
 from jinterp.core import loop, train
 from jinterp.core.checkpoint import Checkpointer
 from jinterp.core.config import TrainBackboneConfig, apply_overrides, to_dict
-from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_fingerprint
-from jinterp.errors import ConfigError, DataError
+from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_fingerprint, user_model_stage
+from jinterp.errors import ConfigError, DataError, LayerError
 from jinterp.methods.explainer import model as M
 from jinterp.methods.explainer.config import ExplainerConfig
 
@@ -50,7 +50,12 @@ def _num_classes(arch: str, variables: dict) -> int:
 def load_performer(cfg: ExplainerConfig, r: Run, num_classes: int, image_shape: tuple[int, ...],
                    progress: bool = True) -> tuple[Any, dict, dict]:
     """``(module, variables, info)``: stage ``backbone``, from ``cfg.weights`` or trained into
-    ``<workdir>/backbone``."""
+    ``<workdir>/backbone``, or the user's ``cfg.model`` (``info["model_info"]``: its ModelInfo)."""
+    if cfg.model:
+        performer, variables, minfo, binfo = user_model_stage(r, model=cfg.model, weights=cfg.weights,
+                                                              image_shape=image_shape, num_classes=num_classes,
+                                                              data_spec=data_spec(cfg))
+        return performer, variables, {**binfo, "model_info": minfo}
     bcfg = TrainBackboneConfig.tiny() if cfg.backbone_steps else TrainBackboneConfig.paper()
     sets = [f"arch={cfg.arch}", f"data={cfg.data}", f"image_size={cfg.image_size}",
             f"train_size={cfg.train_size}", f"test_size={cfg.test_size}", f"seed={cfg.seed}"]
@@ -76,6 +81,11 @@ def load_performer(cfg: ExplainerConfig, r: Run, num_classes: int, image_shape: 
 def check_layer_order(cfg: ExplainerConfig) -> None:
     """The explainer reconstructs a *higher* layer (``target``) from a lower one (``layer``): a target at or
     below the input layer is an error, before anything is trained."""
+    if cfg.model:  # a user model's layer names are known once it is loaded: checked in build()
+        if not (cfg.layer and cfg.target):
+            raise ConfigError(f"with --model {cfg.model} give --layer and --target, module paths of your model "
+                              "(post-ReLU, the target above the layer); an unknown name lists the valid ones")
+        return
     layer, target = cfg.layers()
     names = backbones.layer_names(cfg.arch)
     if layer in names and target in names and names.index(target) <= names.index(layer):
@@ -100,21 +110,57 @@ class Setup:
     logits: Any
 
 
-def build(cfg: ExplainerConfig, performer, perf_vars, images: np.ndarray) -> Setup:
-    """Checks the layers, measures the feature shapes on ``images`` and builds the explainer module."""
+def build(cfg: ExplainerConfig, performer, perf_vars, images: np.ndarray, model_info: Any = None) -> Setup:
+    """Checks the layers, measures the feature shapes on ``images`` and builds the explainer module.
+
+    ``model_info``: the ``jinterp.models.ModelInfo`` of a user's model (``cfg.model``); its layer names are then
+    the valid ones and its input scaling ``normalization or "unit"``."""
     layer, target = cfg.layers()
-    names = backbones.layer_names(cfg.arch, **backbones.arch_kwargs_from(cfg.arch, perf_vars))
-    backbones.check_layers(names, [layer, target])
-    feats = M.performer_features(performer, cfg.arch, (layer, target))
+    if model_info is not None:
+        from jinterp.models import check_layers
+
+        names = model_info.layer_names
+        check_layers(model_info, [layer, target])
+        if names.index(target) <= names.index(layer):
+            above = names[names.index(layer) + 1:]
+            raise LayerError(f"explainer target {target!r} is not above the input layer {layer!r} in {cfg.model}; "
+                             f"give a higher layer (layers above {layer}: {', '.join(above[:8])})")
+        scheme = model_info.normalization or "unit"
+    else:
+        names = backbones.layer_names(cfg.arch, **backbones.arch_kwargs_from(cfg.arch, perf_vars))
+        backbones.check_layers(names, [layer, target])
+        scheme = cfg.arch
+    feats = M.performer_features(performer, scheme, (layer, target))
     f, fp = jax.jit(feats)(perf_vars, jnp.asarray(images[:8]))
     out_relu = bool(jnp.min(fp) >= 0)
     explainer = M.Explainer(
         out_shape=tuple(int(d) for d in fp.shape[1:]), filters=cfg.filters or int(fp.shape[-1]),
         decoder_width=cfg.decoder_width, location=cfg.location, beta_init=cfg.beta_init,
         norm_momentum=cfg.norm_momentum, norm_eps=cfg.norm_eps, p_bias_init=cfg.p_bias_init, out_relu=out_relu)
-    logits = M.replaced_logits(performer, cfg.arch, target) if out_relu else None
+    if model_info is None:
+        logits = M.replaced_logits(performer, cfg.arch, target) if out_relu else None
+    else:
+        logits = _user_replaced_logits(performer, scheme, target) if out_relu else None
     return Setup(cfg, performer, perf_vars, layer, target, tuple(int(d) for d in f.shape[1:]),
                  explainer.out_shape, explainer, feats, logits)
+
+
+def _user_replaced_logits(performer, scheme: str, target: str):
+    """``logits(perf_vars, images_uint8, recon)`` of a converted PyTorch model with layer ``target``'s output
+    replaced by ``recon`` (``TorchGraph``'s ``edits``); other user models cannot take a replacement."""
+    from jinterp.models.graph import TorchGraph
+
+    if not isinstance(performer, TorchGraph):
+        raise ConfigError(f"the explainer feeds its reconstruction back into the model, which jinterp can do for "
+                          f"converted PyTorch models only, not a {type(performer).__name__}; convert the model from "
+                          "PyTorch or use a built-in arch")
+
+    def logits(perf_vars, images, recon):
+        x = backbones.normalize(images, scheme)
+        out, _ = performer.apply(perf_vars, x, train=False, edits={target: lambda _: recon})
+        return out
+
+    return logits
 
 
 def make_step(s: Setup, tx, steps_per_epoch: int, *, num_models: int = 0):
@@ -317,7 +363,7 @@ def _run(cfg: ExplainerConfig, r: Run, progress: bool) -> dict[str, Any]:
     performer, perf_vars, perf_info = load_performer(cfg, r, train_ds.num_classes,
                                                      tuple(int(d) for d in train_ds.images.shape[1:]), progress)
     times["performer_s"] = time.perf_counter() - t0
-    s = build(cfg, performer, perf_vars, train_ds.images)
+    s = build(cfg, performer, perf_vars, train_ds.images, perf_info.pop("model_info", None))
     if s.logits is None:
         raise ConfigError(f"target layer {s.target!r} has negative values; the explainer reconstructs post-ReLU "
                           "layers (relu*/pool*/layer*), pick one with --target")
@@ -394,7 +440,7 @@ def _run(cfg: ExplainerConfig, r: Run, progress: bool) -> dict[str, Any]:
     times["total_s"] = time.perf_counter() - t_start
 
     results = {
-        "method": "explainer", "arch": cfg.arch, "data": spec, "layer": s.layer, "target": s.target,
+        "method": "explainer", "arch": cfg.model or cfg.arch, "data": spec, "layer": s.layer, "target": s.target,
         "in_shape": list(s.in_shape), "out_shape": list(s.out_shape), "filters": s.explainer.filters,
         "steps": int(jax.device_get(state.step)), "resumed_from": start, "lam": cfg.lam, "eta": cfg.eta,
         "surrogate": cfg.surrogate, "performer": perf_info, "performer_unchanged": perf_unchanged,

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         top_m = _fit(cfg.top_m[:-1], n - 1) + (0,) if n > 1 else (0,)
         cfg = dataclasses.replace(cfg, layers=names, density=_fit(cfg.density, n), top_n=top_n, top_m=top_m,
                                   strides=(), centers=())
-    sets = [(name, f"{name}={getattr(args, name)}") for name in ("data", "weights") if getattr(args, name, None)]
+    sets = [(name, f"{name}={getattr(args, name)}") for name in ("data", "weights", "model")
+            if getattr(args, name, None)]
     if getattr(args, "faithful", False):
         sets.append(("faithful", "faithful=true"))
     cfg = cfglib.apply_overrides(cfg, [item for option, item in sets if explicit(args, option)]

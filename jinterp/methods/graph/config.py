@@ -51,6 +51,7 @@ class GraphConfig:
 
     arch: str = "vgg16"
     weights: str = ""
+    model: str = ""  # a user model (FILE.py:FACTORY or a saved .npz) in place of arch
     data: str = "synthparts"
     seed: int = 0
     faithful: bool = False

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from jinterp.core.run import Run, backbone_stage, data_fingerprint
+from jinterp.core.run import Run, backbone_stage, data_fingerprint, user_model_stage
 from jinterp.errors import ConfigError, DataError
 from jinterp.methods.graph.config import GraphConfig
 
@@ -129,11 +129,18 @@ def load_images(cfg: GraphConfig) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------- backbone
-def load_backbone(cfg: GraphConfig, r: Run, progress: bool):
+def load_backbone(cfg: GraphConfig, r: Run, progress: bool, image_shape: tuple[int, ...] | None = None):
     """(model, variables, preprocess name, path): stage ``backbone``; trains ``TrainBackboneConfig.tiny()`` into
-    ``<workdir>/backbone`` first when ``weights`` is ""."""
+    ``<workdir>/backbone`` first when ``weights`` is "". With ``cfg.model`` the user's model on images of
+    ``image_shape`` (H, W, C), its layers checked in network order (:func:`check_layer_order`)."""
     from jinterp import backbones
     from jinterp.core.config import TrainBackboneConfig
+
+    if cfg.model:
+        model, variables, minfo, info = user_model_stage(r, model=cfg.model, weights=cfg.weights,
+                                                         image_shape=image_shape, data_spec=cfg.data)
+        check_layer_order(cfg, minfo.layer_names)
+        return model, variables, info["normalization"], info["weights"]
 
     t = TrainBackboneConfig.tiny()
     t = dataclasses.replace(t, arch=cfg.arch, data=cfg.data, image_size=cfg.image_size, seed=cfg.seed,
@@ -144,12 +151,15 @@ def load_backbone(cfg: GraphConfig, r: Run, progress: bool):
     return model, variables, meta.get("normalization") or backbones.NORMALIZATION[cfg.arch], str(path)
 
 
-def check_layer_order(cfg: GraphConfig) -> None:
+def check_layer_order(cfg: GraphConfig, names: tuple[str, ...] | None = None) -> None:
     """The graph is learned top-down over layers given bottom to top: any other order is an error (a reversed
-    list would build an inverted graph, parents below their children)."""
+    list would build an inverted graph, parents below their children). ``names``: a user model's layers in
+    forward order (default: the arch's); a user model's are known once it is loaded, so this waits for them."""
     from jinterp import backbones
 
-    names = backbones.layer_names(cfg.arch)
+    if cfg.model and names is None:
+        return
+    names = tuple(names) if names is not None else backbones.layer_names(cfg.arch)
     backbones.check_layers(names, cfg.layers)  # unknown names: LayerError listing the valid ones
     depth = [names.index(n) for n in cfg.layers]
     if any(b <= a for a, b in zip(depth, depth[1:], strict=False)):
@@ -260,7 +270,7 @@ def _run(cfg: GraphConfig, r: Run, progress: bool) -> dict[str, Any]:
         print(f"jinterp: warning: {w}", file=sys.stderr)
     times["data_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model, variables, norm, weights_path = load_backbone(cfg, r, progress)
+    model, variables, norm, weights_path = load_backbone(cfg, r, progress, tuple(d["positives"].shape[1:]))
     times["backbone_s"] = time.perf_counter() - t0
     stage = r.stage("graph", fields=to_dict(cfg), inputs={"backbone": r.upstream("backbone"),
                                                           "data": data_fingerprint(cfg.data)},
