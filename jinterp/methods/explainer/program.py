@@ -251,8 +251,8 @@ def filter_diversity(cells: np.ndarray, map_hw: tuple[int, int], ds: data.Datase
         what = "several filters share one peak, so they cover fewer places than their number suggests."
     else:
         what = "the filters peak in different places."
-    floor = " (1/K, the least possible, is {:.0%})".format(1 / cells.shape[1]) if 1 / cells.shape[1] > COLLAPSE_SHARE \
-        else ""
+    least = 1 / cells.shape[1]  # every filter on its own cell
+    floor = f" (1/K, the least possible, is {least:.0%})" if least > COLLAPSE_SHARE else ""
     out["verdict"] = (f"{share:.0%} of the filters peak on the same cell per image (at most {COLLAPSE_SHARE:.0%} "
                       f"wanted{floor}): " + what)
     return out
