@@ -195,6 +195,7 @@ def evaluate(layers, maps_list, lm, vis, cfg: GraphConfig) -> dict[str, Any]:
             i = loc.location_instability(xy, sc, lm, vis, size, variant="icnn", top_n=min(100, len(xy)))
             entry[kind] = {"instability_graph": g.value, "instability_icnn": i.value,
                            "undefined_graph": g.num_undefined, "units": int(xy.shape[1])}
+        res["per_layer"][layer.name] = entry
         base: dict[str, Any] = {}
         for ki, kind in enumerate(("nodes", "filters")):
             xy, sc = units[kind][-1]
