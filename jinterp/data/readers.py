@@ -153,8 +153,8 @@ def synthparts_dataset(split: str = "train", *, n: int | None = None, size: int 
             raise ConfigError(f"synthparts option {key} must be an integer, got {value!r} "
                               f"(e.g. synthparts:size=64,n_train=2000,seed=0)")
     if config is None:
-        if preset not in ("easy", "default", "hard"):
-            raise ConfigError(f"synthparts preset {preset!r} unknown; use easy, default or hard")
+        if preset not in ("easy", "default", "hard", "rigid", "articulated"):
+            raise ConfigError(f"synthparts preset {preset!r} unknown; use easy, default, hard, rigid or articulated")
         fields = {f for f in sp.SynthPartsConfig.__dataclass_fields__}
         bad = sorted(set(config_kw) - fields)
         if bad:

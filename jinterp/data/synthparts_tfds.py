@@ -36,8 +36,9 @@ class SynthPartsBuilderConfig(tfds.core.BuilderConfig):
     preset: str = "default"
 
     def synth_config(self) -> sp.SynthPartsConfig:
-        if self.preset not in ("easy", "default", "hard"):
-            raise ConfigError(f"synthparts preset {self.preset!r} unknown; use easy, default or hard")
+        if self.preset not in ("easy", "default", "hard", "rigid", "articulated"):
+            raise ConfigError(f"synthparts preset {self.preset!r} unknown; use easy, default, hard, rigid or "
+                              "articulated")
         return getattr(sp.SynthPartsConfig, self.preset)(size=self.size)
 
 

@@ -268,6 +268,10 @@ QUICK: dict[str, dict[str, Any]] = {
 }
 
 
+# The randomization re-runs skip what the report does not show of them (keeps the demo's added time small).
+RANDOMIZED_LIGHTER: dict[str, dict[str, Any]] = {"explainer": {"sweep_steps": 0}}
+
+
 # ------------------------------------------------------------------------------------------------ sections
 def _get(d: dict, *path, default=float("nan")):
     for k in path:
@@ -329,46 +333,96 @@ def section_for(name: str, results: dict, workdir: Path, seconds: float):
                    notes=notes, seconds=seconds)
 
 
+# Methods whose demo section also shows the same method on a randomly initialized network (Adebayo et al. 2018).
+RANDOMIZATION_CHECK = ("explainer", "graph")
+RANDOM_ROW = "same method on a randomly initialized network"
+
+
+def _verdicts(tree: Any) -> list[str]:
+    """Every ``verdict`` sentence in a results (sub)tree, in order."""
+    if isinstance(tree, dict):
+        own = [tree["verdict"]] if isinstance(tree.get("verdict"), str) else []
+        return own + [v for k, x in tree.items() if k != "verdict" for v in _verdicts(x)]
+    return []
+
+
 def _explainer_section(r: dict):
     from jinterp.report.html import Table
 
     inst = r.get("instability", {})
+    base, div = r.get("instability_baselines") or {}, r.get("filter_diversity") or {}
+    rnd = r.get("randomization_check") or {}
     perf = [k for k in inst if k.startswith("performer_")]
-    rows = [(f"location instability ({k.replace('_', ' ')})", "explainer" if k.startswith("explainer") else
-             "performer (baseline)", _get(inst, k, "value")) for k in sorted(inst, key=lambda k: k in perf)]
+
+    def row(k, role, res):
+        b, d = _get(res, "instability_baselines", k, default={}), _get(res, "filter_diversity", k, default={})
+        beats = b.get("beats_baselines")
+        return (f"{k.replace('_', ' ')}", role, _get(res, "instability", k, "value"), b.get("centre"),
+                b.get("mean_position"), b.get("random"), d.get("share_on_most_common_cell"),
+                d.get("parts_covered"), "—" if beats is None else ("yes" if beats else "NO"))
+
+    rows = [row(k, "explainer" if k.startswith("explainer") else "performer", r)
+            for k in sorted(inst, key=lambda k: k in perf)]
+    rows += [row(k, RANDOM_ROW, rnd) for k in sorted(rnd.get("instability") or {}) if k.startswith("explainer")]
     quality = [("relative reconstruction error of the target layer", _get(r, "relative_error")),
                ("performer accuracy on real features", _get(r, "accuracy")),
                ("performer accuracy with the explainer's reconstruction", _get(r, "accuracy_replaced")),
                ("mean mixing weight p (share of the interpretable track)", _get(r, "p_mean"))]
     sweep = [(w.get("lam"), w.get("eta"), w.get("relative_error"), w.get("p_mean"), w.get("accuracy_replaced"),
               w.get("instability_interp2")) for w in r.get("sweep") or []]
-    tables = [Table("part localization: lower instability = filters that fire on the same object part",
-                    ["units", "role", "instability"], rows),
+    tables = [Table("part localization: lower instability = filters that fire on the same object part; beside it "
+                    "units that know nothing (same scores, fixed or random positions) and filter diversity",
+                    ["units", "role", "instability", "fixed at centre", "fixed at own mean", "random positions",
+                     "share of filters on the most common cell", "parts covered", "beats all baselines"], rows),
               Table(f"distilling {r.get('layer')} -> {r.get('target')}", ["metric", "value"], quality)]
     if sweep:
         tables.append(Table("λ / η trade-off (one vmapped run)", ["λ", "η", "rel. error", "p", "acc. replaced",
                                                                    "instability"], sweep))
     intro = ("An explainer network distils the performer's features into filters trained with the interpretable-CNN "
-             "filter loss; its part maps should be more stable on synthparts' part landmarks than raw filters.")
-    return intro, tables, []
+             "filter loss; its part maps should be more stable on synthparts' part landmarks than raw filters. A "
+             "number counts only where it beats units that know nothing and differs from the same method on a "
+             "randomly initialized network.")
+    notes = _verdicts(base) + _verdicts(div)
+    if rnd:
+        notes += [f"{RANDOM_ROW}: " + v for v in _verdicts(rnd.get("instability_baselines") or {})]
+    return intro, tables, notes
 
 
 def _graph_section(r: dict):
     from jinterp.report.html import Table
 
     m = r["metrics"]
+    rm = _get(r, "randomization_check", "metrics", default={})
     rows = [("location instability (graph-code variant)", m["instability_graph_nodes"],
-             m["instability_graph_filters"]),
-            ("location instability (ICNN-code variant)", m["instability_icnn_nodes"], m["instability_icnn_filters"]),
+             m["instability_graph_filters"], _get(rm, "instability_graph_nodes")),
+            ("location instability (ICNN-code variant)", m["instability_icnn_nodes"], m["instability_icnn_filters"],
+             _get(rm, "instability_icnn_nodes")),
             ("few-shot part localization: normalized distance", m["fewshot_normalized_distance_nodes"],
-             m["fewshot_normalized_distance_filters"])]
+             m["fewshot_normalized_distance_filters"], _get(rm, "fewshot_normalized_distance_nodes"))]
+    base = []
+    for layer, entry in (m.get("instability_baselines") or {}).items():
+        for key, b in entry.items():
+            base.append((f"{layer} {key.replace('_', ' ')} code", b["method"], b["centre"], b["mean_position"],
+                         b["random"], "yes" if b["beats_baselines"] else "NO"))
+    lb = m.get("localization_baselines")
+    if lb:
+        base.append(("few-shot localization, nodes", lb["method"], lb["centre"], f"image-blind {lb['image_blind']:.3g}",
+                     lb["random"], "yes" if lb["beats_baselines"] else "NO"))
     layers = [(x["name"], "x".join(map(str, x["map"])), x["nodes_per_filter"], x["nodes"], x["edges"])
               for x in r.get("layers", [])]
     intro = (f"Part patterns mined from each filter by EM on {r.get('num_images')} images of "
              f"'{r.get('category')}'; graph nodes vs the raw filters they come from (lower is better).")
-    return intro, [Table("graph nodes vs raw filters", ["metric", "graph nodes", "raw filters (baseline)"], rows),
-                   Table("graph", ["layer", "map", "nodes/filter", "nodes", "edges"], layers)], \
-        [m.get("fewshot_note", "")]
+    notes = [m.get("fewshot_note", "")] + _verdicts(m.get("instability_baselines") or {})
+    notes += _verdicts(m.get("localization_baselines") or {})
+    if rm:
+        notes.append(f"{RANDOM_ROW}: " + "; ".join(_verdicts(rm.get("localization_baselines") or {})))
+    return intro, [Table("graph nodes vs raw filters", ["metric", "graph nodes", "raw filters (baseline)",
+                                                        f"graph nodes, {RANDOM_ROW}"], rows),
+                   Table("graph units against units that know nothing (lower is better; same scores, positions "
+                         "fixed or random; localization: the image-blind predictor in the 'fixed at own mean' "
+                         "column)", ["units", "method", "fixed at centre", "fixed at own mean / image-blind",
+                                     "random positions", "beats all baselines"], base),
+                   Table("graph", ["layer", "map", "nodes/filter", "nodes", "edges"], layers)], notes
 
 
 def _basis_section(r: dict):
@@ -410,7 +464,9 @@ def _csg_section(r: dict):
     def row(what, *path):
         return (what, *[_get(models[n], *path) for n in names])
 
-    rows = [row("test accuracy", "accuracy"), row("mutual-information score (lower: more class-specific)", "mis")]
+    rows = [row("test accuracy", "accuracy"),
+            row("mutual-information score (higher = more class-specific: each filter informative about one class)",
+                "mis")]
     if "csg" in models:
         rows.append(("gate density", *[_get(models[n], "density") for n in names]))
     for group, what in (("localization", "localization vs object masks"), ("adversarial", "adversarial")):
@@ -511,6 +567,10 @@ def _run_demo(s: DemoSettings, r, *, progress: bool) -> dict[str, Any]:
             cfg = method_config(name, s, backbone)
             program = importlib.import_module(f"jinterp.methods.{name}.program")
             results = program.run(cfg, mdir, progress=progress, restart=r.restart)
+            if name in RANDOMIZATION_CHECK:  # the same method on the same architecture with untrained weights
+                rcfg = dataclasses.replace(cfg, randomize_backbone=True, **RANDOMIZED_LIGHTER.get(name, {}))
+                results = {**results, "randomization_check": program.run(rcfg, workdir / f"{name}_randomized",
+                                                                          progress=progress, restart=r.restart)}
             timings[name] = time.perf_counter() - t
             sections.append(section_for(name, results, mdir, timings[name]))
             summary["methods"][name] = {"status": "ok", "seconds": timings[name],

@@ -62,6 +62,9 @@ class ExplainerConfig:
 
     Training: ``optim`` (spec C3 [U]: Adam 1e−4, batch 32, 50 epochs), ``steps`` > 0 overrides ``epochs``.
 
+    Sanity check: ``randomize_backbone`` re-initializes the performer's weights (same architecture) before the
+    explainer is trained: the model-randomization check of Adebayo et al. (NeurIPS 2018); results carry it.
+
     Evaluation: ``instability_top_n`` (ICNN-m variant of location instability: N = 100 images per filter),
     ``sweep_lams``/``sweep_etas`` (a grid trained together, vmapped over stacked params, ``sweep_steps``
     each; empty = no sweep), ``num_figure_filters`` part maps in the figure. (An interpretable-CNN performer
@@ -80,6 +83,7 @@ class ExplainerConfig:
     target: str = ""
     seed: int = 0
     faithful: bool = False
+    randomize_backbone: bool = False
     # architecture
     filters: int = 512
     decoder_width: int = 0

@@ -167,11 +167,9 @@ def make_step(s: Setup, tx, steps_per_epoch: int, *, num_models: int = 0):
     """Jitted ``step(state, perf_vars, images, lam, eta) -> (state, metrics)``; with ``num_models`` > 0 the
     state, lam and eta carry a leading model axis and the update is vmapped (features computed once)."""
     cfg = s.cfg
-    loss_fn = M.make_loss(s.explainer, template_beta=cfg.template_beta, prior_alpha=cfg.prior_alpha or None,
-                          loss_input=cfg.loss_input, surrogate=cfg.surrogate, surrogate_coef=cfg.surrogate_coef)
-    update = M.make_update(loss_fn, tx, learn_beta=cfg.learn_beta, beta_rate=cfg.beta_rate,
-                           beta_scale=cfg.beta_scale, beta_clip=cfg.beta_clip, beta_bounds=cfg.beta_bounds,
-                           location=cfg.location, steps_per_epoch=steps_per_epoch)
+    # The config decides every loss/update option (faithful mode: raw maps, 1/B surrogate, the released β rule).
+    loss_fn = M.make_loss(s.explainer, **cfg.loss_kwargs())
+    update = M.make_update(loss_fn, tx, steps_per_epoch=steps_per_epoch, **cfg.update_kwargs())
     if num_models:
         update = jax.vmap(update, in_axes=(0, None, None, 0, 0))
 
@@ -232,6 +230,80 @@ def collect(s: Setup, variables: dict, images: np.ndarray, labels: np.ndarray, b
     return res
 
 
+def randomized_performer(performer, cfg: ExplainerConfig, image_shape: tuple[int, ...]) -> dict:
+    """The performer's architecture with freshly initialized weights (PyTorch default init, BatchNorm statistics
+    at their initial values): the model-randomization check of Adebayo et al. (NeurIPS 2018, "Sanity checks for
+    saliency maps"), full re-initialization rather than their layer-by-layer cascade [I]. A method whose numbers
+    survive this does not depend on what the network learned."""
+    key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 7919)  # a stream no other stage of the run uses
+    return backbones.init(performer, key, image_shape)
+
+
+def _to_pixels(cells: np.ndarray, map_hw: tuple[int, int], ds: data.Dataset) -> np.ndarray:
+    from jinterp.metrics.localization import cells_to_pixels
+
+    h_img, w_img = ds.images.shape[1:3]
+    return cells_to_pixels(cells, (w_img / map_hw[1], h_img / map_hw[0]))  # cells are (x, y)
+
+
+def instability_baselines(cells: np.ndarray, scores: np.ndarray, map_hw: tuple[int, int], ds: data.Dataset,
+                          top_n: int, key: jax.Array, label: str = "location instability") -> dict[str, Any]:
+    """:func:`instability` of the units and of units that know nothing (:mod:`jinterp.metrics.baselines`: fixed at
+    the image centre, fixed at their own mean position, random positions) with the same scores, per category then
+    averaged the same way; ``verdict`` says in words whether the units beat all three."""
+    from jinterp.metrics import baselines as B
+
+    h_img, w_img = ds.images.shape[1:3]
+    xy = _to_pixels(cells, map_hw, ds)
+    per_cat: dict[str, list[float]] = {}
+    for k in range(ds.num_classes):
+        idx = np.nonzero(ds.labels == k)[0]
+        vis = ds.landmark_visible[idx]
+        keep = vis.any(axis=0)
+        if len(idx) < 2 or not keep.any():
+            continue
+        vals = B.instability_baselines(xy[idx], scores[idx], ds.landmarks[idx][:, keep], vis[:, keep],
+                                       (h_img, w_img), jax.random.fold_in(key, k), variant="icnn", top_n=top_n)
+        for name, v in vals.items():
+            per_cat.setdefault(name, []).append(float(v))
+    out = {name: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for name, v in per_cat.items()}
+    if not out:
+        return {"note": "data set has no landmarks"}
+    summary = B.instability_summary(out, label=label)
+    return {**out, "beats_baselines": summary["beats_baselines"], "verdict": summary["text"]}
+
+
+# Share of filters on the most common cell above which the filters count as one detector copied (issue #20).
+COLLAPSE_SHARE = 0.20
+
+
+def filter_diversity(cells: np.ndarray, map_hw: tuple[int, int], ds: data.Dataset) -> dict[str, Any]:
+    """:mod:`jinterp.metrics.diversity` of one unit set: the share of filters peaking on the most common cell
+    (``1/K`` at best, 1 when collapsed) and how many synthparts parts the filters cover (radius: one cell)."""
+    from jinterp.metrics import diversity as D
+
+    share = D.share_on_most_common_cell(cells.astype(np.int32), map_hw)
+    out: dict[str, Any] = {"share_on_most_common_cell": share, "filters": int(cells.shape[1])}
+    if ds.landmarks is not None:
+        radius = float(ds.images.shape[1]) / map_hw[0]
+        cov = D.parts_covered(_to_pixels(cells, map_hw, ds), ds.landmarks, ds.landmark_visible, radius)
+        out.update(parts_covered=cov["parts_covered"], parts=int(ds.landmarks.shape[1]),
+                   filters_per_part=cov["filters_per_part"])
+    collapsed = share > COLLAPSE_SHARE
+    out["collapsed"] = bool(collapsed)
+    if share > 0.5:
+        what = "most filters are one detector copied, so their instability measures one part, not many."
+    elif collapsed:
+        what = "several filters share one peak, so they cover fewer places than their number suggests."
+    else:
+        what = "the filters peak in different places."
+    least = 1 / cells.shape[1]  # every filter on its own cell
+    floor = f" (1/K, the least possible, is {least:.0%})" if least > COLLAPSE_SHARE else ""
+    out["verdict"] = (f"{share:.0%} of the filters peak on the same cell per image (at most {COLLAPSE_SHARE:.0%} "
+                      f"wanted{floor}): " + what)
+    return out
+
+
 def instability(cells: np.ndarray, scores: np.ndarray, map_hw: tuple[int, int], ds: data.Dataset,
                 top_n: int) -> dict[str, Any]:
     """ICNN-variant location instability per synthparts category (landmarks = that category's part centers),
@@ -257,7 +329,10 @@ def instability(cells: np.ndarray, scores: np.ndarray, map_hw: tuple[int, int], 
     return {"value": float(np.mean(vals)) if vals else float("nan"), "per_category": per_cat}
 
 
-def evaluate(s: Setup, variables: dict, test: data.Dataset, *, with_instability: bool = True) -> dict[str, Any]:
+def evaluate(s: Setup, variables: dict, test: data.Dataset, *, with_instability: bool = True,
+             with_baselines: bool = False, key: jax.Array | None = None) -> dict[str, Any]:
+    """Reconstruction, accuracy and p; instability of every unit set; with ``with_baselines`` also each unit
+    set's instability baselines and filter diversity (random positions drawn from ``key``)."""
     cfg = s.cfg
     c = collect(s, variables, test.images, test.labels, min(cfg.eval_batch_size, len(test)))
     out: dict[str, Any] = {
@@ -281,6 +356,17 @@ def evaluate(s: Setup, variables: dict, test: data.Dataset, *, with_instability:
             f"performer_{s.layer}": instability(c["f_cells"], c["f_scores"], hw_in, test, top),
             f"performer_{s.target}": instability(c["fp_cells"], c["fp_scores"], hw_out, test, top),
         }
+        if with_baselines:
+            unit_sets = {"explainer_interp2_masked": ("y2", hw_in), "explainer_interp2": ("a2", hw_in),
+                         f"performer_{s.layer}": ("f", hw_in), f"performer_{s.target}": ("fp", hw_out)}
+            key = jax.random.PRNGKey(cfg.seed) if key is None else key
+            out["instability_baselines"] = {
+                name: instability_baselines(c[k + "_cells"], c[k + "_scores"], hw, test, top,
+                                            jax.random.fold_in(key, i),
+                                            label=f"{name.replace('_', ' ')}: location instability")
+                for i, (name, (k, hw)) in enumerate(unit_sets.items())}
+            out["filter_diversity"] = {name: filter_diversity(c[k + "_cells"], hw, test)
+                                       for name, (k, hw) in unit_sets.items()}
     out["_collected"] = c
     return out
 
@@ -363,7 +449,11 @@ def _run(cfg: ExplainerConfig, r: Run, progress: bool) -> dict[str, Any]:
     performer, perf_vars, perf_info = load_performer(cfg, r, train_ds.num_classes,
                                                      tuple(int(d) for d in train_ds.images.shape[1:]), progress)
     times["performer_s"] = time.perf_counter() - t0
-    s = build(cfg, performer, perf_vars, train_ds.images, perf_info.pop("model_info", None))
+    model_info = perf_info.pop("model_info", None)
+    if cfg.randomize_backbone:  # Adebayo et al.'s model-randomization check: same method, untrained weights
+        perf_vars = randomized_performer(performer, cfg, tuple(int(d) for d in train_ds.images.shape[1:]))
+        perf_info["randomized"] = True
+    s = build(cfg, performer, perf_vars, train_ds.images, model_info)
     if s.logits is None:
         raise ConfigError(f"target layer {s.target!r} has negative values; the explainer reconstructs post-ReLU "
                           "layers (relu*/pool*/layer*), pick one with --target")
@@ -405,7 +495,7 @@ def _run(cfg: ExplainerConfig, r: Run, progress: bool) -> dict[str, Any]:
 
     # ---- evaluate
     t0 = time.perf_counter()
-    ev = evaluate(s, state.variables, test_ds)
+    ev = evaluate(s, state.variables, test_ds, with_baselines=True, key=jax.random.fold_in(root, 2))
     times["evaluate_s"] = time.perf_counter() - t0
     history = loop.MetricsWriter(workdir).read()
     train_curve = [{"step": h["step"], **{k: h["metrics"][k] for k in ("loss", "recon", "filter", "p_mean")
@@ -443,7 +533,8 @@ def _run(cfg: ExplainerConfig, r: Run, progress: bool) -> dict[str, Any]:
         "method": "explainer", "arch": cfg.model or cfg.arch, "data": spec, "layer": s.layer, "target": s.target,
         "in_shape": list(s.in_shape), "out_shape": list(s.out_shape), "filters": s.explainer.filters,
         "steps": int(jax.device_get(state.step)), "resumed_from": start, "lam": cfg.lam, "eta": cfg.eta,
-        "surrogate": cfg.surrogate, "performer": perf_info, "performer_unchanged": perf_unchanged,
+        "surrogate": cfg.surrogate, "faithful": cfg.faithful, "randomize_backbone": cfg.randomize_backbone,
+        "performer": perf_info, "performer_unchanged": perf_unchanged,
         "beta_mean": {k: float(np.mean(v)) for k, v in jax.device_get(state.model_state["icnn"]).items()},
         **{k: v for k, v in ev.items() if not k.startswith("_")},
         "train_curve": train_curve, "sweep": sweep, "figures": figures,

@@ -23,6 +23,9 @@ class GraphConfig:
         ``TrainBackboneConfig.tiny()`` (``convnet``/``resnet20``) into ``<workdir>/backbone``), the data spec, root
         seed (node initialization and data sampling).
       faithful: reproduce the released code's quirks (§A12 list); False fixes them.
+      randomize_backbone: re-initialize the backbone's weights (same architecture) before learning the graph: the
+        model-randomization check of Adebayo et al. (NeurIPS 2018); a result that survives it does not depend on
+        what the network learned.
       layers: graph layers, bottom to top, named as in ``jinterp.backbones.layer_names(arch)``; use pre-ReLU
         outputs where the arch has them (VGG ``conv4_2`` ..., convnet ``bn3``).
       density: nodes per filter K = ceil(H·W·density) [0.05, 0.05, 0.1, 0.1].
@@ -55,6 +58,7 @@ class GraphConfig:
     data: str = "synthparts"
     seed: int = 0
     faithful: bool = False
+    randomize_backbone: bool = False
     layers: tuple[str, ...] = ("conv4_2", "conv4_3", "conv5_2", "conv5_3")
     density: tuple[float, ...] = (0.05, 0.05, 0.1, 0.1)
     top_n: tuple[int, ...] = (15, 15, 15, 0)

@@ -177,13 +177,23 @@ def raw_filter_units(maps: np.ndarray, geom) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate(layers, maps_list, lm, vis, cfg: GraphConfig) -> dict[str, Any]:
-    """Instability (both variants, nodes vs raw filters) and few-shot part localization (nodes vs raw filters)."""
+    """Instability (both variants, nodes vs raw filters) and few-shot part localization (nodes vs raw filters),
+    each beside its sanity baselines (:mod:`jinterp.metrics.baselines`, issue #20): per layer and variant, units
+    fixed at the image centre / at their own mean position / at random positions with the nodes' (filters') own
+    scores (``instability_baselines``), and for localization the image-blind predictor (mean of the shots'
+    landmarks), the centre and random positions on the same test images (``localization_baselines``). Each
+    carries ``beats_baselines`` and a ``verdict`` sentence."""
+    import jax
+
+    from jinterp.metrics import baselines as B
     from jinterp.metrics import localization as loc
 
     size = cfg.image_size
     res: dict[str, Any] = {"per_layer": {}}
     units = {"nodes": [], "filters": []}
-    for layer, maps in zip(layers, maps_list, strict=True):
+    root = jax.random.PRNGKey(cfg.seed)
+    res["instability_baselines"] = {}
+    for li, (layer, maps) in enumerate(zip(layers, maps_list, strict=True)):
         node_xy, node_s = layer.positions_px(), layer.scores()
         raw_xy, raw_s = raw_filter_units(maps, layer.geom)
         units["nodes"].append((node_xy, node_s))
@@ -196,12 +206,25 @@ def evaluate(layers, maps_list, lm, vis, cfg: GraphConfig) -> dict[str, Any]:
             entry[kind] = {"instability_graph": g.value, "instability_icnn": i.value,
                            "undefined_graph": g.num_undefined, "units": int(xy.shape[1])}
         res["per_layer"][layer.name] = entry
+        base: dict[str, Any] = {}
+        for ki, kind in enumerate(("nodes", "filters")):
+            xy, sc = units[kind][-1]
+            for vi, (variant, kw) in enumerate((
+                    ("graph", {"top_n": cfg.stability_top_n, "num_units": cfg.stability_units}),
+                    ("icnn", {"top_n": min(100, len(xy))}))):
+                vals = B.instability_baselines(xy, sc, lm, vis, size, jax.random.fold_in(root, 100 * li + 10 * ki + vi),
+                                               variant=variant, **kw)
+                summ = B.instability_summary(vals, label=f"{layer.name} {kind}: location instability ({variant} code)")
+                base[f"{kind}_{variant}"] = {**{k: float(v) for k, v in vals.items()},
+                                             "beats_baselines": summ["beats_baselines"], "verdict": summ["text"]}
+        res["instability_baselines"][layer.name] = base
     for kind in ("nodes", "filters"):
         for variant in ("graph", "icnn"):
             vals = [res["per_layer"][ly.name][kind][f"instability_{variant}"] for ly in layers]
             res[f"instability_{variant}_{kind}"] = float(np.nanmean(vals))
     # few-shot part localization (reconstructed transfer, spec §A10 [I]); mean over parts and shot draws
     fs: dict[str, list[float]] = {"nodes": [], "filters": []}
+    fs_base: dict[str, list[float]] = {"method": [], "image_blind": [], "centre": [], "random": []}
     for kind in ("nodes", "filters"):
         xy = np.concatenate([u[0] for u in units[kind]], 1)
         sc = np.concatenate([u[1] for u in units[kind]], 1)
@@ -218,8 +241,20 @@ def evaluate(layers, maps_list, lm, vis, cfg: GraphConfig) -> dict[str, Any]:
                 pred = loc.predict_parts(tr, xy[test], sc[test])
                 fs[kind].append(loc.part_localization(pred, lm[test, p], None, cfg.image_size)
                                 ["normalized_distance"])
+                if kind == "nodes":  # same shots, same test images: what units that know nothing score
+                    vals = B.localization_baselines(pred, lm[shots, p], vis[shots, p], lm[test, p], None,
+                                                    cfg.image_size, jax.random.fold_in(root, 7000 + 100 * draw + p))
+                    for name in fs_base:
+                        fs_base[name].append(vals[name])
     for kind in ("nodes", "filters"):
         res[f"fewshot_normalized_distance_{kind}"] = float(np.mean(fs[kind])) if fs[kind] else float("nan")
+    if fs["nodes"]:
+        # "method" is recomputed beside the baselines, so it equals the reported number only on the same images
+        vals = {k: float(np.mean(v)) for k, v in fs_base.items()}
+        summ = B.localization_summary(vals, label=f"{cfg.shots}-shot part localization of the graph nodes "
+                                                  "(normalized distance)")
+        res["localization_baselines"] = {**vals, "filters": res["fewshot_normalized_distance_filters"],
+                                         "beats_baselines": summ["beats_baselines"], "verdict": summ["text"]}
     res["fewshot_note"] = (f"{cfg.shots}-shot, reconstructed transfer (spec A10 [I]), top {cfg.transfer_top_t} "
                            "units, mean over parts and 5 shot draws")
     return res
@@ -271,6 +306,12 @@ def _run(cfg: GraphConfig, r: Run, progress: bool) -> dict[str, Any]:
     times["data_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     model, variables, norm, weights_path = load_backbone(cfg, r, progress, tuple(d["positives"].shape[1:]))
+    if cfg.randomize_backbone:  # Adebayo et al.'s model-randomization check: same method, untrained weights
+        import jax
+
+        from jinterp import backbones
+        variables = backbones.init(model, jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 7919),
+                                   tuple(int(v) for v in d["positives"].shape[1:]))
     times["backbone_s"] = time.perf_counter() - t0
     stage = r.stage("graph", fields=to_dict(cfg), inputs={"backbone": r.upstream("backbone"),
                                                           "data": data_fingerprint(cfg.data)},
@@ -296,6 +337,7 @@ def _run(cfg: GraphConfig, r: Run, progress: bool) -> dict[str, Any]:
     results: dict[str, Any] = {
         "method": "graph", "config": to_dict(cfg), "weights": weights_path, "data": d["name"],
         "category": d["category_name"], "num_images": int(len(d["positives"])),
+        "randomize_backbone": cfg.randomize_backbone,
         "layers": [{"name": ly.name, "map": [ly.geom.h, ly.geom.w, ly.geom.c], "nodes_per_filter": ly.geom.k,
                     "nodes": ly.geom.num_nodes, "edges": int(len(ly.edges())),
                     "mean_sigma": float(ly.sigma.mean()), "final_mean_shift": ly.history[-1]["mean_shift"]}

@@ -90,3 +90,15 @@ def test_cli_parses_graph_options():
     from jinterp.methods.graph.cli import _fit
 
     assert _fit((15, 15, 15), 1) == (15,) and _fit((0.05, 0.1), 3) == (0.05, 0.05, 0.1)
+
+
+def test_synthparts_reader_takes_the_rigid_and_articulated_presets():
+    from jinterp import data
+
+    rigid = data.load("synthparts:size=32,n_train=4,n_test=6,preset=rigid", "test")
+    default = data.load("synthparts:size=32,n_train=4,n_test=6", "test")
+    moved = data.load("synthparts:size=32,n_train=4,n_test=6,preset=articulated", "test")
+    np.testing.assert_array_equal(rigid.images, default.images)  # rigid is the default generator by name
+    assert moved.landmarks is not None and not np.array_equal(moved.images, default.images)
+    with pytest.raises(ConfigError, match="articulated"):
+        data.load("synthparts:size=32,n_train=4,n_test=6,preset=wobbly", "test")
