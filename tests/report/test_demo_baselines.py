@@ -64,3 +64,14 @@ def test_csg_section_reads_mis_as_higher_is_more_class_specific():
     _, tables, _ = demo._csg_section(r)
     label = _rows(tables[0])[1][0]
     assert "higher = more class-specific" in label and "lower" not in label
+
+
+def test_csg_label_leak_note_is_words_not_a_raw_dict():
+    """Issue #17 defect 6: the report printed the observation as a JSON dict and cited 'spec issue #6'."""
+    obs = {"mean_train_accuracy_gated_epochs": 0.97, "mean_train_accuracy_std_epochs_after_warmup": 0.9,
+           "mean_test_accuracy_change_over_gated_epoch": -0.01}
+    _, _, notes = demo._csg_section({"models": {"csg": {"accuracy": 0.9}, "standard": {"accuracy": 0.91}},
+                                     "issue6_observation": obs})
+    note = next(n for n in notes if "label leak" in n.lower())
+    assert "{" not in note and "issue #" not in note
+    assert "97.0 %" in note and "90.0 %" in note and "-1.0 points" in note
