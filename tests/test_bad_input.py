@@ -692,7 +692,7 @@ def data_cases(files, tmp: Path) -> list[Case]:
         Case("synthparts no key=value", lambda: data.load("synthparts:64", n=2), ConfigError,
              ("'64' must be key=value",), ("key=value",)),
         Case("synthparts bad preset", lambda: data.load("synthparts:preset=extreme", n=2), ConfigError,
-             ("'extreme' unknown",), ("easy, default or hard",)),
+             ("'extreme' unknown",), ("easy, default, hard, rigid or articulated",)),
     ]
 
 

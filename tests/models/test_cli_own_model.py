@@ -174,7 +174,7 @@ def test_csg_on_own_model_trains_its_converted_parameters(user_model, tmp_path):
             "--set", "gate_layer=features.9", "--set", "head=fc", "--set", "epochs=3", "--set", "warmup_epochs=1",
             "--set", "mask_period=2", "--set", "mask_epoch_min=1", "--set", "train_size=100", "--set", "test_size=50",
             "--set", "eval_size=50", "--set", "adv_size=8", "--set", "pgd_steps=1", "--set", "batch_size=25",
-            "--set", "baseline=false")
+            "--set", "baseline=false", "--set", "seeds=1")
     res = _results(w)
     assert res["gate_layer"] == "features.9" and res["num_filters"] == 16
     gate = np.load(w / "gate.npy")

@@ -101,16 +101,19 @@ def run(cfg: CSGConfig, workdir: str | Path, *, progress: bool = True, restart: 
     (training both models, evaluation and outputs; recomputed whenever its fingerprint changes).
     """
     cfg.validate()
-    if cfg.seeds > 1:
-        return _run_seeds(cfg, Path(workdir), progress, restart)
+    if cfg.seeds > 1:  # the top workdir is a run too: checked, locked, its config recorded, storage errors named
+        with Run(workdir, cfg, method="csg", restart=restart) as top:
+            top.save_record()
+            return _run_seeds(cfg, top, progress, restart)
     with Run(workdir, cfg, method="csg", restart=restart) as r:
         return _run(cfg, r, progress)
 
 
-def _run_seeds(cfg: CSGConfig, workdir: Path, progress: bool, restart: bool) -> dict[str, Any]:
+def _run_seeds(cfg: CSGConfig, top: Run, progress: bool, restart: bool) -> dict[str, Any]:
     """``cfg.seeds`` whole runs (seeds ``seed, seed+1, …``, each in ``<workdir>/seed_<s>``; the trainer carries one
     model per run, so this is a loop over seeds at the program level, not a vmap). ``results.json`` holds every
     number's mean over seeds (``models``), its standard deviation (``models_std``, ddof 0) and ``verdicts``."""
+    workdir = top.workdir
     per_seed = []
     for i in range(cfg.seeds):
         sub = dataclasses.replace(cfg, seeds=1, seed=cfg.seed + i)
@@ -124,8 +127,7 @@ def _run_seeds(cfg: CSGConfig, workdir: Path, progress: bool, restart: bool) -> 
     out["per_seed_results"] = [str(workdir / f"seed_{s}" / RESULTS_FILE) for s in out["seeds"]]
     out["times"] = _tree_stat([res["times"] for res in per_seed], np.sum)
     out["verdicts"] = _verdicts(out["models"], out["models_std"])
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / RESULTS_FILE).write_text(json.dumps(out, indent=1, default=_json_default))
+    top.write_json(RESULTS_FILE, out, default=_json_default)
     return out
 
 
