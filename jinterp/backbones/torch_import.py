@@ -220,13 +220,19 @@ def save_variables(path, variables: Mapping, meta: Mapping) -> Path:
     registry.spec(meta["arch"])
     meta.setdefault("format", FORMAT)
     meta.setdefault("normalization", registry.NORMALIZATION[meta["arch"]])
+    return write_npz_with_meta(path, variables, meta, who="save_variables")
+
+
+def write_npz_with_meta(path, variables: Mapping, meta: Mapping, *, who: str) -> Path:
+    """Variables (flattened to ``a/b/c`` keys) plus JSON ``meta`` under ``__meta__`` in one ``.npz``, written
+    atomically (a temporary name, then a rename); shared by :func:`save_variables` and ``models.save_model``."""
     try:
         meta_json = json.dumps(meta)
     except TypeError as e:
-        raise ConfigError(f"save_variables: meta is not JSON-serializable: {e}") from None
+        raise ConfigError(f"{who}: meta is not JSON-serializable: {e}") from None
     arrays = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(dict(variables)).items()}
     if _META_KEY in arrays:
-        raise ConfigError(f"save_variables: {_META_KEY!r} is reserved")
+        raise ConfigError(f"{who}: {_META_KEY!r} is reserved")
     arrays[_META_KEY] = np.frombuffer(meta_json.encode(), np.uint8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,19 +32,9 @@ def save_model(path, model: TorchGraph, variables: Mapping, meta: Mapping | None
         raise ConfigError(f"save_model stores converted PyTorch models (TorchGraph), not {type(model).__name__}; "
                           "for a Flax module save its variables and rebuild it from your code")
     full = {"format": FORMAT, "kind": "torchgraph", "graph": model.graph_json, **dict(meta or {})}
-    try:
-        meta_json = json.dumps(full)
-    except TypeError as e:
-        raise ConfigError(f"save_model: meta is not JSON-serializable: {e}") from None
-    arrays = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(dict(variables)).items()}
-    arrays[META_KEY] = np.frombuffer(meta_json.encode(), np.uint8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append ".npz" to the name
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-    return path
+    from jinterp.backbones.torch_import import write_npz_with_meta
+
+    return write_npz_with_meta(path, variables, full, who="save_model")
 
 
 def read_npz(path) -> dict[str, np.ndarray]:
