@@ -8,7 +8,8 @@ backward, Adam, the β step (JAX: the body of :func:`jinterp.methods.explainer.m
 ``jinterp/bench/torch_explainer.py``, the same math in NCHW with autograd and ``torch.optim.Adam``). The
 performer is frozen and its features are inputs here (its forward is the backbone benchmark's business).
 
-Agreement: one step from the same weights on the same batch; max abs difference of the loss, of the
+Agreement: one step from the same weights on the same batch; max abs difference of the loss, the kernel
+gradients (relative to their largest entry; jinterp's default scale-normalized filter loss on both sides), of the
 updated β and of the updated parameters whose gradient is not negligible (|g| > 1e-4 in JAX: Adam's first step
 is ``lr · sign(g)``, so near-zero gradients flip with rounding noise in either framework).
 
@@ -76,9 +77,18 @@ def _case(name, batch, in_shape, out_shape, filters) -> Case:
         st0 = fresh_jax()
         grads = jax.grad(lambda p: M.make_loss(model)(p, st0.model_state, fj, fpj, lam, eta, 1.0)[0])(st0.params)
         st1, m = update(st0, fj, fpj, lam, eta)
+        diffs = []
+        # Gradients first, relative to their scale: the param check below sees only Adam's lr·sign(g), which hid
+        # a halved max-term gradient in the loss's log-sum-exp.
+        gstep = fresh_torch()
+        gstep.loss(ft, fpt)[0].backward()
+        for lname in ("interp1", "interp2", "ordinary", "dec1", "dec_out"):
+            tg = gstep.model.w[lname + "_w"].grad.detach().numpy().transpose(2, 3, 1, 0)
+            jg = np.asarray(grads[lname]["kernel"])
+            diffs.append(float(np.max(np.abs(jg - tg)) / max(float(np.max(np.abs(jg))), 1e-12)))
         tstep = fresh_torch()
         tloss = float(tstep(ft, fpt))
-        diffs = [abs(float(m["loss"]) - tloss)]
+        diffs.append(abs(float(m["loss"]) - tloss))
         tw = tstep.model.w
         for lname in ("interp1", "interp2", "ordinary", "dec1", "dec_out"):
             for suffix, key in (("_w", "kernel"), ("_b", "bias")):
@@ -101,7 +111,8 @@ def _case(name, batch, in_shape, out_shape, filters) -> Case:
     return Case(pipeline="explainer.train_step",
                 params={"shape": name, "batch": batch, "filters": filters},
                 jax_fn=jax_fn, torch_fn=torch_fn, check=check, atol=1e-4, jax_lowered=lowered, items=batch,
-                note="performer features as inputs; loss, beta and non-negligible-gradient params compared")
+                note="performer features as inputs; loss, kernel gradients (relative), beta and non-negligible-gradient "
+                     "params compared")
 
 
 def cases(quick: bool) -> list[Case]:

@@ -111,8 +111,12 @@ def log_priors(p):
 class TorchStep:
     """``step(f, fp) -> loss``: one Adam step of the explainer + the β update (state kept inside)."""
 
-    def __init__(self, variables, *, stride2, lam, eta, lr, h, w, beta_rate=0.05, bounds=(0.5, 10.0)):
+    def __init__(self, variables, *, stride2, lam, eta, lr, h, w, beta_rate=0.05, bounds=(0.5, 10.0),
+                 filter_norm="filter", gain=16.0, floor_frac=0.5):
         self.model = TorchExplainer(variables, stride2=stride2)
+        # jinterp's default loss: each filter's map scaled to gain / max(batch mean, floor_frac * mean(f)) before
+        # the MI (icnn.scale_normalized); "none" is the paper's raw formula.
+        self.filter_norm, self.gain, self.floor_frac = filter_norm, gain, floor_frac
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr, eps=1e-8)
         self.lam, self.eta, self.rate, self.bounds = lam, eta, beta_rate, bounds
         self.t = templates(h, w)
@@ -121,7 +125,12 @@ class TorchStep:
     def loss(self, f, fp):
         out, aux = self.model(f)
         rel = ((fp - out).square().sum(dim=(1, 2, 3)) / fp.square().sum(dim=(1, 2, 3)).clamp_min(1e-12)).mean()
-        filt = filter_loss_sum(aux["a1"], self.t, self.lp) + filter_loss_sum(aux["a2"], self.t, self.lp)
+        maps = (aux["a1"], aux["a2"])
+        if self.filter_norm == "filter":
+            floor = self.floor_frac * f.detach().mean()
+            maps = tuple(a * (self.gain / a.mean(dim=(0, 2, 3), keepdim=True).clamp_min(floor).clamp_min(1e-12))
+                         for a in maps)
+        filt = filter_loss_sum(maps[0], self.t, self.lp) + filter_loss_sum(maps[1], self.t, self.lp)
         logp = F.logsigmoid(aux["p_logit"]).mean()
         return rel + self.lam * filt - self.eta * logp, aux
 

@@ -67,12 +67,15 @@ def logsumexp(v: jax.Array, axis: int, keepdims: bool = False) -> jax.Array:
     ``jax.nn.logsumexp`` can return ±inf under ``jit`` for inputs of magnitude ~1e10: XLA may recompute ``v``
     in two fusions with different rounding, so ``v − max(v)`` is not ≤ 0 and ``exp`` overflows. Here the
     shifted exponent is clamped to ≤ 0 and the sum to ≥ 1 (the max term alone contributes 1), which changes
-    nothing in exact arithmetic.
+    nothing in exact arithmetic. The clamps are ``where``s, not ``minimum``/``maximum``: those split the gradient
+    at a tie, and the max term always ties (``v − m = 0``, and ``s = 1`` when the rest underflows), which halved
+    (or quartered) the max term's gradient, so ``∂/∂v`` did not sum to 1 (bug found by the PyTorch bench twin).
     """
     m = jax.lax.stop_gradient(jnp.max(v, axis=axis, keepdims=True))
     m = jnp.where(jnp.isfinite(m), m, 0.0)
-    s = jnp.sum(jnp.exp(jnp.minimum(v - m, 0.0)), axis=axis, keepdims=True)
-    out = m + jnp.log(jnp.maximum(s, 1.0))
+    shifted = v - m
+    s = jnp.sum(jnp.exp(jnp.where(shifted > 0.0, 0.0, shifted)), axis=axis, keepdims=True)
+    out = m + jnp.log(jnp.where(s < 1.0, 1.0, s))
     return out if keepdims else jnp.squeeze(out, axis=axis)
 
 

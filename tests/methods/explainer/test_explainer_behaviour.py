@@ -91,7 +91,8 @@ def _mi_after_training(lam, steps=40, **loss_kw):
 def test_the_filter_term_drives_training_toward_higher_part_mi():
     # Same init and data: training with the filter term must end with more MI than without it. A flipped sign
     # (in the loss or in how the step combines it) makes it lower.
-    with_loss, without = _mi_after_training(2.0), _mi_after_training(0.0)
+    # 80 steps: with the exact gradient the gap is 0.09 nats after 40 steps and 0.21 after 80 (0.46 vs 0.25).
+    with_loss, without = _mi_after_training(2.0, steps=80), _mi_after_training(0.0, steps=80)
     assert with_loss > without + 0.1, (with_loss, without)
 
 

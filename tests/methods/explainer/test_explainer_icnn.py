@@ -251,3 +251,28 @@ def test_surrogate_gradient_is_finite_where_the_release_overflows():
     # The weights are normalized by their positive-image mean: mean over images of -g/mask at the peak is 1.
     peak = -g[:, 1, 1, 0] / np.asarray(mask)[:, 1, 1, 0]
     assert peak.mean() == pytest.approx(1.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("scale", [0.3, 30.0])
+def test_robust_logsumexp_gradient_is_the_softmax(scale):
+    """The overflow clamps must not touch the gradient: ∂ logsumexp/∂v = softmax(v), also for the max term, which
+    always sits on the clamp (a ``minimum``/``maximum`` clamp split its gradient at that tie and halved it)."""
+    v = jnp.asarray(np.random.default_rng(0).normal(size=(5, 7)) * scale, jnp.float32)
+    for axis in (0, 1):
+        got = jax.grad(lambda u, a=axis: jnp.sum(icnn.logsumexp(u, a) * jnp.arange(1.0, 1 + u.shape[1 - a])))(v)
+        want = jax.nn.softmax(v, axis=axis) * jnp.expand_dims(jnp.arange(1.0, 1 + v.shape[1 - axis]), axis)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
+
+
+def test_filter_loss_gradient_matches_finite_differences():
+    """The exact loss's gradient (what the explainer trains with) against central differences. The loss computes
+    in float32, so the step is 1e-2 on maps of scale ~10 (peaked scores: the max term's gradient matters)."""
+    x = np.abs(np.random.default_rng(1).normal(size=(4, 3, 3, 2))).astype(np.float32) * 40.0
+    f = jax.jit(lambda a: jnp.sum(icnn.filter_loss(a)))
+    g = np.asarray(jax.grad(lambda a: jnp.sum(icnn.filter_loss(a)))(jnp.asarray(x)))
+    eps = 1e-2
+    for i in [(0, 1, 1, 0), (2, 0, 2, 1), (3, 2, 0, 0), (1, 1, 2, 1), (0, 0, 0, 1)]:
+        d = np.zeros_like(x)
+        d[i] = eps
+        fd = (float(f(jnp.asarray(x + d))) - float(f(jnp.asarray(x - d)))) / (2 * eps)
+        assert abs(g[i] - fd) <= 2e-4 + 2e-2 * abs(fd), (i, g[i], fd)
