@@ -31,6 +31,7 @@ from flax import traverse_util
 
 from jinterp import backbones
 from jinterp.backbones import torch_import
+from jinterp.bench import harness
 from jinterp.bench import torch_cladec as tcl
 from jinterp.bench.harness import Case, main_for
 from jinterp.methods.cladec import evaluation, refae, training
@@ -84,11 +85,12 @@ def cladec_case(layer: str, alpha: float, batch: int, base: int, *, as_released:
         state[0], metrics = step(state[0], idx, data, alphas, cls_vars)
         return metrics["loss"]
 
-    net = copy.deepcopy(net0)
+    dev = harness.torch_device()
+    net = copy.deepcopy(net0).to(dev)
     opt = tcl.adam(net.parameters(), LR, WD)
-    tcls = copy.deepcopy(cls).eval().requires_grad_(as_released)
-    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-    yt, actt = torch.from_numpy(y), tcl.nhwc_to_nchw(act)
+    tcls = copy.deepcopy(cls).eval().requires_grad_(as_released).to(dev)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0).to(dev)
+    yt, actt = torch.from_numpy(y).to(dev), tcl.nhwc_to_nchw(act).to(dev)
 
     def torch_fn():
         return tcl.cladec_step(net, opt, tcls, xt, yt, actt, alpha, use_ce=use_ce)
@@ -96,7 +98,7 @@ def cladec_case(layer: str, alpha: float, batch: int, base: int, *, as_released:
     def check():
         (loss, _, grads) = jax.jit(lambda p: training.sweep_loss_and_grads(
             p, alphas, data, cls_vars, decoder=dec, classify=classify, use_ce=use_ce))(stacked())
-        n2 = copy.deepcopy(net0)
+        n2 = copy.deepcopy(net0).to(dev)
         out = n2(actt)
         lt = (1 - alpha) * torch.nn.functional.mse_loss(out, xt)
         if use_ce:
@@ -144,13 +146,15 @@ def refae_case(layer: str, batch: int, base: int) -> Case:
         state[0], metrics = step(state[0], idx, data, frozen)
         return metrics["loss"]
 
+    dev = harness.torch_device()
+
     def torch_model():
         m = tcl.RefAE(tcl.cladec_prefix(copy.deepcopy(fresh), layer), copy.deepcopy(net0))
-        return m.train()
+        return m.train().to(dev)
 
     tm = torch_model()
     opt = tcl.adam(tm.parameters(), LR, WD)
-    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0).to(dev)
 
     def torch_fn():
         return tcl.refae_step(tm, opt, xt)
@@ -168,7 +172,7 @@ def refae_case(layer: str, batch: int, base: int) -> Case:
         sd = {k: torch.zeros_like(v) for k, v in fresh.state_dict().items()}
         for k, p in m.enc.named_parameters():
             i, rest = k.split(".", 1)
-            sd[f"{fresh.names[int(i)]}.{rest}"] = p.grad.detach().clone()
+            sd[f"{fresh.names[int(i)]}.{rest}"] = p.grad.detach().cpu().clone()
         g_enc_flat = traverse_util.flatten_dict(torch_import.from_torch("vgg11_bn_cladec", sd)["params"], sep="/")
         ours = {"decoder": grads["decoder"], "encoder": {k: grads["encoder"][k] for k in p_enc}}
         theirs = {"decoder": g_dec, "encoder": {k: g_enc_flat[k] for k in p_enc}}
@@ -218,17 +222,18 @@ def sweep_case(layer: str, batch: int, base: int, *, torch_way: str) -> Case:
         state[0], metrics = step(state[0], idx, data, alphas, variables)
         return metrics["loss"]
 
-    tcls = copy.deepcopy(cls).eval().requires_grad_(False)
-    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-    yt, actt = torch.from_numpy(y), tcl.nhwc_to_nchw(act)
+    dev = harness.torch_device()
+    tcls = copy.deepcopy(cls).eval().requires_grad_(False).to(dev)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0).to(dev)
+    yt, actt = torch.from_numpy(y).to(dev), tcl.nhwc_to_nchw(act).to(dev)
     if torch_way == "loop":
-        nets = [copy.deepcopy(n) for n in nets0]
+        nets = [copy.deepcopy(n).to(dev) for n in nets0]
         opts = [tcl.adam(n.parameters(), LR, WD) for n in nets]
 
         def torch_fn():
             return tcl.sweep_loop_step(nets, opts, tcls, xt, yt, actt, alpha_list)
     elif torch_way == "torch.func":
-        ens = tcl.StackedSweep([copy.deepcopy(n) for n in nets0], tcls, alpha_list, LR, WD)
+        ens = tcl.StackedSweep([copy.deepcopy(n).to(dev) for n in nets0], tcls, alpha_list, LR, WD)
 
         def torch_fn():
             return ens.step(xt, yt, actt)
@@ -240,7 +245,7 @@ def sweep_case(layer: str, batch: int, base: int, *, torch_way: str) -> Case:
             p, alphas, data, variables, decoder=dec, classify=classify, use_ce=True))(stacked())
         worst, loop_losses = 0.0, []
         for k, (n0, alpha) in enumerate(zip(nets0, alpha_list, strict=True)):
-            n2 = copy.deepcopy(n0)
+            n2 = copy.deepcopy(n0).to(dev)
             out = n2(actt)
             lt = (1 - alpha) * torch.nn.functional.mse_loss(out, xt) + alpha * torch.nn.functional.cross_entropy(
                 tcls(out), yt)
@@ -249,8 +254,8 @@ def sweep_case(layer: str, batch: int, base: int, *, torch_way: str) -> Case:
             loop_losses.append(lt)
             worst = max(worst, abs(float(loss[k]) - lt) / max(abs(lt), 1e-12),
                         _rel_diff(jax.tree.map(lambda a, k=k: a[k], grads), tcl.to_flax(n2, grad=True)))
-        ens_losses = tcl.StackedSweep([copy.deepcopy(n) for n in nets0], tcls, alpha_list, LR, WD).losses(
-            xt, yt, actt).detach().numpy()
+        ens_losses = tcl.StackedSweep([copy.deepcopy(n).to(dev) for n in nets0], tcls, alpha_list, LR, WD).losses(
+            xt, yt, actt).detach().cpu().numpy()
         return max(worst, float(np.max(np.abs(ens_losses - np.asarray(loop_losses)) / np.abs(loop_losses))))
 
     params = {"layer": layer, "models": len(alpha_list), "alphas": "x".join(map(str, SWEEP_ALPHAS)),
