@@ -119,6 +119,85 @@ def cladec_case(layer: str, alpha: float, batch: int, base: int, *, as_released:
                 jax_lowered=lambda: step.lower(state[0], idx, data, alphas, cls_vars))
 
 
+def cladec_bf16_case(layer: str, batch: int, base: int) -> Case:
+    """The α = 0 decoder step of :func:`cladec_case` in bf16 mixed precision on both sides: float32 master weights
+    and Adam; bfloat16 decoder compute (JAX: params and activations cast to bfloat16 inside the loss, output back to
+    float32 for the MSE; PyTorch: ``torch.autocast(dtype=torch.bfloat16)``, MSE in float32). Agreement: loss and
+    every gradient, relative to the float32 JAX gradients' largest entry (tolerance ``BF16_RTOL``)."""
+    import optax
+    import torch
+
+    from jinterp.bench.backbones import BF16_RTOL, rel_diff, to_bf16
+
+    x, _, _, model, variables = _setup(batch)
+    act = np.asarray(jax.jit(lambda v, xx: model.apply(v, xx, train=False)[1][layer])(
+        variables, training.to_unit(x)))
+    in_shape = act.shape[1:] if act.ndim == 2 else (act.shape[3], act.shape[1], act.shape[2])
+    torch.manual_seed(1)
+    net0 = tcl.ClaDecNet(in_shape, 1, channel_mult=base, image_size=32)
+    dec = make_decoder(act.shape[1:], (32, 32, 1), base, layer)
+    tx = training.torch_adam(LR, WD)
+    target, actj = training.to_unit(jnp.asarray(x)), jnp.asarray(act)
+
+    def loss_fn(p, cast):
+        out = dec.apply({"params": cast(p)}, cast(actj))
+        return training.mse(out.astype(jnp.float32), target)
+
+    @jax.jit
+    def step(p, opt):
+        loss, g = jax.value_and_grad(loss_fn)(p, to_bf16)
+        upd, opt = tx.update(g, opt, p)
+        return optax.apply_updates(p, upd), opt, loss
+
+    params0 = lambda: jax.tree.map(jnp.asarray, tcl.to_flax(net0))  # noqa: E731
+    state = [params0()]
+    state.append(tx.init(state[0]))
+
+    def jax_fn():
+        state[0], state[1], loss = step(state[0], state[1])
+        return loss
+
+    dev = harness.torch_device()
+    device_type = "cuda" if dev == "cuda" else "cpu"  # autocast knows these two
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0).to(dev)
+    actt = tcl.nhwc_to_nchw(act).to(dev)
+    net = copy.deepcopy(net0).to(dev)
+    opt = tcl.adam(net.parameters(), LR, WD)
+
+    def torch_loss(n):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            out = n(actt)
+        return torch.nn.functional.mse_loss(out.float(), xt)
+
+    def torch_fn():
+        opt.zero_grad(set_to_none=True)
+        loss = torch_loss(net)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    def check():
+        grad = jax.jit(jax.value_and_grad(loss_fn), static_argnums=1)
+        loss_ref, g_ref = grad(params0(), lambda t: t)
+        loss_j, g_j = grad(params0(), to_bf16)
+        n2 = copy.deepcopy(net0).to(dev)
+        loss_t = torch_loss(n2)
+        loss_t.backward()
+        g_t = tcl.to_flax(n2, grad=True)
+        ref = np.concatenate([np.ravel(a) for a in jax.tree.leaves(g_ref)])
+        ours = np.concatenate([np.ravel(a) for a in jax.tree.leaves(g_j)])
+        theirs = np.concatenate([np.ravel(a) for a in jax.tree.leaves(g_t)])
+        loss_rel = max(abs(float(v) - float(loss_ref)) for v in (loss_j, loss_t.detach().cpu())) / float(loss_ref)
+        return max(loss_rel, rel_diff(ours, ref), rel_diff(theirs, ref))
+
+    return Case("cladec.step", {"layer": layer, "alpha": 0.0, "batch": batch, "px": 32, "base": base,
+                                "dtype": "bf16 (mixed)"}, jax_fn, torch_fn, check, atol=BF16_RTOL, items=batch,
+                note=("bf16 mixed precision: float32 weights + Adam, bfloat16 decoder (JAX: cast inside the loss; "
+                      "PyTorch: torch.autocast bf16); agreement = loss and gradients relative to the float32 JAX "
+                      f"step, tolerance {BF16_RTOL:g}"),
+                jax_lowered=lambda: step.lower(state[0], state[1]))
+
+
 def refae_case(layer: str, batch: int, base: int) -> Case:
     import torch
 
@@ -266,7 +345,8 @@ def sweep_case(layer: str, batch: int, base: int, *, torch_way: str) -> Case:
                 note=note, jax_lowered=lambda: step.lower(state[0], idx, data, alphas, variables))
 
 
-def cases(quick: bool) -> list[Case]:
+def cases(quick: bool, bf16: bool | None = None) -> list[Case]:
+    """The rows; with ``bf16`` (default: on a GPU) the α = 0 flat step in bf16 right after its float32 row."""
     s = QUICK if quick else FULL
     out = [cladec_case("flat", 0.0, s["batch"], s["base"]),
            cladec_case("flat", 0.0, s["batch"], s["base"], as_released=True),
@@ -274,6 +354,8 @@ def cases(quick: bool) -> list[Case]:
            refae_case("flat", s["batch"], s["base"]),
            sweep_case("flat", s["batch"], s["base"], torch_way="loop"),
            sweep_case("flat", s["batch"], s["base"], torch_way="torch.func")]
+    if harness.on_gpu() if bf16 is None else bf16:
+        out.insert(1, cladec_bf16_case("flat", s["batch"], s["base"]))
     if not quick:
         out += [cladec_case("conv4a", 0.0, s["batch"], s["base"]),
                 cladec_case("conv4a", 0.001, s["batch"], s["base"])]

@@ -125,13 +125,16 @@ class _Devices(torch.overrides.TorchFunctionMode):
 
 
 def _small_cases():
+    """One tiny case per PyTorch twin and code path. Not the released CSG loop (``official=True``): it indexes the
+    gate with a 0-d tensor per sample, which meta tensors cannot do (CUDA can); the vectorized step covers the rest
+    of ``TorchCSG``. Not the ClaDec Python-loop sweep: it is ``cladec_step`` K times (covered by ``cladec_case``)."""
     from jinterp.bench import backbones, basis, cladec, csg, explainer, graph
 
-    return [backbones.forward_case("resnet20", 2, 32), backbones.forward_bf16_case("convnet", 2, 32),
+    return [backbones.forward_case("convnet", 2, 32), backbones.forward_bf16_case("convnet", 2, 32),
             backbones.train_step_case("resnet20", 2, 32), backbones.train_step_bf16_case("resnet20", 2, 32),
-            csg.step_case("std", 2), csg.step_case("csg", 2, official=True), csg.step_case("csg", 2, official=False),
-            cladec.cladec_case("flat", 0.001, 2, 8), cladec.cladec_case("flat", 0.0, 2, 8),
-            cladec.refae_case("flat", 2, 8), cladec.sweep_case("flat", 2, 8, torch_way="loop"),
+            csg.step_case("std", 2), csg.step_case("csg", 2, official=False),
+            cladec.cladec_case("flat", 0.001, 2, 8), cladec.cladec_bf16_case("flat", 2, 8),
+            cladec.refae_case("flat", 2, 8),
             cladec.sweep_case("flat", 2, 8, torch_way="torch.func"),
             explainer._case("tiny", 2, (8, 8, 8), (4, 4, 8), 4),
             graph.estep_case("tiny", 8, 4, 0.1, 2), graph.em_iteration_case("tiny", 8, 4, 0.1, 3, memory_mb=1),
