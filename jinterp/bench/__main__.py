@@ -191,7 +191,10 @@ def run(args: argparse.Namespace, error=None) -> dict:
     for name, mod in with_scaling:
         print(f"{name} scaling:", flush=True)
         run_into(scaling, lambda mod=mod: mod.scaling_cases(args.quick), f"{name} scaling")
-    plots = plot_scaling(scaling, out, device) if scaling else []
+    try:
+        plots = plot_scaling(scaling, out, device) if scaling else []
+    except Exception as e:  # e.g. no matplotlib on a borrowed GPU box: the numbers are in the json anyway
+        plots, extra["scaling_plots_error"] = [], f"{type(e).__name__}: {e}"
     extra["scaling_plots"] = [p.name for p in plots]
     if gpu:
         extra["extras_skipped"] = dict(GPU_SKIPS)

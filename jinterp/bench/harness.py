@@ -209,8 +209,7 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> dict:
         import torch
     except ImportError:
         return out
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    t = torch.randn(n, n, device=dev)
+    t = torch.randn(n, n, device=torch_device())
     t @ t
     best = min(_timed(lambda: t @ t, True) for _ in range(repeats))
     out["torch_flop_per_s"] = 2 * n**3 / best
