@@ -25,8 +25,10 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/jinterp demo --workdir runs/demo
 
+# On a machine without the venv (e.g. a GPU box):  make bench STAMP= BENCH_PY=python3 ARGS="--out DIR"
+BENCH_PY ?= $(BIN)/python
 bench: $(STAMP)
-	$(BIN)/python -m experiments.bench $(ARGS)
+	$(BENCH_PY) -m experiments.bench $(ARGS)
 
 # Every `jinterp ...` command in README.md parses, its --set keys and layer names exist, cheap ones run.
 docs-check: $(STAMP)

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jinterp.bench import harness
 from jinterp.bench.harness import Case, main_for
 from jinterp.methods.basis import ibd, uibe
 from jinterp.metrics import dissection as dis
@@ -63,9 +64,10 @@ def _maxdiff(pairs) -> float:
 # UIBE step
 
 
-def uibe_case(dim: int, n_dirs: int, batch: int, device: str = "cpu") -> Case:
+def uibe_case(dim: int, n_dirs: int, batch: int, device: str | None = None) -> Case:
     import torch
 
+    device = device or harness.torch_device()
     from jinterp.bench import torch_basis
 
     cfg = uibe.UIBEConfig(num_directions=n_dirs, batch_size=batch)
@@ -164,10 +166,11 @@ def tally_inputs(images: int, fh: int, units: int, size: int, counts: tuple[int,
     return acts, th.astype(np.float32), dead, concepts
 
 
-def tally_case(images: int, fh: int, units: int, size: int, counts, device: str = "cpu",
+def tally_case(images: int, fh: int, units: int, size: int, counts, device: str | None = None,
                max_labels: int = 16) -> Case:
     import torch
 
+    device = device or harness.torch_device()
     from jinterp.bench import torch_basis
 
     acts, th, dead, cs = tally_inputs(images, fh, units, size, counts)
@@ -258,9 +261,10 @@ def ibd_inputs(pixels: int, dim: int, n_c: int, max_pos: int, seed: int = 0):
     return cfg, x, (pt, ptm, nt, ntm), n_neg, steps, w, b
 
 
-def ibd_case(pixels: int, dim: int, n_c: int, max_pos: int, device: str = "cpu") -> Case:
+def ibd_case(pixels: int, dim: int, n_c: int, max_pos: int, device: str | None = None) -> Case:
     import torch
 
+    device = device or harness.torch_device()
     from jinterp.bench import torch_basis
 
     cfg, x, (pt, ptm, nt, ntm), n_neg, steps, w, b = ibd_inputs(pixels, dim, n_c, max_pos)

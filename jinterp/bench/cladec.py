@@ -31,6 +31,7 @@ from flax import traverse_util
 
 from jinterp import backbones
 from jinterp.backbones import torch_import
+from jinterp.bench import harness
 from jinterp.bench import torch_cladec as tcl
 from jinterp.bench.harness import Case, main_for
 from jinterp.methods.cladec import evaluation, refae, training
@@ -84,11 +85,12 @@ def cladec_case(layer: str, alpha: float, batch: int, base: int, *, as_released:
         state[0], metrics = step(state[0], idx, data, alphas, cls_vars)
         return metrics["loss"]
 
-    net = copy.deepcopy(net0)
+    dev = harness.torch_device()
+    net = copy.deepcopy(net0).to(dev)
     opt = tcl.adam(net.parameters(), LR, WD)
-    tcls = copy.deepcopy(cls).eval().requires_grad_(as_released)
-    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-    yt, actt = torch.from_numpy(y), tcl.nhwc_to_nchw(act)
+    tcls = copy.deepcopy(cls).eval().requires_grad_(as_released).to(dev)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0).to(dev)
+    yt, actt = torch.from_numpy(y).to(dev), tcl.nhwc_to_nchw(act).to(dev)
 
     def torch_fn():
         return tcl.cladec_step(net, opt, tcls, xt, yt, actt, alpha, use_ce=use_ce)
@@ -96,7 +98,7 @@ def cladec_case(layer: str, alpha: float, batch: int, base: int, *, as_released:
     def check():
         (loss, _, grads) = jax.jit(lambda p: training.sweep_loss_and_grads(
             p, alphas, data, cls_vars, decoder=dec, classify=classify, use_ce=use_ce))(stacked())
-        n2 = copy.deepcopy(net0)
+        n2 = copy.deepcopy(net0).to(dev)
         out = n2(actt)
         lt = (1 - alpha) * torch.nn.functional.mse_loss(out, xt)
         if use_ce:
@@ -115,6 +117,85 @@ def cladec_case(layer: str, alpha: float, batch: int, base: int, *, as_released:
                                           if alpha == 0 else "frozen classifier in the loss on both sides"))
     return Case("cladec.step", params, jax_fn, torch_fn, check, atol=1e-4, items=batch, note=note,
                 jax_lowered=lambda: step.lower(state[0], idx, data, alphas, cls_vars))
+
+
+def cladec_bf16_case(layer: str, batch: int, base: int) -> Case:
+    """The α = 0 decoder step of :func:`cladec_case` in bf16 mixed precision on both sides: float32 master weights
+    and Adam; bfloat16 decoder compute (JAX: params and activations cast to bfloat16 inside the loss, output back to
+    float32 for the MSE; PyTorch: ``torch.autocast(dtype=torch.bfloat16)``, MSE in float32). Agreement: loss and
+    every gradient, relative to the float32 JAX gradients' largest entry (tolerance ``BF16_RTOL``)."""
+    import optax
+    import torch
+
+    from jinterp.bench.backbones import BF16_RTOL, rel_diff, to_bf16
+
+    x, _, _, model, variables = _setup(batch)
+    act = np.asarray(jax.jit(lambda v, xx: model.apply(v, xx, train=False)[1][layer])(
+        variables, training.to_unit(x)))
+    in_shape = act.shape[1:] if act.ndim == 2 else (act.shape[3], act.shape[1], act.shape[2])
+    torch.manual_seed(1)
+    net0 = tcl.ClaDecNet(in_shape, 1, channel_mult=base, image_size=32)
+    dec = make_decoder(act.shape[1:], (32, 32, 1), base, layer)
+    tx = training.torch_adam(LR, WD)
+    target, actj = training.to_unit(jnp.asarray(x)), jnp.asarray(act)
+
+    def loss_fn(p, cast):
+        out = dec.apply({"params": cast(p)}, cast(actj))
+        return training.mse(out.astype(jnp.float32), target)
+
+    @jax.jit
+    def step(p, opt):
+        loss, g = jax.value_and_grad(loss_fn)(p, to_bf16)
+        upd, opt = tx.update(g, opt, p)
+        return optax.apply_updates(p, upd), opt, loss
+
+    params0 = lambda: jax.tree.map(jnp.asarray, tcl.to_flax(net0))  # noqa: E731
+    state = [params0()]
+    state.append(tx.init(state[0]))
+
+    def jax_fn():
+        state[0], state[1], loss = step(state[0], state[1])
+        return loss
+
+    dev = harness.torch_device()
+    device_type = "cuda" if dev == "cuda" else "cpu"  # autocast knows these two
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0).to(dev)
+    actt = tcl.nhwc_to_nchw(act).to(dev)
+    net = copy.deepcopy(net0).to(dev)
+    opt = tcl.adam(net.parameters(), LR, WD)
+
+    def torch_loss(n):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            out = n(actt)
+        return torch.nn.functional.mse_loss(out.float(), xt)
+
+    def torch_fn():
+        opt.zero_grad(set_to_none=True)
+        loss = torch_loss(net)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    def check():
+        grad = jax.jit(jax.value_and_grad(loss_fn), static_argnums=1)
+        loss_ref, g_ref = grad(params0(), lambda t: t)
+        loss_j, g_j = grad(params0(), to_bf16)
+        n2 = copy.deepcopy(net0).to(dev)
+        loss_t = torch_loss(n2)
+        loss_t.backward()
+        g_t = tcl.to_flax(n2, grad=True)
+        ref = np.concatenate([np.ravel(a) for a in jax.tree.leaves(g_ref)])
+        ours = np.concatenate([np.ravel(a) for a in jax.tree.leaves(g_j)])
+        theirs = np.concatenate([np.ravel(a) for a in jax.tree.leaves(g_t)])
+        loss_rel = max(abs(float(v) - float(loss_ref)) for v in (loss_j, loss_t.detach().cpu())) / float(loss_ref)
+        return max(loss_rel, rel_diff(ours, ref), rel_diff(theirs, ref))
+
+    return Case("cladec.step", {"layer": layer, "alpha": 0.0, "batch": batch, "px": 32, "base": base,
+                                "dtype": "bf16 (mixed)"}, jax_fn, torch_fn, check, atol=BF16_RTOL, items=batch,
+                note=("bf16 mixed precision: float32 weights + Adam, bfloat16 decoder (JAX: cast inside the loss; "
+                      "PyTorch: torch.autocast bf16); agreement = loss and gradients relative to the float32 JAX "
+                      f"step, tolerance {BF16_RTOL:g}"),
+                jax_lowered=lambda: step.lower(state[0], state[1]))
 
 
 def refae_case(layer: str, batch: int, base: int) -> Case:
@@ -144,13 +225,15 @@ def refae_case(layer: str, batch: int, base: int) -> Case:
         state[0], metrics = step(state[0], idx, data, frozen)
         return metrics["loss"]
 
+    dev = harness.torch_device()
+
     def torch_model():
         m = tcl.RefAE(tcl.cladec_prefix(copy.deepcopy(fresh), layer), copy.deepcopy(net0))
-        return m.train()
+        return m.train().to(dev)
 
     tm = torch_model()
     opt = tcl.adam(tm.parameters(), LR, WD)
-    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0).to(dev)
 
     def torch_fn():
         return tcl.refae_step(tm, opt, xt)
@@ -168,7 +251,7 @@ def refae_case(layer: str, batch: int, base: int) -> Case:
         sd = {k: torch.zeros_like(v) for k, v in fresh.state_dict().items()}
         for k, p in m.enc.named_parameters():
             i, rest = k.split(".", 1)
-            sd[f"{fresh.names[int(i)]}.{rest}"] = p.grad.detach().clone()
+            sd[f"{fresh.names[int(i)]}.{rest}"] = p.grad.detach().cpu().clone()
         g_enc_flat = traverse_util.flatten_dict(torch_import.from_torch("vgg11_bn_cladec", sd)["params"], sep="/")
         ours = {"decoder": grads["decoder"], "encoder": {k: grads["encoder"][k] for k in p_enc}}
         theirs = {"decoder": g_dec, "encoder": {k: g_enc_flat[k] for k in p_enc}}
@@ -218,17 +301,18 @@ def sweep_case(layer: str, batch: int, base: int, *, torch_way: str) -> Case:
         state[0], metrics = step(state[0], idx, data, alphas, variables)
         return metrics["loss"]
 
-    tcls = copy.deepcopy(cls).eval().requires_grad_(False)
-    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-    yt, actt = torch.from_numpy(y), tcl.nhwc_to_nchw(act)
+    dev = harness.torch_device()
+    tcls = copy.deepcopy(cls).eval().requires_grad_(False).to(dev)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0).to(dev)
+    yt, actt = torch.from_numpy(y).to(dev), tcl.nhwc_to_nchw(act).to(dev)
     if torch_way == "loop":
-        nets = [copy.deepcopy(n) for n in nets0]
+        nets = [copy.deepcopy(n).to(dev) for n in nets0]
         opts = [tcl.adam(n.parameters(), LR, WD) for n in nets]
 
         def torch_fn():
             return tcl.sweep_loop_step(nets, opts, tcls, xt, yt, actt, alpha_list)
     elif torch_way == "torch.func":
-        ens = tcl.StackedSweep([copy.deepcopy(n) for n in nets0], tcls, alpha_list, LR, WD)
+        ens = tcl.StackedSweep([copy.deepcopy(n).to(dev) for n in nets0], tcls, alpha_list, LR, WD)
 
         def torch_fn():
             return ens.step(xt, yt, actt)
@@ -240,7 +324,7 @@ def sweep_case(layer: str, batch: int, base: int, *, torch_way: str) -> Case:
             p, alphas, data, variables, decoder=dec, classify=classify, use_ce=True))(stacked())
         worst, loop_losses = 0.0, []
         for k, (n0, alpha) in enumerate(zip(nets0, alpha_list, strict=True)):
-            n2 = copy.deepcopy(n0)
+            n2 = copy.deepcopy(n0).to(dev)
             out = n2(actt)
             lt = (1 - alpha) * torch.nn.functional.mse_loss(out, xt) + alpha * torch.nn.functional.cross_entropy(
                 tcls(out), yt)
@@ -249,8 +333,8 @@ def sweep_case(layer: str, batch: int, base: int, *, torch_way: str) -> Case:
             loop_losses.append(lt)
             worst = max(worst, abs(float(loss[k]) - lt) / max(abs(lt), 1e-12),
                         _rel_diff(jax.tree.map(lambda a, k=k: a[k], grads), tcl.to_flax(n2, grad=True)))
-        ens_losses = tcl.StackedSweep([copy.deepcopy(n) for n in nets0], tcls, alpha_list, LR, WD).losses(
-            xt, yt, actt).detach().numpy()
+        ens_losses = tcl.StackedSweep([copy.deepcopy(n).to(dev) for n in nets0], tcls, alpha_list, LR, WD).losses(
+            xt, yt, actt).detach().cpu().numpy()
         return max(worst, float(np.max(np.abs(ens_losses - np.asarray(loop_losses)) / np.abs(loop_losses))))
 
     params = {"layer": layer, "models": len(alpha_list), "alphas": "x".join(map(str, SWEEP_ALPHAS)),
@@ -261,7 +345,8 @@ def sweep_case(layer: str, batch: int, base: int, *, torch_way: str) -> Case:
                 note=note, jax_lowered=lambda: step.lower(state[0], idx, data, alphas, variables))
 
 
-def cases(quick: bool) -> list[Case]:
+def cases(quick: bool, bf16: bool | None = None) -> list[Case]:
+    """The rows; with ``bf16`` (default: on a GPU) the α = 0 flat step in bf16 right after its float32 row."""
     s = QUICK if quick else FULL
     out = [cladec_case("flat", 0.0, s["batch"], s["base"]),
            cladec_case("flat", 0.0, s["batch"], s["base"], as_released=True),
@@ -269,6 +354,8 @@ def cases(quick: bool) -> list[Case]:
            refae_case("flat", s["batch"], s["base"]),
            sweep_case("flat", s["batch"], s["base"], torch_way="loop"),
            sweep_case("flat", s["batch"], s["base"], torch_way="torch.func")]
+    if harness.on_gpu() if bf16 is None else bf16:
+        out.insert(1, cladec_bf16_case("flat", s["batch"], s["base"]))
     if not quick:
         out += [cladec_case("conv4a", 0.0, s["batch"], s["base"]),
                 cladec_case("conv4a", 0.001, s["batch"], s["base"])]

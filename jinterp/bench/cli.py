@@ -21,6 +21,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-scaling", action="store_true", help="skip the batch/input-size curves")
     ap.add_argument("--no-extras", action="store_true",
                     help="skip the device-count check, the conv micro-benchmark and synthparts throughput")
+    ap.add_argument("--deadline-s", type=float, default=None,
+                    help="start no case after this many seconds; the rest are recorded as skipped "
+                         "(default 420 on a GPU, none on the CPU)")
     ap.add_argument("--out", type=Path, default=None,
                     help="output folder (default: experiments/bench/results/ in a source checkout, else "
                          "./bench-results/; --quick writes under its tmp/)")

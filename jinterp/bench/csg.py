@@ -26,6 +26,7 @@ import numpy as np
 
 from jinterp import backbones, data
 from jinterp.backbones import torch_import
+from jinterp.bench import harness
 from jinterp.bench.harness import Case, load_by_path, main_for
 from jinterp.methods.csg import CSGConfig, PathOptim
 from jinterp.methods.csg import gate as gates
@@ -64,10 +65,11 @@ def _setup(batch: int, seed: int = 0):
     state["params"]["gate"] = jnp.asarray(gate0)
     images = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, batch).astype(np.int32)
+    dev = harness.torch_device()
     x_t = torch.from_numpy(((images / 255.0 - np.array(mean)) / np.array(std)).astype(np.float32)
-                           .transpose(0, 3, 1, 2).copy())
-    y_t = torch.from_numpy(labels.astype(np.int64))
-    tc = TorchCSG(tm, 10, gate=torch.from_numpy(gate0))
+                           .transpose(0, 3, 1, 2).copy()).to(dev)
+    y_t = torch.from_numpy(labels.astype(np.int64)).to(dev)
+    tc = TorchCSG(tm.to(dev), 10, gate=torch.from_numpy(gate0).to(dev))
     return trainer, state, jnp.asarray(images), jnp.asarray(labels), tc, x_t, y_t
 
 
@@ -94,10 +96,11 @@ def step_case(path: str, batch: int, official: bool | None = None) -> Case:
         else:
             loss_t = torch.nn.functional.cross_entropy(tc.head(tc.features(x_t)), y_t)
         loss_t.backward()
+        g_linear = tc.model.linear.weight.grad.cpu().numpy().T
         diffs = [abs(loss_j - float(loss_t.detach())),
-                 float(np.abs(np.asarray(g["backbone/linear/kernel"]) - tc.model.linear.weight.grad.numpy().T).max())]
+                 float(np.abs(np.asarray(g["backbone/linear/kernel"]) - g_linear).max())]
         if path == "csg":
-            diffs.append(float(np.abs(np.asarray(g["gate"]) - tc.gate.grad.numpy()).max()))
+            diffs.append(float(np.abs(np.asarray(g["gate"]) - tc.gate.grad.cpu().numpy()).max()))
         tc.model.zero_grad()
         tc.gate.grad = None
         return max(diffs)

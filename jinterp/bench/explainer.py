@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jinterp.bench import harness
 from jinterp.bench.harness import Case, main_for
 from jinterp.core import train
 from jinterp.methods.explainer import model as M
@@ -53,7 +54,8 @@ def _case(name, batch, in_shape, out_shape, filters) -> Case:
     update = jax.jit(M.make_update(M.make_loss(model), tx))
     f, fp = _inputs(batch, in_shape, out_shape)
     fj, fpj = jnp.asarray(f), jnp.asarray(fp)
-    ft, fpt = (torch.tensor(a).permute(0, 3, 1, 2).contiguous() for a in (f, fp))
+    dev = harness.torch_device()
+    ft, fpt = (torch.tensor(a, device=dev).permute(0, 3, 1, 2).contiguous() for a in (f, fp))
     stride2 = out_shape[0] < in_shape[0]
     lam, eta = jnp.float32(LAM), jnp.float32(ETA)
 
@@ -61,7 +63,8 @@ def _case(name, batch, in_shape, out_shape, filters) -> Case:
         return train.create_train_state(variables, tx, jax.random.PRNGKey(1))
 
     def fresh_torch():
-        return T.TorchStep(variables, stride2=stride2, lam=LAM, eta=ETA, lr=LR, h=in_shape[0], w=in_shape[1])
+        return T.TorchStep(variables, stride2=stride2, lam=LAM, eta=ETA, lr=LR, h=in_shape[0], w=in_shape[1],
+                           device=dev)
 
     js = {"state": fresh_jax()}
     ts = {"step": fresh_torch()}
@@ -83,7 +86,7 @@ def _case(name, batch, in_shape, out_shape, filters) -> Case:
         gstep = fresh_torch()
         gstep.loss(ft, fpt)[0].backward()
         for lname in ("interp1", "interp2", "ordinary", "dec1", "dec_out"):
-            tg = gstep.model.w[lname + "_w"].grad.detach().numpy().transpose(2, 3, 1, 0)
+            tg = gstep.model.w[lname + "_w"].grad.detach().cpu().numpy().transpose(2, 3, 1, 0)
             jg = np.asarray(grads[lname]["kernel"])
             diffs.append(float(np.max(np.abs(jg - tg)) / max(float(np.max(np.abs(jg))), 1e-12)))
         tstep = fresh_torch()
@@ -92,7 +95,7 @@ def _case(name, batch, in_shape, out_shape, filters) -> Case:
         tw = tstep.model.w
         for lname in ("interp1", "interp2", "ordinary", "dec1", "dec_out"):
             for suffix, key in (("_w", "kernel"), ("_b", "bias")):
-                t = tw[lname + suffix].detach().numpy()
+                t = tw[lname + suffix].detach().cpu().numpy()
                 if suffix == "_w":
                     t = t.transpose(2, 3, 1, 0)
                 j = np.asarray(st1.params[lname][key])
@@ -102,7 +105,7 @@ def _case(name, batch, in_shape, out_shape, filters) -> Case:
                     diffs.append(float(np.max(np.abs(j - t)[sel])))
         for i in (1, 2):
             diffs.append(float(np.max(np.abs(np.asarray(st1.model_state["icnn"][f"beta{i}"])
-                                             - getattr(tstep.model, f"beta{i}").numpy()))))
+                                             - getattr(tstep.model, f"beta{i}").cpu().numpy()))))
         return max(diffs)
 
     def lowered():
@@ -111,8 +114,8 @@ def _case(name, batch, in_shape, out_shape, filters) -> Case:
     return Case(pipeline="explainer.train_step",
                 params={"shape": name, "batch": batch, "filters": filters},
                 jax_fn=jax_fn, torch_fn=torch_fn, check=check, atol=1e-4, jax_lowered=lowered, items=batch,
-                note="performer features as inputs; loss, kernel gradients (relative), beta and non-negligible-gradient "
-                     "params compared")
+                note="performer features as inputs; loss, kernel gradients (relative), beta and non-negligible-"
+                     "gradient params compared")
 
 
 def cases(quick: bool) -> list[Case]:

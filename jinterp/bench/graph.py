@@ -21,6 +21,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from jinterp.bench import harness
 from jinterp.bench.harness import Case, load_by_path, main_for
 from jinterp.methods.graph import estep as es
 from jinterp.methods.graph.geometry import LayerGeom, mround_np, nodes_per_filter
@@ -56,6 +57,11 @@ def _rel(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(1e-12, np.max(np.abs(b))))
 
 
+def _host(out: dict) -> dict:
+    """A PyTorch E-step's outputs as host NumPy arrays (they may live on a GPU)."""
+    return {k: v.cpu().numpy() if hasattr(v, "cpu") else v for k, v in out.items()}
+
+
 def estep_case(name: str, h: int, c: int, density: float, n: int, *, faithful: bool = False) -> Case:
     import torch
 
@@ -66,7 +72,7 @@ def estep_case(name: str, h: int, c: int, density: float, n: int, *, faithful: b
     chunk = es.chunk_size(geom, n, 512)
     jargs = (jnp.asarray(maps), jnp.asarray(coord), jnp.asarray(sigma),
              es.Prior(jnp.asarray(delta), jnp.asarray(s), jnp.asarray(log_lam)))
-    targs = tuple(torch.from_numpy(x) for x in (maps, coord, sigma, delta, s, log_lam))
+    targs = tuple(torch.from_numpy(x).to(harness.torch_device()) for x in (maps, coord, sigma, delta, s, log_lam))
     tkw = dict(s_n=geom.s, r_max=geom.r_max, max_range=geom.max_range, deform_ratio=geom.deform_ratio,
                map_sigma=geom.map_sigma, tau=geom.tau, faithful=faithful, chunk=chunk)
 
@@ -78,7 +84,7 @@ def estep_case(name: str, h: int, c: int, density: float, n: int, *, faithful: b
             return torch_graph.estep(*targs, **tkw)
 
     def check() -> float:
-        a, b = jax_fn(), torch_fn()
+        a, b = jax_fn(), _host(torch_fn())
         # MAP positions are not compared: g·e ties exactly between mirror candidates wherever the evidence is flat
         # (only the kernel floor in the window), and the two frameworks break such ties differently; phi (the max
         # value) is tie-free and compared instead.
@@ -133,7 +139,7 @@ def em_iteration_case(name: str, h: int, c: int, density: float, n: int, *, memo
     chunk = es.chunk_size(geom, n, memory_mb)
     jargs = (jnp.asarray(maps), jnp.asarray(coord), jnp.asarray(sigma),
              es.Prior(jnp.asarray(delta), jnp.asarray(s), jnp.asarray(log_lam)))
-    targs = tuple(torch.from_numpy(x) for x in (maps, coord, sigma, delta, s, log_lam))
+    targs = tuple(torch.from_numpy(x).to(harness.torch_device()) for x in (maps, coord, sigma, delta, s, log_lam))
     tkw = dict(s_n=geom.s, r_max=geom.r_max, max_range=geom.max_range, deform_ratio=geom.deform_ratio,
                map_sigma=geom.map_sigma, tau=geom.tau, faithful=False, chunk=chunk)
     mkw = dict(s_n=geom.s, h=geom.h, max_range=geom.max_range, deform_ratio=geom.deform_ratio,
@@ -149,8 +155,8 @@ def em_iteration_case(name: str, h: int, c: int, density: float, n: int, *, memo
             return torch_graph.mstep(targs[1], targs[2], stats, targs[4], 1, **mkw)
 
     def check() -> float:
-        a, b = jax_fn(), torch_fn()
-        moved = _rel(np.asarray(a[0]) - coord, b[0].numpy() - coord)     # the move, not the (large) centers
+        a, b = jax_fn(), [t.cpu().numpy() for t in torch_fn()]
+        moved = _rel(np.asarray(a[0]) - coord, b[0] - coord)     # the move, not the (large) centers
         return max(moved, _rel(a[1], b[1]), _rel(a[2], b[2]))
 
     return Case(pipeline="graph.em_iteration", params={"layer": name, "map": f"{h}x{h}x{c}", "K": geom.k,

@@ -41,6 +41,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # jaxlib's bundled OpenBLAS (LAPACK calls such as UIBE's QR) starts its own thread pool, which fought XLA's and
 # PyTorch's threads for the cores: UIBE's step took 1.7x longer with it than single-threaded.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# On a GPU both frameworks share the card: JAX's default preallocation (75 %) would leave PyTorch too little.
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -123,6 +125,28 @@ def configure_precision() -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
+def on_gpu() -> bool:
+    """True when JAX's default backend is a GPU (the GPU profile of ``python -m jinterp.bench``)."""
+    return jax.default_backend() == "gpu"
+
+
+def torch_device() -> str:
+    """The device every PyTorch twin puts its models, parameters, inputs and constants on: ``"cuda"`` when PyTorch
+    sees a GPU *and* JAX's default backend is a GPU (both frameworks on the same kind of device), else ``"cpu"``.
+    Pipeline modules call it as ``harness.torch_device()`` so a test can substitute another device."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if on_gpu() and torch.cuda.is_available() else "cpu"
+
+
+def results_name() -> str:
+    """The stem of the combined results files: ``gpu`` on a GPU (``gpu.json``; the card is in ``machine``), else
+    :func:`device_name` (``cpu``)."""
+    return "gpu" if on_gpu() else device_name()
+
+
 def device_name() -> str:
     """``cpu``, or the accelerator kind made file-name safe (``gpu-nvidia-h100-80gb-hbm3``...)."""
     d = jax.devices()[0]
@@ -185,8 +209,7 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> dict:
         import torch
     except ImportError:
         return out
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    t = torch.randn(n, n, device=dev)
+    t = torch.randn(n, n, device=torch_device())
     t @ t
     best = min(_timed(lambda: t @ t, True) for _ in range(repeats))
     out["torch_flop_per_s"] = 2 * n**3 / best
@@ -234,8 +257,39 @@ def time_case(case: Case, *, repeats: int = 7, warmup: int = 2, peak: float | No
     return row
 
 
-def run_cases(cases: Sequence[Case], *, repeats: int = 7, warmup: int = 2, peak: float | None = None) -> list[dict]:
-    return [time_case(c, repeats=repeats, warmup=warmup, peak=peak) for c in cases]
+def run_cases(cases: Sequence[Case], *, repeats: int = 7, warmup: int = 2, peak: float | None = None,
+              deadline: float | None = None, on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """:func:`time_case` for each case, never raising: a case that fails becomes a row with ``error``, and once
+    ``time.monotonic()`` passes ``deadline`` the remaining cases become rows with ``skipped: "deadline"``.
+    ``on_row(row)`` is called after each row (the caller rewrites its results file: progressive output)."""
+    rows = []
+    for c in cases:
+        if past(deadline):
+            row = stub_row(c.pipeline, c.params, skipped="deadline")
+        else:
+            try:
+                row = time_case(c, repeats=repeats, warmup=warmup, peak=peak)
+            except Exception as e:  # one broken case must not cost the rest of a run on a borrowed GPU
+                row = stub_row(c.pipeline, c.params, error=f"{type(e).__name__}: {e}")
+                print(f"  {c.pipeline} {c.params}: ERROR {row['error']}", flush=True)
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
+
+
+def past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() > deadline
+
+
+def stub_row(pipeline: str, params: dict, *, error: str | None = None, skipped: str | None = None) -> dict:
+    """A row for a case that was not timed: ``error`` (what it raised) or ``skipped`` (why it did not run)."""
+    row: dict[str, Any] = {"pipeline": pipeline, "params": dict(params), "agree": False}
+    if error is not None:
+        row["error"] = error[:500]
+    if skipped is not None:
+        row["skipped"] = skipped
+    return row
 
 
 def machine() -> dict:
@@ -249,7 +303,9 @@ def machine() -> dict:
         import torch
 
         info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                    torch_cuda=torch.cuda.is_available())
+                    torch_cuda=torch.cuda.is_available(), torch_device=torch_device())
+        if info["torch_device"] == "cuda":
+            info["torch_device_name"] = torch.cuda.get_device_name()
     except ImportError:
         info["torch"] = None
     return info
@@ -269,6 +325,11 @@ def markdown(rows: Sequence[dict]) -> str:
              "PyTorch ms [min-max] | speedup JAX/PyTorch | JAX GFLOP/s (% of matmul peak) |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
+        if "max_abs_diff" not in r:  # not run: an error or a skip (deadline)
+            why = f"error: {r['error']}" if "error" in r else f"skipped: {r.get('skipped', '?')}"
+            lines.append(f"| {r['pipeline']} | {_fmt_params(r['params'])} | {why.replace('|', '/')} | – | – | – | – "
+                         "| – |")
+            continue
         agree = f"{'yes' if r['agree'] else '**NO**'} ({r['max_abs_diff']:.1e})"
         if not r["agree"]:
             lines.append(f"| {r['pipeline']} | {_fmt_params(r['params'])} | {agree} | {r['first_call_s']:.1f} "
@@ -292,7 +353,7 @@ def write_results(rows: Sequence[dict], out_dir: Path, *, name: str | None = Non
     """Writes ``<out_dir>/<name or device>.json`` and ``.md``; returns both paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = name or device_name()
+    stem = name or results_name()
     table = markdown(rows)
     payload = {"machine": machine(), "quick": quick, "results": list(rows), "markdown": table, **(extra or {})}
     jpath, mpath = out_dir / f"{stem}.json", out_dir / f"{stem}.md"

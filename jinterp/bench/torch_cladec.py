@@ -102,12 +102,13 @@ def adam(params, lr: float = 3e-4, weight_decay: float = 1e-5) -> torch.optim.Op
 
 
 def cladec_step(dec: nn.Module, opt: torch.optim.Optimizer, cls: nn.Module | None, x: torch.Tensor,
-                y: torch.Tensor, act: torch.Tensor, alpha: float, *, use_ce: bool = True) -> float:
+                y: torch.Tensor, act: torch.Tensor, alpha: float, *, use_ce: bool = True) -> torch.Tensor:
     """One ClaDec step: ``(1-α)·MSE(D(a), x) + α·CE(C(D(a)), y)`` with the classifier in eval mode.
 
     As released (``use_ce=True``, classifier params with ``requires_grad=True``) the CE term and the classifier's
     weight gradients are computed even at α = 0; the hygienic variant is ``use_ce=False`` and a classifier with
-    ``requires_grad_(False)``.
+    ``requires_grad_(False)``. Returns the loss as a detached 0-d tensor on the model's device (no host sync: the
+    benchmark times these steps on a GPU).
     """
     opt.zero_grad(set_to_none=True)
     out = dec(act)
@@ -116,7 +117,7 @@ def cladec_step(dec: nn.Module, opt: torch.optim.Optimizer, cls: nn.Module | Non
         loss = loss + alpha * nn.functional.cross_entropy(cls(out), y)
     loss.backward()
     opt.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
 class RefAE(nn.Module):
@@ -143,12 +144,12 @@ def cladec_prefix(cls: nn.Module, layer: str) -> nn.Module:
     raise KeyError(layer)
 
 
-def refae_step(model: RefAE, opt: torch.optim.Optimizer, x: torch.Tensor) -> float:
+def refae_step(model: RefAE, opt: torch.optim.Optimizer, x: torch.Tensor) -> torch.Tensor:
     opt.zero_grad(set_to_none=True)
     loss = nn.functional.mse_loss(model(x), x)
     loss.backward()
     opt.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
 def param_count(m: nn.Module) -> int:
@@ -156,7 +157,7 @@ def param_count(m: nn.Module) -> int:
 
 
 def sweep_loop_step(nets: list[nn.Module], opts: list[torch.optim.Optimizer], cls: nn.Module, x: torch.Tensor,
-                    y: torch.Tensor, act: torch.Tensor, alphas: list[float]) -> list[float]:
+                    y: torch.Tensor, act: torch.Tensor, alphas: list[float]) -> list[torch.Tensor]:
     """K decoders trained the natural PyTorch way: a Python loop of :func:`cladec_step`, one model at a time."""
     return [cladec_step(n, o, cls, x, y, act, a) for n, o, a in zip(nets, opts, alphas, strict=True)]
 
@@ -172,7 +173,8 @@ class StackedSweep:
 
         self.params, self.buffers = stack_module_state(nets)
         self.base = copy.deepcopy(nets[0]).to("meta")
-        self.cls, self.alphas = cls, torch.tensor(alphas, dtype=torch.float32)
+        device = next(iter(self.params.values())).device
+        self.cls, self.alphas = cls, torch.tensor(alphas, dtype=torch.float32, device=device)
         self.functional_call = functional_call
         self.opt = adam(list(self.params.values()), lr, wd)
 
@@ -187,9 +189,9 @@ class StackedSweep:
 
         return vmap(one)(self.params, self.buffers, self.alphas)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, act: torch.Tensor) -> list[float]:
+    def step(self, x: torch.Tensor, y: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         self.opt.zero_grad(set_to_none=True)
         losses = self.losses(x, y, act)
         losses.sum().backward()
         self.opt.step()
-        return losses.detach().tolist()
+        return losses.detach()

@@ -21,7 +21,9 @@ class TorchCSG:
                  std_lr: float = 1e-5, csg_lr: float = 1e-3, gate: torch.Tensor | None = None):
         self.model = model.train()
         k = model.linear.in_features
-        self.gate = nn.Parameter(gate.clone() if gate is not None else torch.full((k, num_classes), 0.5))
+        if gate is None:
+            gate = torch.full((k, num_classes), 0.5, device=model.linear.weight.device)
+        self.gate = nn.Parameter(gate.clone())
         self.lam, self.ratio = lam, ratio
         for m in (model.conv1, model.bn1, model.layer1):
             for p in m.parameters():

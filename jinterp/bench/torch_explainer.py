@@ -17,25 +17,29 @@ import torch
 import torch.nn.functional as F
 
 
-def _conv_w(k) -> torch.Tensor:
-    return torch.tensor(np.asarray(k)).permute(3, 2, 0, 1).contiguous()  # HWIO -> OIHW
+def _conv_w(k, device) -> torch.Tensor:
+    return torch.tensor(np.asarray(k), device=device).permute(3, 2, 0, 1).contiguous()  # HWIO -> OIHW
 
 
 class TorchExplainer(torch.nn.Module):
-    def __init__(self, variables: dict, *, stride2: bool, momentum: float = 0.9, eps: float = 1e-6):
+    """Parameters and state (β, RMS running values) on ``device``."""
+
+    def __init__(self, variables: dict, *, stride2: bool, momentum: float = 0.9, eps: float = 1e-6,
+                 device: str = "cpu"):
         super().__init__()
         p = variables["params"]
+        t = lambda a: torch.tensor(np.asarray(a, np.float32), device=device)  # noqa: E731
         self.stride2, self.momentum, self.eps = stride2, momentum, eps
         self.w = torch.nn.ParameterDict()
         for name in ("interp1", "interp2", "ordinary", "dec1", "dec_out"):
-            self.w[name + "_w"] = torch.nn.Parameter(_conv_w(p[name]["kernel"]))
-            self.w[name + "_b"] = torch.nn.Parameter(torch.tensor(np.asarray(p[name]["bias"])))
-        self.w["p_w"] = torch.nn.Parameter(torch.tensor(np.asarray(p["p_branch"]["kernel"])).T.contiguous())
-        self.w["p_b"] = torch.nn.Parameter(torch.tensor(np.asarray(p["p_branch"]["bias"])))
-        self.beta1 = torch.tensor(np.asarray(variables["icnn"]["beta1"]))
-        self.beta2 = torch.tensor(np.asarray(variables["icnn"]["beta2"]))
-        self.rms_i = torch.tensor(float(variables["batch_stats"]["norm_interp"]["rms"]))
-        self.rms_o = torch.tensor(float(variables["batch_stats"]["norm_ordinary"]["rms"]))
+            self.w[name + "_w"] = torch.nn.Parameter(_conv_w(p[name]["kernel"], device))
+            self.w[name + "_b"] = torch.nn.Parameter(t(p[name]["bias"]))
+        self.w["p_w"] = torch.nn.Parameter(t(p["p_branch"]["kernel"]).T.contiguous())
+        self.w["p_b"] = torch.nn.Parameter(t(p["p_branch"]["bias"]))
+        self.beta1 = t(variables["icnn"]["beta1"])
+        self.beta2 = t(variables["icnn"]["beta2"])
+        self.rms_i = t(variables["batch_stats"]["norm_interp"]["rms"]).reshape(())
+        self.rms_o = t(variables["batch_stats"]["norm_ordinary"]["rms"]).reshape(())
 
     def conv(self, x, name, stride=1):
         return F.conv2d(x, self.w[name + "_w"], self.w[name + "_b"], stride=stride, padding=1)
@@ -68,8 +72,8 @@ def location(x):
     """Rounded activation centroid per (image, channel): (B, C) rows and cols (NCHW input)."""
     b, c, h, w = x.shape
     total = x.sum(dim=(2, 3)).clamp_min(1e-9)
-    r = (x.sum(dim=3) * torch.arange(h, dtype=x.dtype)).sum(-1) / total
-    cc = (x.sum(dim=2) * torch.arange(w, dtype=x.dtype)).sum(-1) / total
+    r = (x.sum(dim=3) * torch.arange(h, dtype=x.dtype, device=x.device)).sum(-1) / total
+    cc = (x.sum(dim=2) * torch.arange(w, dtype=x.dtype, device=x.device)).sum(-1) / total
     return torch.round(r).clamp(0, h - 1).long(), torch.round(cc).clamp(0, w - 1).long()
 
 
@@ -77,21 +81,21 @@ def location(x):
 def mask(x, beta):
     b, c, h, w = x.shape
     r, cc = location(x)
-    ry = torch.linspace(-1, 1, h) if h > 1 else torch.zeros(1)
-    cx = torch.linspace(-1, 1, w) if w > 1 else torch.zeros(1)
+    ry = torch.linspace(-1, 1, h, device=x.device) if h > 1 else torch.zeros(1, device=x.device)
+    cx = torch.linspace(-1, 1, w, device=x.device) if w > 1 else torch.zeros(1, device=x.device)
     d = (ry[None, None, :, None] - ry[r][:, :, None, None]).abs() + (cx[None, None, None, :]
                                                                      - cx[cc][:, :, None, None]).abs()
     return torch.clamp(1 - beta.clamp(1e-3, 1e3)[None, :, None, None] * d, min=-1)
 
 
-def templates(h, w, beta=4.0):
+def templates(h, w, beta=4.0, device="cpu"):
     tau = 0.5 / (h * w)
-    rr, cc = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                            indexing="ij")
+    rr, cc = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device),
+                            torch.arange(w, dtype=torch.float32, device=device), indexing="ij")
     rr, cc = rr.reshape(-1), cc.reshape(-1)
     dist = (rr[None] - rr[:, None]).abs() / h + (cc[None] - cc[:, None]).abs() / w
     pos = tau * torch.clamp(1 - beta * dist, min=-1)
-    return torch.cat([pos, torch.full((1, h * w), -tau)], 0)
+    return torch.cat([pos, torch.full((1, h * w), -tau, device=device)], 0)
 
 
 def filter_loss_sum(x, t, log_prior):
@@ -103,24 +107,24 @@ def filter_loss_sum(x, t, log_prior):
     return -mi.sum()
 
 
-def log_priors(p):
+def log_priors(p, device="cpu"):
     a = p / (1 + p)
-    return torch.tensor([math.log(a / p)] * p + [math.log(1 - a)])
+    return torch.tensor([math.log(a / p)] * p + [math.log(1 - a)], device=device)
 
 
 class TorchStep:
     """``step(f, fp) -> loss``: one Adam step of the explainer + the β update (state kept inside)."""
 
     def __init__(self, variables, *, stride2, lam, eta, lr, h, w, beta_rate=0.05, bounds=(0.5, 10.0),
-                 filter_norm="filter", gain=16.0, floor_frac=0.5):
-        self.model = TorchExplainer(variables, stride2=stride2)
+                 filter_norm="filter", gain=16.0, floor_frac=0.5, device="cpu"):
+        self.model = TorchExplainer(variables, stride2=stride2, device=device)
         # jinterp's default loss: each filter's map scaled to gain / max(batch mean, floor_frac * mean(f)) before
         # the MI (icnn.scale_normalized); "none" is the paper's raw formula.
         self.filter_norm, self.gain, self.floor_frac = filter_norm, gain, floor_frac
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr, eps=1e-8)
         self.lam, self.eta, self.rate, self.bounds = lam, eta, beta_rate, bounds
-        self.t = templates(h, w)
-        self.lp = log_priors(h * w)
+        self.t = templates(h, w, device=device)
+        self.lp = log_priors(h * w, device=device)
 
     def loss(self, f, fp):
         out, aux = self.model(f)
@@ -148,8 +152,9 @@ class TorchStep:
         b, c, h, w = x.shape
         r, cc = location(x)
         total = x.sum(dim=(2, 3)).clamp_min(1e-9)
-        dr2 = (torch.arange(h, dtype=x.dtype)[None, None, :] - r[..., None].to(x.dtype)) ** 2      # (B, C, H)
-        dc2 = (torch.arange(w, dtype=x.dtype)[None, None, :] - cc[..., None].to(x.dtype)) ** 2
+        ar = lambda n: torch.arange(n, dtype=x.dtype, device=x.device)[None, None, :]  # noqa: E731
+        dr2 = (ar(h) - r[..., None].to(x.dtype)) ** 2      # (B, C, H)
+        dc2 = (ar(w) - cc[..., None].to(x.dtype)) ** 2
         sig = torch.sqrt(((x.sum(3) * dr2).sum(-1) + (x.sum(2) * dc2).sum(-1)).clamp_min(0) / total)
         s = (x * m).mean(dim=(2, 3))
         tgt = torch.clamp(3.0 / ((s * sig).sum(0) / s.sum(0)), 1.5, 3.0)

@@ -22,11 +22,13 @@ def mround(x: torch.Tensor) -> torch.Tensor:
 
 def estep(maps, coord, sigma, delta, s, log_lam, *, s_n: int, r_max: int, max_range: float, deform_ratio: float,
           map_sigma: float, tau: float, faithful: bool, chunk: int | None = None):
-    """Returns dict A, Gr, T_sum, Q (sums over images), T, pos, phi (per image), log_scale."""
+    """Returns dict A, Gr, T_sum, Q (sums over images), T, pos, phi (per image), log_scale (tensors on the maps'
+    device; no host sync inside)."""
+    dev = maps.device
     n, h, w, c_n = maps.shape
     k_n = coord.shape[1]
     r_own = mround(torch.clamp(sigma * deform_ratio, max=max_range * h / 2)).to(torch.int64)
-    j = torch.arange(s_n, dtype=torch.float32)
+    j = torch.arange(s_n, dtype=torch.float32, device=dev)
     rf = r_own.to(torch.float32)[..., None]
     offs = -rf + (2 * j + 1) * rf / s_n  # (C, K, S)
     if faithful:
@@ -38,13 +40,13 @@ def estep(maps, coord, sigma, delta, s, log_lam, *, s_n: int, r_max: int, max_ra
     r_all = torch.relu(maps.permute(0, 3, 1, 2))  # (N, C, H, W)
     chunk = chunk or n
     out = {k: [] for k in ("A", "Gr", "T", "Q", "pos", "phi")}
-    q = torch.arange(-r_max, r_max + 1)
+    q = torch.arange(-r_max, r_max + 1, device=dev)
     qf = q.to(torch.float32)
     sm = map_sigma
     floor_k = math.exp(-4.5)
-    ii = (torch.arange(s_n, dtype=torch.float32) - (s_n - 1) / 2.0) ** 2
+    ii = (torch.arange(s_n, dtype=torch.float32, device=dev) - (s_n - 1) / 2.0) ** 2
     qvar = ii[:, None] + ii[None, :]
-    kp = torch.arange(k_n)
+    kp = torch.arange(k_n, device=dev)
     for start in range(0, n, chunk):
         sl = slice(start, min(n, start + chunk))
         r = r_all[sl]
@@ -56,8 +58,8 @@ def estep(maps, coord, sigma, delta, s, log_lam, *, s_n: int, r_max: int, max_ra
         wq = ci[..., 1, None] + q
         ok_h = (hq >= 0) & (hq < h) & (q.abs() <= r_win[None, ..., None])
         ok_w = (wq >= 0) & (wq < w) & (q.abs() <= r_win[None, ..., None])
-        bi = torch.arange(b)[:, None, None, None, None]
-        ch = torch.arange(c_n)[None, :, None, None, None]
+        bi = torch.arange(b, device=dev)[:, None, None, None, None]
+        ch = torch.arange(c_n, device=dev)[None, :, None, None, None]
         win = r[bi, ch, hq.clamp(0, h - 1)[..., :, None], wq.clamp(0, w - 1)[..., None, :]]
         win = win * (ok_h[..., :, None] & ok_w[..., None, :])  # (B, C, K, Wn_h, Wn_w)
         frac = torch.zeros_like(m) if faithful else m - cen
@@ -66,7 +68,7 @@ def estep(maps, coord, sigma, delta, s, log_lam, *, s_n: int, r_max: int, max_ra
         dh2 = (ph[..., :, None] - qf) ** 2  # (B, C, K, S_h, Wn_h)
         dw2 = (pw[..., :, None] - qf) ** 2
         d2 = dw2[..., :, None, None, :] + dh2[..., None, :, :, None]  # (B, C, K, S_w, S_h, Wn_h, Wn_w)
-        kern = torch.where(d2 < (3 * sm) ** 2, torch.exp(-d2 / (2 * sm * sm)), torch.tensor(floor_k)) / (SQRT2PI * sm)
+        kern = torch.where(d2 < (3 * sm) ** 2, torch.exp(-d2 / (2 * sm * sm)), floor_k) / (SQRT2PI * sm)
         e = torch.einsum("bckxyhw,bckhw->bckxy", kern, win)  # (B, C, K, S_w, S_h)
         ln = -(offs ** 2) / (2 * s_eff[..., None] ** 2) - torch.log(SQRT2PI * s_eff[..., None])  # (C, K, S)
         g = torch.exp((log_lam[sl] - shift)[..., None, None] + ln[None, ..., :, None] + ln[None, ..., None, :])
@@ -75,7 +77,7 @@ def estep(maps, coord, sigma, delta, s, log_lam, *, s_n: int, r_max: int, max_ra
         p_w = m[..., 1, None] + offs[None]
         first_h, last_h = m[..., 0] + offs[..., 0], m[..., 0] + offs[..., -1]  # (B, C, K')
         first_w, last_w = m[..., 1] + offs[..., 0], m[..., 1] + offs[..., -1]
-        spacing = (offs[..., 1] - offs[..., 0]) if s_n > 1 else torch.zeros(offs.shape[:2])
+        spacing = (offs[..., 1] - offs[..., 0]) if s_n > 1 else torch.zeros(offs.shape[:2], device=dev)
 
         def axis(p, first, last, spacing=spacing):
             u = p[..., None] - first[:, :, None, None, :]  # (B, C, K, S, K')
@@ -93,7 +95,8 @@ def estep(maps, coord, sigma, delta, s, log_lam, *, s_n: int, r_max: int, max_ra
                           flat.reshape(b, c_n, k_n, -1)).reshape(flat.shape)
         z = (gz * (in_w[..., :, None, :] & in_h[..., None, :, :])).sum(-1)
         tau_b = tau * g.sum((-2, -1)).mean((1, 2))  # (B,)
-        den = torch.clamp(z + tau_b[:, None, None, None, None], min=1e-7 * math.exp(-float(shift)))
+        # the floor as a tensor: float(shift) would sync the device inside the timed call
+        den = torch.maximum(z + tau_b[:, None, None, None, None], 1e-7 * torch.exp(-shift))
         rho = g / den
         a = rho * e
         ge = g * e
@@ -124,7 +127,7 @@ def mstep(coord, sigma, stats: dict, s_prior, t: int, *, s_n: int, h: int, max_r
     iteration's σ (a node with ΣT = 0 keeps its σ); ``prob_record = T / mean(T)``."""
     min_delta = s_prior.min() / float(t) ** 0.25
     coord = coord + stats["Gr"] / torch.clamp(stats["A"], min=1e-8)[..., None] * (eta * min_delta ** 2)
-    r_own = mround(torch.minimum(torch.tensor(max_range * h / 2), sigma * deform_ratio)).to(torch.int32)
+    r_own = mround(torch.clamp(sigma * deform_ratio, max=max_range * h / 2)).to(torch.int32)
     spacing = 2.0 * r_own.float() / s_n
     has = stats["T_sum"] > 0
     new = torch.where(has, torch.sqrt(torch.where(has, stats["Q"] / stats["T_sum"], 0.0)) * spacing, sigma)
