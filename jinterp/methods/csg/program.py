@@ -36,6 +36,7 @@ from jinterp.methods.csg import localization as loc
 from jinterp.methods.csg.config import CSGConfig
 from jinterp.methods.csg.train import Trainer
 from jinterp.metrics import information
+from jinterp.models.given import with_model
 
 RESULTS_FILE = "results.json"
 
@@ -94,12 +95,18 @@ def _batched(fn, arrays: list[np.ndarray], batch: int) -> list[np.ndarray]:
     return [np.concatenate(o) for o in outs]
 
 
-def run(cfg: CSGConfig, workdir: str | Path, *, progress: bool = True, restart: bool = False) -> dict[str, Any]:
+def run(cfg: CSGConfig, workdir: str | Path, *, progress: bool = True, restart: bool = False,
+        model: Any = None, variables: Any = None) -> dict[str, Any]:
     """Runs the whole method (see the module docstring); returns and writes ``results.json``.
 
     Stages of the :class:`~jinterp.core.run.Run`: ``backbone`` (resumable when pretrained here), then ``csg``
     (training both models, evaluation and outputs; recomputed whenever its fingerprint changes).
+
+    ``model``, ``variables``: a model passed in Python instead of ``cfg.model``/``cfg.arch`` (a converted
+    ``(model, variables)`` pair, a Linen module and its variables, an NNX or PyTorch module); it runs through the
+    same stage as ``--model`` and its digest is in every stage's fingerprint (:mod:`jinterp.models.given`).
     """
+    cfg = with_model(cfg, model, variables)
     cfg.validate()
     if cfg.seeds > 1:  # the top workdir is a run too: checked, locked, its config recorded, storage errors named
         with Run(workdir, cfg, method="csg", restart=restart) as top:

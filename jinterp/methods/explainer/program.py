@@ -32,6 +32,7 @@ from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_finger
 from jinterp.errors import ConfigError, DataError, LayerError
 from jinterp.methods.explainer import model as M
 from jinterp.methods.explainer.config import ExplainerConfig
+from jinterp.models.given import with_model
 
 RESULTS_FILE = "results.json"
 
@@ -419,13 +420,18 @@ def _json_ready(x: Any) -> Any:
     return x
 
 
-def run(cfg: ExplainerConfig, workdir: str | Path, *, progress: bool = True, restart: bool = False
-        ) -> dict[str, Any]:
+def run(cfg: ExplainerConfig, workdir: str | Path, *, progress: bool = True, restart: bool = False,
+        model: Any = None, variables: Any = None) -> dict[str, Any]:
     """Runs the whole method (see the module docstring); returns and writes ``<workdir>/results.json``.
 
     Stages of the :class:`~jinterp.core.run.Run`: ``backbone`` (the performer; resumable when trained here),
     ``explainer`` (resumable: checkpoints), then ``results`` (evaluation, sweep, figures).
+
+    ``model``, ``variables``: a model passed in Python instead of ``cfg.model``/``cfg.arch`` (a converted
+    ``(model, variables)`` pair, a Linen module and its variables, an NNX or PyTorch module); it runs through the
+    same stage as ``--model`` and its digest is in every stage's fingerprint (:mod:`jinterp.models.given`).
     """
+    cfg = with_model(cfg, model, variables)
     cfg.validate()
     check_layer_order(cfg)
     with Run(workdir, cfg, method="explainer", restart=restart) as r:
