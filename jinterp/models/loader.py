@@ -297,6 +297,15 @@ def fill_variables(template: Mapping, weights) -> dict:
     return traverse_util.unflatten_dict({by_name[n]: jnp.asarray(a) for n, a in arrays.items()})
 
 
+def takes_edits(model) -> bool:
+    """Whether ``model.apply(..., edits={layer: fn})`` replaces a layer's output downstream (converted PyTorch,
+    Linen and NNX models); the explainer's feedback and CSG's gate on a user model need it."""
+    from jinterp.models.flax_adapters import LinenModel, NnxModel
+    from jinterp.models.graph import TorchGraph
+
+    return isinstance(model, (TorchGraph, LinenModel, NnxModel))
+
+
 def check_layers(info_or_names: ModelInfo | Iterable[str], layers: str | Iterable[str]) -> tuple[str, ...]:
     """Validate user-given layer names against a model's ``info.layer_names`` (or a list of names).
 

@@ -36,6 +36,7 @@ from jinterp.methods.csg import localization as loc
 from jinterp.methods.csg.config import CSGConfig
 from jinterp.methods.csg.train import Trainer
 from jinterp.metrics import information
+from jinterp.models import takes_edits
 from jinterp.models.given import with_model
 
 RESULTS_FILE = "results.json"
@@ -209,6 +210,10 @@ def _run(cfg: CSGConfig, rn: Run, progress: bool) -> dict[str, Any]:
                                                           image_shape=image_shape, num_classes=num_classes,
                                                           data_spec=spec)
         source = binfo["weights"]
+        if not takes_edits(model):
+            raise ConfigError(f"CSG gates the output of {cfg.gate_layer} inside the model through edits=, which a "
+                              f"{type(model).__name__} does not take; pass the model as a PyTorch, Linen or NNX "
+                              "module (or from_torch/from_linen/from_nnx), or use a built-in arch (cfg.arch)")
         site = gates.user_gate_site(minfo.layer_names, variables["params"], cfg.gate_layer, cfg.head)
         if cfg.normalization == "arch":
             cfg = dataclasses.replace(cfg, normalization=binfo["normalization"])

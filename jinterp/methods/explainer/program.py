@@ -147,14 +147,14 @@ def build(cfg: ExplainerConfig, performer, perf_vars, images: np.ndarray, model_
 
 
 def _user_replaced_logits(performer, scheme: str, target: str):
-    """``logits(perf_vars, images_uint8, recon)`` of a converted PyTorch model with layer ``target``'s output
-    replaced by ``recon`` (``TorchGraph``'s ``edits``); other user models cannot take a replacement."""
-    from jinterp.models.graph import TorchGraph
+    """``logits(perf_vars, images_uint8, recon)`` of a user's model (converted PyTorch, Linen or NNX) with layer
+    ``target``'s output replaced by ``recon`` (the model's ``edits``)."""
+    from jinterp.models import takes_edits
 
-    if not isinstance(performer, TorchGraph):
-        raise ConfigError(f"the explainer feeds its reconstruction back into the model, which jinterp can do for "
-                          f"converted PyTorch models only, not a {type(performer).__name__}; convert the model from "
-                          "PyTorch or use a built-in arch")
+    if not takes_edits(performer):
+        raise ConfigError(f"the explainer feeds its reconstruction back into the model through edits=, which a "
+                          f"{type(performer).__name__} does not take; pass the model as a PyTorch, Linen or NNX "
+                          "module (or from_torch/from_linen/from_nnx), or use a built-in arch (cfg.arch)")
 
     def logits(perf_vars, images, recon):
         x = backbones.normalize(images, scheme)
