@@ -154,3 +154,15 @@ def test_explainer_and_csg_runs_on_a_linen_model(linen, tmp_path):
     assert fc and not np.allclose(trained[fc[0]], variables["params"]["fc"]["kernel"])
     label = json.loads((tmp_path / "csg" / "config.json").read_text())["stages"]["backbone"]["fields"]["model"]
     assert label.startswith("python:jinterp.models.flax_adapters.LinenModel@")
+
+
+def test_csg_gate_site_on_a_converted_torch_model_keys_params_by_path(torch):
+    from torch import nn as tnn
+
+    torch.manual_seed(0)
+    net = tnn.Sequential(tnn.Conv2d(3, 4, 3), tnn.BatchNorm2d(4), tnn.ReLU(), tnn.Conv2d(4, 8, 3), tnn.ReLU(),
+                         tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(8, 5)).eval()
+    model, variables = models.from_torch(net, torch.zeros(1, 3, 12, 12))
+    names = _names(model, variables, (12, 12, 3))
+    site = gates.user_gate_site(names, variables["params"], "4", "7")
+    assert site.stages == ("^0/", "^1/", "^3/") and site.head_params == "^(7)/" and site.fc == "7"
