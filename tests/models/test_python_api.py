@@ -205,3 +205,24 @@ def test_csg_from_python_trains_the_given_parameters(converted, tmp_path):
     trained = np.load(w / "csg_params.npz")
     fc = [k for k in trained.files if k.endswith("fc/kernel")]
     assert fc and not np.allclose(trained[fc[0]], variables["params"]["fc"]["kernel"])
+
+
+def test_demo_needs_two_layers_of_a_python_model(converted, tmp_path):
+    from jinterp.report.demo import DemoSettings, run_demo
+
+    model, variables = converted
+    with pytest.raises(ConfigError, match=r"give layers=\(LOW, HIGH\)"):
+        run_demo(DemoSettings(quick=True), tmp_path / "d", progress=False, model=model, variables=variables)
+
+
+@pytest.mark.slow
+def test_demo_from_python(converted, tmp_path):
+    from jinterp.report.demo import DemoSettings, run_demo
+
+    model, variables = converted
+    s = DemoSettings(image_size=32, quick=True, methods=("cladec",), layers=("features.5", "features.9"))
+    summary = run_demo(s, tmp_path / "demo", progress=False, model=model, variables=variables)
+    assert summary["methods"]["cladec"]["status"] == "ok", summary["methods"]
+    assert summary["settings"]["model"].endswith("@" + given.digest(model, variables))
+    res = json.loads((tmp_path / "demo" / summary["methods"]["cladec"]["results"]).read_text())
+    assert res["layers"]["features.5"]["act_shape"] == [32, 32, 16]
