@@ -482,7 +482,9 @@ def backbone_stage(r: Run, *, arch: str, weights: str, train_cfg: Any = None, in
 
 def user_model_stage(r: Run, *, model: str, weights: str, image_shape: tuple[int, ...], num_classes: int | None = None,
                      data_spec: str = "the data") -> tuple[Any, dict, Any, dict[str, Any]]:
-    """Stage ``backbone`` of a run on a user's model (``--model FILE.py:FACTORY`` or a converted ``.npz``):
+    """Stage ``backbone`` of a run on a user's model (``--model FILE.py:FACTORY``, a converted ``.npz``, or the
+    ``python:<Class>@<digest>`` label of a model passed to ``run(..., model=, variables=)``, whose digest of the
+    structure and variables makes it the stage's input like a file digest; :mod:`jinterp.models.given`):
     ``(model, variables, model_info, info)`` through :func:`jinterp.models.load_model` on the data's
     ``image_shape`` (H, W, C). Nothing is trained here. The model file's and the weights' digests are the
     stage's inputs, so later stages recompute when either changes.

@@ -25,6 +25,7 @@ _EXPORTS = {
     "load_model": "jinterp.models.loader",
     "ModelInfo": "jinterp.models.loader",
     "check_layers": "jinterp.models.loader",
+    "takes_edits": "jinterp.models.loader",
 }
 
 __all__ = sorted(_EXPORTS)

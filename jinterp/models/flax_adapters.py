@@ -9,7 +9,12 @@
   every method's output recorded, same naming.
 
 In both, ``logits`` is the module's output (its first element when it returns a tuple), and the root module's
-own output is not in ``feats``. ``train`` reaches the module as its ``train=`` or ``deterministic=`` argument
+own output is not in ``feats``. ``apply(..., edits={name: fn})`` replaces the output of the submodule ``name``
+(a ``feats`` name; ``name#i`` for its i-th call only) by ``fn(output)`` for everything downstream, as
+``TorchGraph``'s ``edits`` do (a method's gate, a reconstruction fed back); ``feats`` then holds the edited value.
+Linen through ``nn.intercept_methods``; NNX by giving the named submodule (in the copy merged for this call) a
+subclass whose ``__call__`` applies the edit. Sown values cannot be edited (they are not module outputs).
+``train`` reaches the module as its ``train=`` or ``deterministic=`` argument
 (Linen, when its ``__call__`` has one) or through ``.train()``/``.eval()`` (NNX).
 """
 
@@ -24,7 +29,7 @@ import flax.linen as nn
 import jax
 from flax import traverse_util
 
-from jinterp.errors import ModelError
+from jinterp.errors import ModelError, ShapeError
 
 
 def _feats_from_intermediates(tree: Mapping) -> dict[str, jax.Array]:
@@ -42,6 +47,38 @@ def _feats_from_intermediates(tree: Mapping) -> dict[str, jax.Array]:
                 feats[f"{name}#{i}"] = v
         feats[name] = calls[-1]
     return feats
+
+
+class _Editor:
+    """Applies ``edits`` to module outputs by name, counting calls for ``name#i``; records which keys hit."""
+
+    def __init__(self, edits: Mapping[str, Any]):
+        self.edits, self.calls, self.hit = dict(edits), {}, set()
+
+    def __call__(self, name: str, out):
+        i = self.calls.get(name, 0)
+        self.calls[name] = i + 1
+        key = name if name in self.edits else f"{name}#{i}" if f"{name}#{i}" in self.edits else None
+        if key is None:
+            return out
+        if not isinstance(out, jax.Array):
+            raise ModelError(f"layer {key!r} outputs a {type(out).__name__}, not an array; edit a layer whose output "
+                             "is one array")
+        new = jax.numpy.asarray(self.edits[key](out), out.dtype)
+        if tuple(new.shape) != tuple(out.shape):
+            raise ShapeError(f"the replacement of layer {key!r} has shape {tuple(new.shape)} but the layer outputs "
+                             f"{tuple(out.shape)}")
+        self.hit.add(key)
+        return new
+
+    def check_all_hit(self, known) -> None:
+        missed = sorted(set(self.edits) - self.hit)
+        if missed:
+            from jinterp.backbones import registry
+
+            registry.check_layers(tuple(known), missed)  # an unknown name: LayerError with the nearest match
+            raise ModelError(f"edits of {', '.join(missed)} reached no module output (a sown value cannot be "
+                             "edited); edit the module that computes it")
 
 
 def _logits(out):
@@ -72,13 +109,31 @@ class LinenModel:
         variables = self.module.init(rngs, x, **self._kw(train))
         return {k: v for k, v in dict(variables).items() if k != "intermediates"}
 
-    def apply(self, variables: Mapping, x, train: bool = False, mutable=False, rngs=None):
+    def apply(self, variables: Mapping, x, train: bool = False, mutable=False, rngs=None,
+              edits: Mapping[str, Any] | None = None):
         variables = {k: v for k, v in dict(variables).items() if k != "intermediates"}
         extra = [] if mutable is False else ([mutable] if isinstance(mutable, str) else list(mutable))
-        out, state = self.module.apply(variables, x, capture_intermediates=True, mutable=["intermediates", *extra],
-                                       rngs=rngs, **self._kw(train))
+
+        def run():
+            return self.module.apply(variables, x, capture_intermediates=True, mutable=["intermediates", *extra],
+                                     rngs=rngs, **self._kw(train))
+
+        if edits:
+            editor = _Editor(edits)
+
+            def interceptor(next_fun, args, kwargs, context):
+                out = next_fun(*args, **kwargs)
+                path = context.module.path if context.method_name == "__call__" else ()
+                return editor(".".join(map(str, path)), out) if path else out
+
+            with nn.intercept_methods(interceptor):
+                out, state = run()
+        else:
+            out, state = run()
         state = dict(state)
         result = (_logits(out), _feats_from_intermediates(state.pop("intermediates", {})))
+        if edits:
+            editor.check_all_hit(result[1])
         return (result, state) if extra else result
 
 
@@ -119,19 +174,37 @@ class NnxModel:
         return {col: nnx.to_pure_dict(s) for col, s in zip(("params", "batch_stats", "nnx_state"), self.templates,
                                                              strict=True)}
 
-    def apply(self, variables: Mapping, x, train: bool = False, mutable=False, rngs=None):
+    def apply(self, variables: Mapping, x, train: bool = False, mutable=False, rngs=None,
+              edits: Mapping[str, Any] | None = None):
         from flax import nnx
 
         model = self._merge(variables)
         model.train() if train else model.eval()
         if rngs and "dropout" in rngs:
             nnx.reseed(model, dropout=rngs["dropout"])
+        if edits:
+            editor = _Editor(edits)
+            wanted = {k.split("#")[0] for k in edits}
+            for path, sub in nnx.iter_modules(model):
+                name = ".".join(map(str, path))
+                if path and name in wanted:  # this call's merged copy only: its class gets an editing __call__
+                    object.__setattr__(sub, "__class__", _editing_class(type(sub), name, editor))
         out, inter = nnx.capture(model, nnx.Intermediate, method_outputs=nnx.Intermediate)(x)
         result = (_logits(out), _feats_from_intermediates(nnx.to_pure_dict(inter)))
+        if edits:
+            editor.check_all_hit(result[1])
         if mutable is False:
             return result
         _, _, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
         return result, {"batch_stats": nnx.to_pure_dict(stats)}
+
+
+def _editing_class(cls: type, name: str, editor: _Editor) -> type:
+    def __call__(self, *args, **kwargs):
+        return editor(name, cls.__call__(self, *args, **kwargs))
+
+    return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
+                                       "__qualname__": cls.__qualname__})
 
 
 def from_nnx(module) -> tuple[NnxModel, dict]:

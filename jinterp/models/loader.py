@@ -5,6 +5,8 @@
   * a name in ``jinterp.backbones.ARCHS`` (``resnet20``): weights through the one loader (``.pth/.pt/.th``,
     ``.safetensors``, ``.npz``; converted once and cached), or a random PyTorch-style init when ``weights`` is None.
   * a ``.npz`` written by :func:`jinterp.models.save_model` (a converted PyTorch model; no PyTorch needed).
+  * ``python:<Class>@<digest>``: a model passed in Python (:mod:`jinterp.models.given`), in any form a factory
+    may return or already converted (``from_torch``/``from_linen``/``from_nnx``), with its variables.
   * ``FILE.py:FACTORY``: the file is imported by path and ``FACTORY(**factory_kwargs)`` called; it returns a
     ``torch.nn.Module`` (converted with :func:`from_torch` on a zero input of ``image_shape``; ``weights`` a state
     dict file loaded into it first), a Flax Linen module, an NNX module, or ``(linen_module, variables)``
@@ -101,6 +103,11 @@ def load_model(spec: str, weights=None, image_shape=None, num_classes: int | Non
     spec = str(spec)
     if spec in registry.ARCHS:
         return _builtin(spec, weights, image_shape, num_classes, key)
+    from jinterp.models import given
+
+    if given.is_label(spec):  # a model passed in Python: run(cfg, workdir, model=..., variables=...)
+        built, variables = given.resolve(spec)
+        return _from_built(built, variables, weights, image_shape, key, spec, "the model passed")
     if ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
         file, factory = spec.rsplit(":", 1)
         return _from_factory(Path(file), factory, weights, image_shape, key, dict(factory_kwargs or {}), spec)
@@ -158,8 +165,6 @@ def _is_torch_module(obj) -> bool:
 
 
 def _from_factory(file: Path, factory: str, weights, image_shape, key, factory_kwargs, source):
-    import flax.linen as nn
-
     module = _import_file(file)
     fn = getattr(module, factory, None)
     if not callable(fn):
@@ -177,11 +182,28 @@ def _from_factory(file: Path, factory: str, weights, image_shape, key, factory_k
     given_vars = None
     if isinstance(built, tuple) and len(built) == 2 and isinstance(built[1], Mapping):
         built, given_vars = built
-    if _is_torch_module(built):
-        return _torch_factory(built, weights, image_shape, source)
+    return _from_built(built, given_vars, weights, image_shape, key, source, f"{file}:{factory}()")
+
+
+def _from_built(built, given_vars, weights, image_shape, key, source, where):
+    """A factory's result or a model passed in Python (``jinterp.models.given``) under the backbone contract."""
+    import flax.linen as nn
     from flax import nnx
 
-    if isinstance(built, nn.Module):
+    from jinterp.models.given import is_contract_model
+
+    if _is_torch_module(built):
+        return _torch_factory(built, weights, image_shape, source)
+    if is_contract_model(built):  # converted already (from_torch/from_linen/from_nnx) or a jinterp backbone
+        from jinterp.models.flax_adapters import NnxModel
+        from jinterp.models.graph import TorchGraph
+
+        if given_vars is None:
+            raise ModelError(f"{where} gave a converted {type(built).__name__} without its variables; give "
+                             "(model, variables) as from_torch/from_linen/from_nnx return them")
+        model, variables = built, dict(given_vars)
+        kind = "torch" if isinstance(built, TorchGraph) else "nnx" if isinstance(built, NnxModel) else "linen"
+    elif isinstance(built, nn.Module):
         from jinterp.models.flax_adapters import from_linen
 
         if given_vars is None and image_shape is None:
@@ -195,7 +217,7 @@ def _from_factory(file: Path, factory: str, weights, image_shape, key, factory_k
         model, variables = from_nnx(built)
         kind = "nnx"
     else:
-        raise ModelError(f"{file}:{factory}() returned a {type(built).__name__}; return a torch.nn.Module, a Flax "
+        raise ModelError(f"{where} returned a {type(built).__name__}; return a torch.nn.Module, a Flax "
                          "Linen or NNX module, or (linen_module, variables)")
     if weights is not None:
         variables = fill_variables(variables, weights)
@@ -273,6 +295,15 @@ def fill_variables(template: Mapping, weights) -> dict:
         raise WeightsError(_mismatch_message(weights, "this Flax model", missing, unexpected, mismatched,
                                              _FLAX_FIX))
     return traverse_util.unflatten_dict({by_name[n]: jnp.asarray(a) for n, a in arrays.items()})
+
+
+def takes_edits(model) -> bool:
+    """Whether ``model.apply(..., edits={layer: fn})`` replaces a layer's output downstream (converted PyTorch,
+    Linen and NNX models); the explainer's feedback and CSG's gate on a user model need it."""
+    from jinterp.models.flax_adapters import LinenModel, NnxModel
+    from jinterp.models.graph import TorchGraph
+
+    return isinstance(model, (TorchGraph, LinenModel, NnxModel))
 
 
 def check_layers(info_or_names: ModelInfo | Iterable[str], layers: str | Iterable[str]) -> tuple[str, ...]:

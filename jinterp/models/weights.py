@@ -6,7 +6,7 @@
 * PyTorch checkpoints (zip or legacy pickle; any suffix — the content decides): read with
   ``torch.load(weights_only=True)`` only; ``{"state_dict": …}`` wrappers and DataParallel ``module.`` prefixes are
   unwrapped. A file that holds pickled Python objects beyond tensors is refused (unpickling runs code).
-* ``.safetensors``: through the ``safetensors`` package when it is installed.
+* ``.safetensors``: read natively (:func:`read_safetensors`; no extra package).
 * a plain ``.npz`` of arrays named like the PyTorch state dict (``layer1.0.conv1.weight``) or like jinterp's
   variables (``params/layer1_0/conv1/kernel``).
 
@@ -129,20 +129,77 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
                                "the download completed (compare its size or hash with the source)") from None
         return _unwrap(src, path)
     if fmt == "safetensors":
-        try:
-            from safetensors.numpy import load_file
-        except ImportError:
-            raise WeightsError(f"reading {path} needs the 'safetensors' package (pip install safetensors)") from None
-        try:
-            return _unwrap(load_file(str(path)), path)
-        except Exception as e:  # noqa: BLE001
-            raise WeightsError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+        return _unwrap(read_safetensors(path), path)
     if fmt == "npz":
         from jinterp.models.serialize import read_npz
 
         return _unwrap({k: v for k, v in read_npz(path).items() if k != "__meta__"}, path)
     raise WeightsError(f"{path}: unknown weights format; give a PyTorch state dict (.pth/.pt/.th), a "
                        ".safetensors file or a jinterp .npz")
+
+
+# safetensors dtypes -> numpy; F16/BF16/F64 become float32 below, as ``.float()`` does for PyTorch checkpoints.
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64,
+              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_ST_FIX = "re-save it (safetensors.torch.save_file(model.state_dict(), path)) or check that the download completed"
+
+
+def read_safetensors(path) -> dict[str, np.ndarray]:
+    """The tensors of a ``.safetensors`` file, read without the ``safetensors`` package.
+
+    Layout (huggingface/safetensors): an 8-byte little-endian header length N, N bytes of JSON
+    ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the raw
+    little-endian buffer the offsets index. Floating tensors come back as float32 (BF16 exactly, by shifting its
+    16 bits into the high half of a float32), like PyTorch checkpoints; integers keep their type. A damaged file
+    (short header, offsets outside the buffer, a size that does not fit the shape) is a one-line WeightsError.
+    """
+    import json
+
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise WeightsError(f"{path} is not a safetensors file: {size} bytes, shorter than its 8-byte header "
+                               f"length; {_ST_FIX}")
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            raise WeightsError(f"{path} is truncated: its header claims {n} bytes but the file has {size - 8} after "
+                               f"the length; {_ST_FIX}")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise WeightsError(f"{path} has an unreadable safetensors header ({type(e).__name__}); {_ST_FIX}"
+                               ) from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path} has a safetensors header that is not a JSON object; {_ST_FIX}")
+    buffer = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if size > 8 + n else np.zeros(0, np.uint8)
+    out: dict[str, np.ndarray] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], [int(d) for d in entry["shape"]], entry["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise WeightsError(f"{path}: tensor {name!r} has no dtype/shape/data_offsets in the header; {_ST_FIX}"
+                               ) from None
+        if dtype not in _ST_DTYPES:
+            raise WeightsError(f"{path}: tensor {name!r} has dtype {dtype}, which jinterp does not read (it reads "
+                               f"{', '.join(_ST_DTYPES)}); save it as float32")
+        np_dtype = np.dtype(_ST_DTYPES[dtype])
+        count = int(np.prod(shape, dtype=np.int64))
+        if not 0 <= begin <= end <= len(buffer) or end - begin != count * np_dtype.itemsize:
+            raise WeightsError(f"{path}: tensor {name!r} ({dtype} {shape}) has data_offsets [{begin}, {end}] that do "
+                               f"not fit its shape or the {len(buffer)}-byte buffer (truncated?); {_ST_FIX}")
+        raw = np.frombuffer(buffer[begin:end], dtype=np_dtype.newbyteorder("<"), count=count).reshape(shape)
+        if dtype == "BF16":
+            value = (raw.astype(np.uint32) << 16).view(np.float32)
+        elif np_dtype.kind == "f":
+            value = raw.astype(np.float32)
+        else:
+            value = raw.astype(np_dtype.newbyteorder("="))
+        out[name] = np.array(value)  # own the memory: the memmap closes with this function
+    return out
 
 
 def nearest(name: str, candidates) -> str:

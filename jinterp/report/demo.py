@@ -526,12 +526,22 @@ def _missing(name: str, ds) -> list[str]:
     return miss
 
 
-def run_demo(s: DemoSettings, workdir: str | Path, *, progress: bool = True, restart: bool = False) -> dict[str, Any]:
+def run_demo(s: DemoSettings, workdir: str | Path, *, progress: bool = True, restart: bool = False,
+             model: Any = None, variables: Any = None) -> dict[str, Any]:
     """Runs every stage; writes ``report.html`` and ``summary.json``; returns the summary.
 
     A :class:`~jinterp.core.run.Run` holds ``workdir``; the backbone and each method run in their own
-    sub-directories as their own runs (fingerprinted stages, reused only under the same settings)."""
+    sub-directories as their own runs (fingerprinted stages, reused only under the same settings).
+    ``model``, ``variables``: a model passed in Python instead of ``s.model`` (see
+    :func:`jinterp.models.given.with_model`); ``s.layers`` (low, high) then name two of its module paths."""
     from jinterp.core.run import Run
+    from jinterp.errors import ConfigError
+    from jinterp.models.given import with_model
+
+    s = with_model(s, model, variables)
+    if s.model and len(s.layers) != 2:
+        raise ConfigError(f"with a model of your own give layers=(LOW, HIGH): two module paths of {s.model}, a "
+                          "lower and a higher post-ReLU conv output")
 
     with Run(workdir, s, method="demo", restart=restart) as r:
         return _run_demo(s, r, progress=progress)

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from jinterp import models
-from jinterp.errors import ModelError
+from jinterp.errors import LayerError, ModelError, ShapeError
 
 
 class LinenBlock(nn.Module):
@@ -91,3 +91,48 @@ def test_nnx_model():
                                0.1 * tfeats["block.conv"].mean((0, 1, 2)), atol=1e-5)
     with pytest.raises(ModelError):
         models.from_nnx(LinenNet())
+
+
+def _zero_then_double(model, variables, x, layer, head_bias):
+    """Zeroing ``layer`` leaves the head's bias as the logits (everything downstream sees the edit); doubling it
+    after a linear head doubles the logits minus one bias; feats hold the edited value."""
+    logits, _ = model.apply(variables, x)
+    zeroed, feats = jax.jit(lambda v, im: model.apply(v, im, edits={layer: jnp.zeros_like}))(variables, x)
+    np.testing.assert_allclose(zeroed, jnp.broadcast_to(head_bias, zeroed.shape), atol=1e-6)
+    assert float(jnp.abs(feats[layer]).max()) == 0.0 and float(jnp.abs(logits - zeroed).max()) > 1e-4
+    return logits
+
+
+def test_linen_edits_replace_a_submodule_output_downstream():
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    model, variables = models.from_linen(LinenNet(), x)
+    bias = variables["params"]["head"]["bias"]
+    logits = _zero_then_double(model, variables, x, "block", bias)
+    doubled, _ = model.apply(variables, x, edits={"block": lambda a: 2 * a})
+    np.testing.assert_allclose(doubled, 2 * logits - bias, rtol=1e-5, atol=1e-5)
+    ungated = []
+    (_, feats), state = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                    edits={"block.Conv_0": lambda a: ungated.append(a) or 0.5 * a})
+    np.testing.assert_allclose(feats["block.Conv_0"], 0.5 * ungated[0], atol=1e-6)  # BN saw the edited map
+    np.testing.assert_allclose(state["batch_stats"]["block"]["BatchNorm_0"]["mean"],
+                               0.1 * feats["block.Conv_0"].mean((0, 1, 2)), atol=1e-5)
+    with pytest.raises(ShapeError, match="replacement of layer 'block'"):
+        model.apply(variables, x, edits={"block": lambda a: a[..., :2]})
+    with pytest.raises(LayerError, match="blok"):
+        model.apply(variables, x, edits={"blok": jnp.zeros_like})
+
+
+def test_nnx_edits_replace_a_submodule_output_downstream():
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    net = NnxNet(nnx.Rngs(0))
+    model, variables = models.from_nnx(net)
+    bias = variables["params"]["layers"][1]["bias"]
+    logits = _zero_then_double(model, variables, x, "layers.0", bias)
+    assert type(net.layers[0]) is nnx.Linear  # the user's module is untouched
+    halved, feats = model.apply(variables, x, edits={"block": lambda a: 0.5 * a})
+    np.testing.assert_allclose(feats["block"], 0.5 * model.apply(variables, x)[1]["block"], atol=1e-6)
+    assert float(jnp.abs(halved - logits).max()) > 1e-5
+    with pytest.raises(ShapeError, match="replacement of layer 'block'"):
+        model.apply(variables, x, edits={"block": lambda a: a[..., :2]})
+    with pytest.raises(LayerError, match="layers.7"):
+        model.apply(variables, x, edits={"layers.7": jnp.zeros_like})

@@ -134,3 +134,28 @@ def test_builtin_arch_with_pytorch_weights(tmp_path, torch):
     jax.tree.map(np.testing.assert_array_equal, loaded, variables)
     assert info.kind == "builtin" and info.normalization == "cifar" and info.num_classes == 10
     assert info.layer_names == backbones.layer_names("resnet20")
+
+
+def test_torch_factory_safetensors_weights_equal_the_pth(tmp_path, torch):
+    """``--model FILE.py:FACTORY --weights x.safetensors`` gives exactly the variables of the same ``.pth``."""
+    st_torch = pytest.importorskip("safetensors.torch")
+    (tmp_path / "net.py").write_text(TORCH_FILE)
+    spec = f"{tmp_path / 'net.py'}:build"
+    ns: dict = {}
+    exec(TORCH_FILE, ns)
+    torch.manual_seed(7)
+    net = ns["Net"](3).eval()
+    net.body[1].running_var.fill_(2.0)
+    torch.save(net.state_dict(), tmp_path / "net.pth")
+    st_torch.save_file(net.state_dict(), str(tmp_path / "net.safetensors"))
+    _, want, _ = models.load_model(spec, weights=tmp_path / "net.pth", image_shape=(12, 12, 3))
+    _, got, _ = models.load_model(spec, weights=tmp_path / "net.safetensors", image_shape=(12, 12, 3))
+    _, factory, _ = models.load_model(spec, image_shape=(12, 12, 3))
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    assert not np.array_equal(got["params"]["head"]["kernel"], factory["params"]["head"]["kernel"])
+    wrong = dict(net.state_dict())
+    wrong["head.weight"] = torch.zeros(4, 8)
+    st_torch.save_file(wrong, str(tmp_path / "wrong.safetensors"))
+    with pytest.raises(WeightsError, match=r"shape mismatches \(1\): head.weight") as e:
+        models.load_model(spec, weights=tmp_path / "wrong.safetensors", image_shape=(12, 12, 3))
+    assert "\n" not in str(e.value)

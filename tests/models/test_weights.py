@@ -136,18 +136,86 @@ def _write_safetensors(path, arrays: dict):
     path.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
-def test_safetensors(tmp_path, r20):
+def test_safetensors_read_natively(tmp_path, r20, monkeypatch):
+    """A hand-written file (the format itself) loads with the ``safetensors`` package made unimportable."""
     variables, sd = r20
     path = tmp_path / "r20.safetensors"
     _write_safetensors(path, sd)
     assert weights.detect_format(path) == "safetensors"
-    try:
-        import safetensors  # noqa: F401
-    except ImportError:
-        with pytest.raises(WeightsError, match="needs the 'safetensors' package"):
-            torch_import.load_variables(path, "resnet20")
-        return
+    monkeypatch.setitem(__import__("sys").modules, "safetensors", None)  # no dependency on the package
     _same(torch_import.load_variables(path, "resnet20")[0], variables)
+
+
+def test_safetensors_from_the_package_equal_the_pth(tmp_path, torch, r20):
+    """Files written by ``safetensors.torch`` / ``safetensors.numpy`` give exactly what the ``.pth`` gives."""
+    st_torch = pytest.importorskip("safetensors.torch")
+    st_numpy = pytest.importorskip("safetensors.numpy")
+    _, sd = r20
+    tensors = {k: torch.tensor(np.ascontiguousarray(v)) for k, v in sd.items()}
+    torch.save(tensors, tmp_path / "r20.pth")
+    st_torch.save_file(tensors, str(tmp_path / "r20_torch.safetensors"))
+    st_numpy.save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(tmp_path / "r20_np.safetensors"))
+    want = torch_import.load_variables(tmp_path / "r20.pth", "resnet20")[0]
+    for name in ("r20_torch.safetensors", "r20_np.safetensors"):
+        _same(torch_import.load_variables(tmp_path / name, "resnet20")[0], want)
+
+
+def test_safetensors_dtypes(tmp_path, torch):
+    """BF16/F16/F64 come back as float32 exactly as ``.float()`` gives them; I64 keeps its integers."""
+    st_torch = pytest.importorskip("safetensors.torch")
+    g = torch.Generator().manual_seed(0)
+    tensors = {"bf16": torch.randn(3, 5, generator=g).bfloat16(), "f16": torch.randn(4, generator=g).half(),
+               "f64": torch.randn(2, 2, generator=g).double(), "i64": torch.arange(-3, 6).reshape(3, 3),
+               "u8": torch.arange(7, dtype=torch.uint8)}
+    st_torch.save_file(tensors, str(tmp_path / "d.safetensors"))
+    got = weights.read_safetensors(tmp_path / "d.safetensors")
+    assert set(got) == set(tensors)
+    for k, t in tensors.items():
+        want = t.float().numpy() if t.is_floating_point() else t.numpy()
+        assert got[k].dtype == want.dtype and got[k].shape == want.shape, k
+        np.testing.assert_array_equal(got[k], want)
+
+
+def test_damaged_safetensors_get_one_line_errors(tmp_path, r20):
+    _, sd = r20
+    good = tmp_path / "good.safetensors"
+    _write_safetensors(good, {k: sd[k] for k in list(sd)[:3]})
+    data = good.read_bytes()
+    cases = {"short.safetensors": (data[:5], "shorter than its 8-byte header"),
+             "header.safetensors": (data[:40], "truncated: its header claims"),
+             "buffer.safetensors": (data[:-7], "do not fit its shape or the"),
+             "json.safetensors": (data[:8] + b"{" + b"x" * (len(data) - 9), "unreadable safetensors header")}
+    for name, (content, match) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(WeightsError, match=match) as e:
+            weights.read_state_dict(tmp_path / name)
+        assert "\n" not in str(e.value) and "save_file" in str(e.value), str(e.value)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    first = next(iter(header))
+    header[first]["dtype"] = "C64"
+    h = json.dumps(header).encode()
+    (tmp_path / "dtype.safetensors").write_bytes(struct.pack("<Q", len(h)) + h + data[8 + n:])
+    with pytest.raises(WeightsError, match="dtype C64.*save it as float32"):
+        weights.read_state_dict(tmp_path / "dtype.safetensors")
+
+
+def test_safetensors_of_another_model_names_the_keys(tmp_path, torch, r20):
+    st_torch = pytest.importorskip("safetensors.torch")
+    _, sd = r20
+    renamed = {k.replace("layer2.0.conv1", "layer2.0.conv_a"): torch.tensor(np.ascontiguousarray(v))
+               for k, v in sd.items()}
+    st_torch.save_file(renamed, str(tmp_path / "renamed.safetensors"))
+    with pytest.raises(WeightsError, match="layer2.0.conv") as e:
+        torch_import.load_variables(tmp_path / "renamed.safetensors", "resnet20")
+    assert "\n" not in str(e.value)
+    reshaped = {k: torch.tensor(np.ascontiguousarray(v)) for k, v in sd.items()}
+    reshaped["linear.weight"] = torch.zeros(7, 64)
+    reshaped["linear.bias"] = torch.zeros(8)
+    st_torch.save_file(reshaped, str(tmp_path / "reshaped.safetensors"))
+    with pytest.raises(WeightsError) as e:
+        torch_import.load_variables(tmp_path / "reshaped.safetensors", "resnet20")
+    assert "\n" not in str(e.value) and "linear" in str(e.value), str(e.value)
 
 
 def test_unwritable_cache_still_loads(tmp_path, torch, r20, monkeypatch):

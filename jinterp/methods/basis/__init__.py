@@ -15,12 +15,12 @@ from jinterp.methods.basis.planted import PlantedConfig
 from jinterp.methods.basis.uibe import UIBEConfig, UIBEResult
 
 
-def run(cfg, workdir, *, progress: bool = True, restart: bool = False) -> dict:
+def run(cfg, workdir, *, progress: bool = True, restart: bool = False, model=None, variables=None) -> dict:
     """:func:`jinterp.methods.basis.program.run` (imported lazily): the whole method on ``cfg`` in ``workdir``;
     returns the results dict it also writes to ``<workdir>/results.json``."""
     from jinterp.methods.basis.program import run as _run
 
-    return _run(cfg, workdir, progress=progress, restart=restart)
+    return _run(cfg, workdir, progress=progress, restart=restart, model=model, variables=variables)
 
 
 __all__ = ["METHODS", "BasisConfig", "IBDConfig", "IBDResult", "PlantedConfig", "UIBEConfig", "UIBEResult", "ibd",

@@ -42,6 +42,7 @@ from jinterp.methods.basis import ibd, uibe
 from jinterp.methods.basis.config import BasisConfig
 from jinterp.metrics import baselines
 from jinterp.metrics import dissection as dis
+from jinterp.models.given import with_model
 
 
 def _load_backbone(cfg: BasisConfig, train_ds, r: Run, progress: bool):
@@ -101,12 +102,18 @@ def _sample_pixels(stream: _Stream, labels_grid_fn, max_pixels: int, n_images: i
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
 
 
-def run(cfg: BasisConfig, workdir: str | Path, *, progress: bool = True, restart: bool = False) -> dict:
+def run(cfg: BasisConfig, workdir: str | Path, *, progress: bool = True, restart: bool = False,
+        model: Any = None, variables: Any = None) -> dict:
     """The whole method (see the module docstring); returns and writes ``results.json``.
 
     Stages of the :class:`~jinterp.core.run.Run`: ``backbone`` (resumable when trained here), then ``bases``
     (fit, dissection, outputs; recomputed whenever its fingerprint changes).
+
+    ``model``, ``variables``: a model passed in Python instead of ``cfg.model``/``cfg.arch`` (a converted
+    ``(model, variables)`` pair, a Linen module and its variables, an NNX or PyTorch module); it runs through the
+    same stage as ``--model`` and its digest is in every stage's fingerprint (:mod:`jinterp.models.given`).
     """
+    cfg = with_model(cfg, model, variables)
     cfg.validate()
     with Run(workdir, cfg, method="basis", restart=restart) as r:
         return _run(cfg, r, progress)

@@ -17,11 +17,11 @@ from jinterp.methods.cladec.config import OFFICIAL_LAYINDEX, ClaDecConfig, offic
 from jinterp.methods.cladec.decoder import Decoder, DecoderPlan, make_decoder, plan_decoder
 
 
-def run(cfg, workdir, *, progress: bool = True, restart: bool = False) -> dict:
+def run(cfg, workdir, *, progress: bool = True, restart: bool = False, model=None, variables=None) -> dict:
     """:func:`jinterp.methods.cladec.program.run` (imported lazily)."""
     from jinterp.methods.cladec.program import run as _run
 
-    return _run(cfg, workdir, progress=progress, restart=restart)
+    return _run(cfg, workdir, progress=progress, restart=restart, model=model, variables=variables)
 
 
 __all__ = ["OFFICIAL_LAYINDEX", "ClaDecConfig", "Decoder", "DecoderPlan", "make_decoder", "official_decay_epochs",

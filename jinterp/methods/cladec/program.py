@@ -36,6 +36,7 @@ from jinterp.methods.cladec import evaluation, refae, training
 from jinterp.methods.cladec.config import ClaDecConfig
 from jinterp.methods.cladec.decoder import init_decoder, make_decoder, num_params
 from jinterp.metrics import reconstruction as rec
+from jinterp.models.given import with_model
 
 RESULTS_FILE = "results.json"
 RETRAIN_NOTE = ("retrain protocol reconstructed from the third-party Keras code (tomtuamnuq/cladec-mnist "
@@ -299,13 +300,19 @@ def train_sweep(cfg, model, variables, layer, decoder, train_ds, acts_train, key
 
 
 # -------------------------------------------------------------------------------------------------- run
-def run(cfg: ClaDecConfig, workdir: str | Path, *, progress: bool = True, restart: bool = False) -> dict[str, Any]:
+def run(cfg: ClaDecConfig, workdir: str | Path, *, progress: bool = True, restart: bool = False,
+        model: Any = None, variables: Any = None) -> dict[str, Any]:
     """Runs ClaDec end to end (see the module docstring); returns and writes ``results.json``.
 
     Stages of the :class:`~jinterp.core.run.Run`: ``backbone``, per layer ``refae:<layer>`` and
     ``cladec:<layer>`` (resumable when ``ckpt_every`` > 0), then ``results``; each is reused only under the
     same settings (``restart``: discard those saved under other settings instead of refusing them).
+
+    ``model``, ``variables``: a model passed in Python instead of ``cfg.model``/``cfg.arch`` (a converted
+    ``(model, variables)`` pair, a Linen module and its variables, an NNX or PyTorch module); it runs through the
+    same stage as ``--model`` and its digest is in every stage's fingerprint (:mod:`jinterp.models.given`).
     """
+    cfg = with_model(cfg, model, variables)
     cfg.validate()
     with Run(workdir, cfg, method="cladec", restart=restart) as r:
         return _run(cfg, r, progress)

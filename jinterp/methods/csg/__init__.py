@@ -11,12 +11,12 @@
 from jinterp.methods.csg.config import CSGConfig, PathOptim
 
 
-def run(cfg, workdir, *, progress: bool = True, restart: bool = False) -> dict:
+def run(cfg, workdir, *, progress: bool = True, restart: bool = False, model=None, variables=None) -> dict:
     """:func:`jinterp.methods.csg.program.run` (imported lazily): the whole method on ``cfg`` in ``workdir``;
     returns the results dict it also writes to ``<workdir>/results.json``."""
     from jinterp.methods.csg.program import run as _run
 
-    return _run(cfg, workdir, progress=progress, restart=restart)
+    return _run(cfg, workdir, progress=progress, restart=restart, model=model, variables=variables)
 
 
 __all__ = ["CSGConfig", "PathOptim", "run"]

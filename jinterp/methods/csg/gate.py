@@ -28,6 +28,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from jinterp.backbones.alexnet import ALEXNET_CONVS, AlexNet
 from jinterp.backbones.cifar_resnet import CifarResNet
@@ -162,16 +163,32 @@ def gate_site(model: nn.Module) -> GateSite:
                       "CIFAR ResNets, ResNet-18/50, VGG-16(-BN), ClaDec VGG, AlexNet")
 
 
+def _param_owners(params: PyTree, position: dict[str, int]) -> dict[str, str]:
+    """``{module path: "/"-joined params prefix}`` in forward order, for the innermost module (a ``feats`` name)
+    that owns each parameter. Converted PyTorch models key params by the whole path (``features.0``); Flax
+    models nest them (``block/Conv_0``, NNX lists ``layers/0``), named ``block.Conv_0``, ``layers.0`` in feats."""
+    owners: dict[str, str] = {}
+    for key in traverse_util.flatten_dict(dict(params)):
+        parts = [str(p) for p in key[:-1]]
+        for i in range(len(parts), 0, -1):
+            if ".".join(parts[:i]) in position:
+                owners.setdefault(".".join(parts[:i]), "/".join(parts[:i]))
+                break
+    return dict(sorted(owners.items(), key=lambda kv: position[kv[0]]))
+
+
 def user_gate_site(layer_names: Sequence[str], params: PyTree, layer: str, head: str) -> GateSite:
-    """The :class:`GateSite` of a user's converted model (``jinterp.models``, e.g. ``TorchGraph``): gate the output
+    """The :class:`GateSite` of a user's model (``jinterp.models``: ``TorchGraph``, ``LinenModel``, ``NnxModel``, any
+    model whose ``apply`` takes ``edits``): gate the output
     of module ``layer`` (its last conv stage's ReLU, typically) before the classifier ``head`` (a module after it).
 
     ``layer_names``: the model's ``feats`` names in forward order (``ModelInfo.layer_names``); ``params``: its
-    ``variables["params"]`` keyed by module path. Reconstructed for models without jinterp's stage structure: the
-    stages are the parameterized modules up to ``layer``, one per module, input first (``train_stages`` frees the
-    top ones, as the released code frees the last children); the head's params are those of every module after
-    ``layer`` (so ``head`` and anything between). ``fc`` (CAM) is ``head`` when it is a linear layer taking the K
-    channels of the gated map (GAP + linear), else None. Unknown names: LayerError with the nearest match.
+    ``variables["params"]`` (keyed by module path, or nested as Flax nests them). Reconstructed for models
+    without jinterp's stage structure: the stages are the parameterized modules up to ``layer``, one per module,
+    input first (``train_stages`` frees the top ones, as the released code frees the last children); the head's
+    params are those of every module after ``layer`` (so ``head`` and anything between). ``fc`` (CAM) is ``head``
+    when it is a linear layer taking the K channels of the gated map (GAP + linear), else None. Unknown names:
+    LayerError with the nearest match.
     """
     from jinterp.backbones import registry
 
@@ -182,14 +199,16 @@ def user_gate_site(layer_names: Sequence[str], params: PyTree, layer: str, head:
         raise ConfigError(f"CSG head {head!r} is not after the gate layer {layer!r}; name the classifier after it "
                           f"(--set head=..., modules after {layer}: {', '.join(after[-6:]) or 'none'})")
     position = {n: i for i, n in enumerate(order)}
-    modules = sorted((m for m in params if m in position), key=position.__getitem__)
-    below = [m for m in modules if position[m] <= position[layer]]
-    above = [m for m in modules if position[m] > position[layer]]
+    owners = _param_owners(params, position)  # module path -> its params' "/"-joined prefix, forward order
+    below = [m for m in owners if position[m] <= position[layer]]
+    above = [m for m in owners if position[m] > position[layer]]
     if not above:
         raise ConfigError(f"no trainable module after the gate layer {layer!r}; gate an earlier layer")
-    stages = tuple(f"^{re.escape(m)}/" for m in below)
-    head_params = "^(" + "|".join(re.escape(m) for m in above) + ")/"
-    kernel = params.get(head, {}).get("kernel") if isinstance(params.get(head), dict) else None
+    stages = tuple(f"^{re.escape(owners[m])}/" for m in below)
+    head_params = "^(" + "|".join(re.escape(owners[m]) for m in above) + ")/"
+    head_leaves = {k[-1]: v for k, v in traverse_util.flatten_dict(params).items()
+                   if "/".join(map(str, k[:-1])) == owners.get(head)}
+    kernel = head_leaves.get("kernel")
     fc = head if kernel is not None and getattr(kernel, "ndim", 0) == 2 else None
     return GateSite(layer, None, stages, head_params, fc)
 

@@ -36,6 +36,8 @@ from jinterp.methods.csg import localization as loc
 from jinterp.methods.csg.config import CSGConfig
 from jinterp.methods.csg.train import Trainer
 from jinterp.metrics import information
+from jinterp.models import takes_edits
+from jinterp.models.given import with_model
 
 RESULTS_FILE = "results.json"
 
@@ -94,12 +96,18 @@ def _batched(fn, arrays: list[np.ndarray], batch: int) -> list[np.ndarray]:
     return [np.concatenate(o) for o in outs]
 
 
-def run(cfg: CSGConfig, workdir: str | Path, *, progress: bool = True, restart: bool = False) -> dict[str, Any]:
+def run(cfg: CSGConfig, workdir: str | Path, *, progress: bool = True, restart: bool = False,
+        model: Any = None, variables: Any = None) -> dict[str, Any]:
     """Runs the whole method (see the module docstring); returns and writes ``results.json``.
 
     Stages of the :class:`~jinterp.core.run.Run`: ``backbone`` (resumable when pretrained here), then ``csg``
     (training both models, evaluation and outputs; recomputed whenever its fingerprint changes).
+
+    ``model``, ``variables``: a model passed in Python instead of ``cfg.model``/``cfg.arch`` (a converted
+    ``(model, variables)`` pair, a Linen module and its variables, an NNX or PyTorch module); it runs through the
+    same stage as ``--model`` and its digest is in every stage's fingerprint (:mod:`jinterp.models.given`).
     """
+    cfg = with_model(cfg, model, variables)
     cfg.validate()
     if cfg.seeds > 1:  # the top workdir is a run too: checked, locked, its config recorded, storage errors named
         with Run(workdir, cfg, method="csg", restart=restart) as top:
@@ -202,6 +210,10 @@ def _run(cfg: CSGConfig, rn: Run, progress: bool) -> dict[str, Any]:
                                                           image_shape=image_shape, num_classes=num_classes,
                                                           data_spec=spec)
         source = binfo["weights"]
+        if not takes_edits(model):
+            raise ConfigError(f"CSG gates the output of {cfg.gate_layer} inside the model through edits=, which a "
+                              f"{type(model).__name__} does not take; pass the model as a PyTorch, Linen or NNX "
+                              "module (or from_torch/from_linen/from_nnx), or use a built-in arch (cfg.arch)")
         site = gates.user_gate_site(minfo.layer_names, variables["params"], cfg.gate_layer, cfg.head)
         if cfg.normalization == "arch":
             cfg = dataclasses.replace(cfg, normalization=binfo["normalization"])

@@ -13,12 +13,12 @@ explainer, its loss and pure train step, feeding reconstructions back into the p
 from jinterp.methods.explainer.config import ExplainerConfig
 
 
-def run(cfg, workdir, *, progress: bool = True, restart: bool = False) -> dict:
+def run(cfg, workdir, *, progress: bool = True, restart: bool = False, model=None, variables=None) -> dict:
     """:func:`jinterp.methods.explainer.program.run` (imported lazily): the whole method on ``cfg`` in ``workdir``;
     returns the results dict it also writes to ``<workdir>/results.json``."""
     from jinterp.methods.explainer.program import run as _run
 
-    return _run(cfg, workdir, progress=progress, restart=restart)
+    return _run(cfg, workdir, progress=progress, restart=restart, model=model, variables=variables)
 
 
 __all__ = ["ExplainerConfig", "run"]

@@ -32,6 +32,7 @@ from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_finger
 from jinterp.errors import ConfigError, DataError, LayerError
 from jinterp.methods.explainer import model as M
 from jinterp.methods.explainer.config import ExplainerConfig
+from jinterp.models.given import with_model
 
 RESULTS_FILE = "results.json"
 
@@ -146,14 +147,14 @@ def build(cfg: ExplainerConfig, performer, perf_vars, images: np.ndarray, model_
 
 
 def _user_replaced_logits(performer, scheme: str, target: str):
-    """``logits(perf_vars, images_uint8, recon)`` of a converted PyTorch model with layer ``target``'s output
-    replaced by ``recon`` (``TorchGraph``'s ``edits``); other user models cannot take a replacement."""
-    from jinterp.models.graph import TorchGraph
+    """``logits(perf_vars, images_uint8, recon)`` of a user's model (converted PyTorch, Linen or NNX) with layer
+    ``target``'s output replaced by ``recon`` (the model's ``edits``)."""
+    from jinterp.models import takes_edits
 
-    if not isinstance(performer, TorchGraph):
-        raise ConfigError(f"the explainer feeds its reconstruction back into the model, which jinterp can do for "
-                          f"converted PyTorch models only, not a {type(performer).__name__}; convert the model from "
-                          "PyTorch or use a built-in arch")
+    if not takes_edits(performer):
+        raise ConfigError(f"the explainer feeds its reconstruction back into the model through edits=, which a "
+                          f"{type(performer).__name__} does not take; pass the model as a PyTorch, Linen or NNX "
+                          "module (or from_torch/from_linen/from_nnx), or use a built-in arch (cfg.arch)")
 
     def logits(perf_vars, images, recon):
         x = backbones.normalize(images, scheme)
@@ -419,13 +420,18 @@ def _json_ready(x: Any) -> Any:
     return x
 
 
-def run(cfg: ExplainerConfig, workdir: str | Path, *, progress: bool = True, restart: bool = False
-        ) -> dict[str, Any]:
+def run(cfg: ExplainerConfig, workdir: str | Path, *, progress: bool = True, restart: bool = False,
+        model: Any = None, variables: Any = None) -> dict[str, Any]:
     """Runs the whole method (see the module docstring); returns and writes ``<workdir>/results.json``.
 
     Stages of the :class:`~jinterp.core.run.Run`: ``backbone`` (the performer; resumable when trained here),
     ``explainer`` (resumable: checkpoints), then ``results`` (evaluation, sweep, figures).
+
+    ``model``, ``variables``: a model passed in Python instead of ``cfg.model``/``cfg.arch`` (a converted
+    ``(model, variables)`` pair, a Linen module and its variables, an NNX or PyTorch module); it runs through the
+    same stage as ``--model`` and its digest is in every stage's fingerprint (:mod:`jinterp.models.given`).
     """
+    cfg = with_model(cfg, model, variables)
     cfg.validate()
     check_layer_order(cfg)
     with Run(workdir, cfg, method="explainer", restart=restart) as r:

@@ -14,12 +14,12 @@ from jinterp.methods.graph.geometry import LayerGeom, layer_geom
 from jinterp.methods.graph.learn import GraphLayer, learn_graph, learn_layer
 
 
-def run(cfg, workdir, *, progress: bool = True, restart: bool = False) -> dict:
+def run(cfg, workdir, *, progress: bool = True, restart: bool = False, model=None, variables=None) -> dict:
     """:func:`jinterp.methods.graph.program.run` (imported lazily): the whole method on ``cfg`` in ``workdir``;
     returns the results dict it also writes to ``<workdir>/results.json``."""
     from jinterp.methods.graph.program import run as _run
 
-    return _run(cfg, workdir, progress=progress, restart=restart)
+    return _run(cfg, workdir, progress=progress, restart=restart, model=model, variables=variables)
 
 
 __all__ = ["GraphConfig", "GraphLayer", "LayerGeom", "layer_geom", "learn_graph", "learn_layer", "run"]

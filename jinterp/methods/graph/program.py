@@ -25,6 +25,7 @@ import numpy as np
 from jinterp.core.run import Run, backbone_stage, data_fingerprint, user_model_stage
 from jinterp.errors import ConfigError, DataError
 from jinterp.methods.graph.config import GraphConfig
+from jinterp.models.given import with_model
 
 GRAPH_FILE = "graph.npz"
 RESULTS_FILE = "results.json"
@@ -273,12 +274,18 @@ def save_graph(path: Path, layers) -> None:
     np.savez_compressed(path, **arrays)
 
 
-def run(cfg: GraphConfig, workdir, *, progress: bool = True, restart: bool = False) -> dict[str, Any]:
+def run(cfg: GraphConfig, workdir, *, progress: bool = True, restart: bool = False, model: Any = None,
+        variables: Any = None) -> dict[str, Any]:
     """The whole method on ``cfg``; returns (and writes) the results dict.
 
     Stages of the :class:`~jinterp.core.run.Run`: ``backbone`` (resumable when trained here), then ``graph``
     (learning, metrics, outputs; recomputed whenever its fingerprint changes).
+
+    ``model``, ``variables``: a model passed in Python instead of ``cfg.model``/``cfg.arch`` (a converted
+    ``(model, variables)`` pair, a Linen module and its variables, an NNX or PyTorch module); it runs through the
+    same stage as ``--model`` and its digest is in every stage's fingerprint (:mod:`jinterp.models.given`).
     """
+    cfg = with_model(cfg, model, variables)
     cfg.validate()
     check_layer_order(cfg)
     with Run(workdir, cfg, method="graph", restart=restart) as r:
