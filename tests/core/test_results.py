@@ -131,7 +131,7 @@ def _configs(w):
         "csg": apply_overrides(CSGConfig.tiny(), [
             "image_size=32", "train_size=100", "test_size=40", "epochs=2", "warmup_epochs=1", "mask_period=2",
             "mask_epoch_min=1", "batch_size=50", "eval_size=40", "adv_size=8", "pgd_steps=1", "n_top_channel=2",
-            "widths=4,8,8,8", "seeds=1"]),
+            "widths=4,8,8,8", "seeds=1", "pretrain=false", "baseline=false"]),
         "explainer": dataclasses.replace(
             ExplainerConfig.tiny(), weights=w[32], train_size=64, test_size=32, image_size=32, steps=4,
             batch_size=16, eval_batch_size=32, sweep_steps=0, filters=8, log_every=2, ckpt_every=0,
@@ -139,15 +139,36 @@ def _configs(w):
     }
 
 
+def _check_tensorboard_mirrors_metrics(workdir, program):
+    """Under ``--tensorboard`` every metrics.jsonl of a training program has its event files beside it, equal."""
+    tbread = pytest.importorskip("tbread")  # tests/core/tbread.py; needs the tensorboard package (dev extra)
+    pytest.importorskip("tensorboard")
+    logs = sorted(workdir.rglob("metrics.jsonl"))
+    assert logs, f"{program} wrote no metrics.jsonl"
+    for log in logs:
+        if program == "csg":
+            got = [(s, t, v) for s, t, v, _ in tbread.tb_scalars(log.parent / "tb")]
+            assert got == tbread.csg_jsonl_scalars(log.parent) and got
+        else:
+            assert tbread.tb_scalars(log.parent / "tb") == tbread.jsonl_scalars(log.parent) != []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("program", ["train_backbone", "graph", "basis", "cladec", "csg", "explainer"])
 def test_run_returns_the_typed_result_that_load_result_reads_back(program, convnet_weights, tmp_path):
+    """Also run with TensorBoard logging on (one end-to-end run serves both): each training program's event files
+    equal its metrics.jsonl."""
     import importlib
+
+    from jinterp.core import tensorboard
 
     module = importlib.import_module("jinterp.core.train_backbone" if program == "train_backbone"
                                      else f"jinterp.methods.{program}")
     cfg = _configs(convnet_weights)[program]
-    res = module.run(cfg, tmp_path / "w", progress=False)
+    with tensorboard.logging():
+        res = module.run(cfg, tmp_path / "w", progress=False)
+    if program in ("train_backbone", "cladec", "csg", "explainer"):
+        _check_tensorboard_mirrors_metrics(tmp_path / "w", program)
     assert isinstance(res, R.Result)
     saved = json.loads((tmp_path / "w" / res.RESULTS_FILE).read_text())
     assert R.json_equal(res.to_json(), saved)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import struct
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +16,8 @@ from jinterp.core import loop, train
 from jinterp.core import tensorboard as tb
 from jinterp.core.checkpoint import Checkpointer
 
-event_file_loader = pytest.importorskip("tensorboard.backend.event_processing.event_file_loader",
-                                        reason="the tensorboard package (dev extra) reads the files back")
-tensor_util = pytest.importorskip("tensorboard.util.tensor_util")
+pytest.importorskip("tensorboard", reason="the tensorboard package (dev extra) reads the files back")
+from tbread import jsonl_scalars, tb_scalars  # noqa: E402  (tests/core/tbread.py)
 
 
 class _Killed(Exception):
@@ -51,30 +49,6 @@ def _state():
 def _step(state, batch):
     return state.replace(step=state.step + 1, params={"w": state.params["w"] + 1.0}), {
         "loss": batch["x"].mean() / 3.0, "grad_norm": jnp.float32(1), "lr": jnp.float32(0.1)}
-
-
-def tb_scalars(directory: Path) -> list[tuple[int, str, float, float]]:
-    """``(step, tag, value, wall_time)`` of every scalar in the event files of ``directory``, in file-name order,
-    as TensorBoard's own loader reads them."""
-    out = []
-    files = sorted(directory.glob("events.out.tfevents.*"))
-    for path in files:
-        events = list(event_file_loader.EventFileLoader(str(path)).Load())
-        assert events[0].file_version == "brain.Event:2"
-        for ev in events:
-            for v in ev.summary.value:
-                # The loader migrates simple_value to a scalar tensor of the scalars plugin, as TensorBoard shows it
-                assert v.metadata.plugin_data.plugin_name == "scalars"
-                out.append((ev.step, v.tag, float(tensor_util.make_ndarray(v.tensor)), ev.wall_time))
-    return out
-
-
-def jsonl_scalars(workdir: Path) -> list[tuple[int, str, float, float]]:
-    out = []
-    for line in loop.MetricsWriter(workdir).read():
-        for k, v in line["metrics"].items():
-            out.append((line["step"], f"{line['split']}/{k}", float(np.float32(v)), line["time"]))
-    return out
 
 
 def test_crc32c_and_record_framing():
