@@ -60,6 +60,9 @@ def _add_common(p: argparse.ArgumentParser, *, workdir_default: str, config_defa
     g.add_argument("--restart", action="store_true",
                    help="discard the stages of --workdir saved under other settings (checkpoints included) and "
                         "recompute them, instead of refusing to touch them")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files (<workdir>/tb/, beside each metrics.jsonl) of the "
+                        "training steps: the same scalars and steps; changes no result or fingerprint")
     g.add_argument("--data", default="synthparts",
                    help="data spec: 'synthparts' (generated in memory), 'synthparts:size=64,n_train=2000', "
                         "'cifar10:PATH', 'mnist:PATH', 'npz:PATH', 'folder:PATH', 'tfds:NAME[:DIR]', "
@@ -184,7 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         maybe_initialize()  # joins a multi-host JAX job when the launcher's environment says so
-        return args.handler(args)
+        from jinterp.core import tensorboard
+
+        with tensorboard.logging(getattr(args, "tensorboard", False)):
+            return args.handler(args)
     except JinterpError as e:
         msg = " ".join(str(e).split())  # one line
         print(f"{PROG}: error: {msg}", file=sys.stderr)

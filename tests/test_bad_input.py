@@ -976,9 +976,9 @@ def test_cladec_new_config_in_an_old_workdir_recomputes_and_never_mislabels(tmp_
     weights = _small_weights(tmp_path / "w.npz")
     work = tmp_path / "run"
     base = C.apply_overrides(ClaDecConfig.tiny(), [*CLADEC_SMALL, f"weights={weights}"])
-    first = cladec_run(base, work, progress=False)
+    first = cladec_run(base, work, progress=False).to_json()
     other = C.apply_overrides(base, ["lr=0.0001", "seed=5"])
-    second = cladec_run(other, work, progress=False)
+    second = cladec_run(other, work, progress=False).to_json()
     layer = second["layers"]["relu3"]
     assert not layer["cladec_train"].get("loaded") and not layer["refae_train"].get("loaded")
     assert second["config"]["lr"] == 0.0001 and second["config"]["seed"] == 5
@@ -991,7 +991,7 @@ def test_cladec_new_config_in_an_old_workdir_recomputes_and_never_mislabels(tmp_
     assert record["stages"]["cladec:relu3"]["fields"]["lr"] == 0.0001
     assert record["stages"]["cladec:relu3"]["status"] == "done"
     # The same settings again: every stage reused.
-    third = cladec_run(other, work, progress=False)
+    third = cladec_run(other, work, progress=False).to_json()
     assert third["layers"]["relu3"]["cladec_train"].get("loaded") and mse(third) == mse(second)
     # --config <workdir>/config.json reruns that run exactly (its weights, lr and seed): nothing is retrained.
     assert cli.main(["cladec", "--quiet", "--config", str(work / "config.json"), "--workdir", str(work)]) == 0
@@ -1127,7 +1127,7 @@ def test_graph_with_fewer_usable_images_warns_and_names_the_metrics_it_skipped(t
     weights = _small_weights(tmp_path / "w.npz")
     cfg = dataclasses.replace(GraphConfig.tiny(), data=f"npz:{npz}", weights=str(weights), image_size=32,
                               num_images=150, num_negatives=30, iterations=1, stability_units=20)
-    res = graph_run(cfg, tmp_path / "w", progress=False)
+    res = graph_run(cfg, tmp_path / "w", progress=False).to_json()
     err = capsys.readouterr().err
     assert "jinterp: warning: graph: 10 usable images instead of the 150 requested" in err
     assert "only 10 test images of category" in err
@@ -1135,6 +1135,35 @@ def test_graph_with_fewer_usable_images_warns_and_names_the_metrics_it_skipped(t
     skipped = json.loads((tmp_path / "w" / "results.json").read_text())["metrics_not_computed"]
     assert "instability_graph_nodes" in skipped["metrics"] and "no part landmarks" in skipped["reason"]
     assert "metrics not computed" in err
+
+
+@pytest.mark.parametrize("kw, field, expected", [
+    ({"num_directions": "8"}, "num_directions", "int"), ({"lr": "0.001"}, "lr", "float"),
+    ({"init": 3}, "init", "str"), ({"epochs": 2.5}, "epochs", "int"),
+])
+def test_uibe_config_built_with_a_wrong_type_is_one_line(kw, field, expected):
+    """UIBEConfig used to accept any type on its own (only BasisConfig checked it, later, with another name)."""
+    from jinterp.methods.basis.uibe import UIBEConfig
+
+    err = check_case(Case(f"uibe-{field}", lambda: UIBEConfig(**kw), ConfigError,
+                          (f"UIBEConfig.{field}", f"expected {expected}", repr(kw[field])), ()))
+    assert "\n" not in str(err)
+    with pytest.raises(ConfigError, match=rf"UIBEConfig\.{field}: expected {expected}"):
+        dataclasses.replace(UIBEConfig.tiny(), **kw)
+
+
+@pytest.mark.parametrize("kw, field, expected", [
+    ({"batch_size": "128"}, "batch_size", "int"), ({"lr": "0.01"}, "lr", "float"),
+    ({"categories": "object"}, "categories", "tuple"), ({"loss": 1}, "loss", "str"),
+])
+def test_ibd_config_built_with_a_wrong_type_is_one_line(kw, field, expected):
+    from jinterp.methods.basis.ibd import IBDConfig
+
+    err = check_case(Case(f"ibd-{field}", lambda: IBDConfig(**kw), ConfigError,
+                          (f"IBDConfig.{field}", f"expected {expected}", repr(kw[field])), ()))
+    assert "\n" not in str(err)
+    with pytest.raises(ConfigError, match=rf"IBDConfig\.{field}: expected {expected}"):
+        dataclasses.replace(IBDConfig.tiny(), **kw)
 
 
 # ------------------------------------------------------------------------------------ a user's own model (--model)

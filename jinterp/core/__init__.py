@@ -10,7 +10,9 @@
 * ``checkpoint``: ``Checkpointer`` (Orbax CheckpointManager: state + JSON meta with config and data position;
   CheckpointError on corrupt/incompatible checkpoints).
 * ``loop``: ``train_loop`` (tqdm, ``metrics.jsonl``, eval, checkpoints, NaN guard) and ``restore_or_init``.
-* ``train_backbone``: the ``jinterp train-backbone`` program.
+* ``tensorboard``: native TensorBoard event files mirroring ``metrics.jsonl`` (``--tensorboard``, ``logging()``).
+* ``results``: the typed results (one frozen pytree dataclass per program) beside ``results.json``.
+* ``train_backbone``: the ``jinterp train-backbone`` program (``train_backbone`` -> dict, ``run`` -> typed result).
 * ``features``: jitted activation extraction and caching.
 
 Submodules are imported on use (``from jinterp.core import train``) to keep ``import jinterp`` light.

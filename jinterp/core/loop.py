@@ -33,6 +33,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jinterp.core import sharding as shd
+from jinterp.core import tensorboard as tb
 from jinterp.core.checkpoint import Checkpointer
 from jinterp.errors import StorageError, TrainingError
 
@@ -42,14 +43,18 @@ GUARDED = ("loss", "grad_norm")
 
 
 class MetricsWriter:
-    """Appends ``{"step", "split", "metrics", "time"}`` lines to ``<workdir>/metrics.jsonl``."""
+    """Appends ``{"step", "split", "metrics", "time"}`` lines to ``<workdir>/metrics.jsonl``; with TensorBoard
+    logging on (``tensorboard=True``, or ``None`` and :func:`jinterp.core.tensorboard.logging` active, as
+    ``--tensorboard`` does), also the same scalars, steps and times to a new event file in ``<workdir>/tb/``."""
 
-    def __init__(self, workdir: str | Path):
+    def __init__(self, workdir: str | Path, *, tensorboard: bool | None = None):
         self.path = Path(workdir) / METRICS_FILE
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise _storage_error(self.path.parent, e) from e
+        on = tb.is_enabled() if tensorboard is None else tensorboard
+        self.events = tb.EventWriter(self.path.parent / tb.TB_DIR) if on else None
 
     def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
         line = {"step": int(step), "split": split,
@@ -57,12 +62,20 @@ class MetricsWriter:
         try:
             with self.path.open("a") as f:
                 f.write(json.dumps(line) + "\n")
+            if self.events is not None:
+                self.events.write(line["step"], tb.scalars_of(split, line["metrics"]), wall_time=line["time"])
         except OSError as e:
-            raise _storage_error(self.path, e) from e
+            raise _storage_error(self.path if self.events is None or self.events.path is None
+                                 else self.events.path, e) from e
 
     def truncate_after(self, step: int) -> None:
         """Drops lines past ``step`` (written by a run that was killed before its next checkpoint), so a
-        resumed run's log reads like an uninterrupted one."""
+        resumed run's log reads like an uninterrupted one; the TensorBoard event files in ``<workdir>/tb/`` (if
+        any, whether or not this writer logs to TensorBoard) are cut back the same way."""
+        try:
+            tb.truncate_after(self.path.parent / tb.TB_DIR, step)
+        except OSError as e:
+            raise _storage_error(self.path.parent / tb.TB_DIR, e) from e
         if not self.path.exists():
             return
         try:
@@ -153,14 +166,15 @@ def train_loop(state: Any, *, train_step: Callable, train_iter: Any, num_steps: 
                workdir: str | Path, mesh: Mesh | None = None, checkpointer: Checkpointer | None = None,
                eval_fn: Callable[[Any], Mapping[str, float]] | None = None, log_every: int = 50,
                eval_every: int = 0, ckpt_every: int = 0, progress: bool = True,
-               desc: str = "train") -> Any:
+               desc: str = "train", tensorboard: bool | None = None) -> Any:
     """Runs ``train_step`` from ``state.step`` to ``num_steps``; returns the final state.
 
     train_step: ``(state, batch) -> (state, metrics)`` (jitted, state donated). eval_fn: ``state -> dict``
     of host floats, logged with split ``"test"`` every ``eval_every`` steps and at the end. Checkpoints every
     ``ckpt_every`` steps and at the last step. Raises TrainingError on a NaN/Inf loss or gradient norm.
+    tensorboard: also log to ``<workdir>/tb/`` (None: as :func:`jinterp.core.tensorboard.logging` says).
     """
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, tensorboard=tensorboard)
     start = int(jax.device_get(state.step))
     # Lines past the step we start from were written by a run killed before its next checkpoint (or before the
     # first one): drop them, so the log reads like an uninterrupted run's, with every step once.

@@ -3,6 +3,8 @@
     from jinterp.core.config import TrainBackboneConfig
     from jinterp.core.train_backbone import train_backbone
     final = train_backbone(TrainBackboneConfig.tiny(), "runs/x")    # {"test_accuracy": ..., ...}
+    res = run(TrainBackboneConfig.tiny(), "runs/x")   # the same as a typed TrainBackboneResult (+ params arrays)
+    res = load_result("runs/x")                        # read back from final_metrics.json and params.npz
 
 The work directory receives ``config.json``, ``metrics.jsonl``, ``checkpoints/<step>/`` (resume: rerun the same
 command), and at the end ``params.npz`` (``jinterp.backbones.torch_import.save_variables`` format, loadable
@@ -26,6 +28,7 @@ from jinterp.core import loop, train
 from jinterp.core import sharding as shd
 from jinterp.core.checkpoint import RESUMABLE_CHANGES, Checkpointer
 from jinterp.core.config import TrainBackboneConfig, to_dict
+from jinterp.core.results import TrainBackboneResult, finished
 from jinterp.core.run import Run, data_fingerprint, file_fingerprint, load_backbone_weights
 from jinterp.errors import ConfigError, DataError, StorageError, WeightsError
 
@@ -74,6 +77,19 @@ def train_backbone(cfg: TrainBackboneConfig, workdir: str | Path, *, progress: b
     normalization_stats(cfg)
     with Run(workdir, cfg, method="train-backbone", restart=restart) as r:
         return _train(cfg, r, progress=progress, mesh=mesh)
+
+
+def run(cfg: TrainBackboneConfig, workdir: str | Path, *, progress: bool = True,
+        mesh: jax.sharding.Mesh | None = None, restart: bool = False) -> TrainBackboneResult:
+    """:func:`train_backbone` returning the typed :class:`~jinterp.core.results.TrainBackboneResult` (``.to_json()``
+    is ``final_metrics.json``; ``arrays["params"]`` the trained variables), like ``jinterp.methods.<m>.run``."""
+    return finished(TrainBackboneResult, train_backbone(cfg, workdir, progress=progress, mesh=mesh, restart=restart),
+                    workdir)
+
+
+def load_result(workdir: str | Path) -> TrainBackboneResult:
+    """A finished training's ``final_metrics.json`` and ``params.npz`` as a :class:`TrainBackboneResult`."""
+    return TrainBackboneResult.load(workdir)
 
 
 def stage_fields(cfg: TrainBackboneConfig) -> dict[str, Any]:

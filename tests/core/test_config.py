@@ -87,13 +87,15 @@ def test_valid_keys_are_dotted():
 # ------------------------------------------------------------------ typed fields through the Python API (defect 3)
 def _all_method_configs():
     from jinterp.methods.basis.config import BasisConfig
+    from jinterp.methods.basis.ibd import IBDConfig
+    from jinterp.methods.basis.uibe import UIBEConfig
     from jinterp.methods.cladec.config import ClaDecConfig
     from jinterp.methods.csg.config import CSGConfig, PathOptim
     from jinterp.methods.explainer.config import ExplainerConfig
     from jinterp.methods.graph.config import GraphConfig
 
     return [C.TrainBackboneConfig, C.OptimConfig, BasisConfig, ClaDecConfig, CSGConfig, PathOptim, ExplainerConfig,
-            GraphConfig]
+            GraphConfig, UIBEConfig, IBDConfig]
 
 
 @pytest.mark.parametrize("cls", _all_method_configs(), ids=lambda c: c.__name__)
@@ -140,10 +142,11 @@ def test_nested_and_constructor_fields_are_checked():
     from jinterp.methods.basis.config import BasisConfig
     from jinterp.methods.basis.uibe import UIBEConfig
 
-    # UIBEConfig has no check of its own; BasisConfig checks its fields when it is built.
-    bad_uibe = UIBEConfig(lr="0.1")
-    with pytest.raises(ConfigError, match=r"BasisConfig\.uibe\.lr: expected float, got '0\.1'"):
-        dataclasses.replace(BasisConfig.tiny(), uibe=bad_uibe)
+    # UIBEConfig checks its own fields when it is built; BasisConfig checks that its uibe field is one.
+    with pytest.raises(ConfigError, match=r"UIBEConfig\.lr: expected float, got '0\.1'"):
+        UIBEConfig(lr="0.1")
+    with pytest.raises(ConfigError, match=r"BasisConfig\.uibe: expected UIBEConfig, got 3"):
+        dataclasses.replace(BasisConfig.tiny(), uibe=3)
 
 
 def test_lossless_coercions_are_stored():

@@ -119,7 +119,7 @@ def test_explainer_from_python(converted, tmp_path):
                                                    "steps=3", "sweep_steps=0", "batch_size=16",
                                                    "eval_batch_size=32"])
     w = tmp_path / "ex"
-    res = run(cfg, w, progress=False, model=model, variables=variables)
+    res = run(cfg, w, progress=False, model=model, variables=variables).to_json()
     assert res["in_shape"] == [32, 32, 16] and res["out_shape"] == [16, 16, 16]
     assert res["performer_unchanged"] and "accuracy_replaced" in res
     label = _check_recorded(w, model, variables)
@@ -141,14 +141,14 @@ def test_basis_from_python_recomputes_for_another_variable(converted, tmp_path):
                                                "n_train=60", "n_test=40", "fit_pixels=1000", "uibe.epochs=1",
                                                "uibe.restarts=1", "batch_size=30", "methods=uibe,natural"])
     w = tmp_path / "ba"
-    res = run(cfg, w, progress=False, model=model, variables=variables)
+    res = run(cfg, w, progress=False, model=model, variables=variables).to_json()
     assert res["layer"] == "features.9" and res["channels"] == 16
     label = _check_recorded(w, model, variables)
     _downstream_reads_backbone(w, "bases")
     before = _stages(w)
     changed = dict(variables, params={**variables["params"], "features.8": {  # the gated layer's BN shift
         **variables["params"]["features.8"], "bias": variables["params"]["features.8"]["bias"] + 0.5}})
-    again = run(cfg, w, progress=False, model=model, variables=changed)
+    again = run(cfg, w, progress=False, model=model, variables=changed).to_json()
     after = _stages(w)
     assert _check_recorded(w, model, changed) != label
     assert after["bases"]["fingerprint"] != before["bases"]["fingerprint"]
@@ -165,7 +165,7 @@ def test_graph_from_python(converted, tmp_path):
                                                "image_size=32", "stability_units=10", "transfer_top_t=5",
                                                "iterations=2"])
     w = tmp_path / "gr"
-    res = run(cfg, w, progress=False, model=model, variables=variables)
+    res = run(cfg, w, progress=False, model=model, variables=variables).to_json()
     assert [(ly["name"], ly["map"]) for ly in res["layers"]] == [("features.4", [32, 32, 16]),
                                                                   ("features.8", [16, 16, 16])]
     _check_recorded(w, model, variables)
@@ -181,7 +181,7 @@ def test_cladec_from_python(converted, tmp_path):
                                                 "retrain_epochs=0", "alphas=0,0.1", "batch_size=32",
                                                 "eval_batch_size=32", "refae=false"])
     w = tmp_path / "cl"
-    res = run(cfg, w, progress=False, model=model, variables=variables)
+    res = run(cfg, w, progress=False, model=model, variables=variables).to_json()
     assert res["layers"]["features.5"]["act_shape"] == [32, 32, 16]
     _check_recorded(w, model, variables)
     stages = _stages(w)
@@ -198,7 +198,7 @@ def test_csg_from_python_trains_the_given_parameters(converted, tmp_path):
                                              "eval_size=50", "adv_size=8", "pgd_steps=1", "batch_size=25",
                                              "baseline=false", "seeds=1"])
     w = tmp_path / "csg"
-    res = run(cfg, w, progress=False, model=model, variables=variables)
+    res = run(cfg, w, progress=False, model=model, variables=variables).to_json()
     assert res["gate_layer"] == "features.9" and res["num_filters"] == 16
     _check_recorded(w, model, variables)
     _downstream_reads_backbone(w, "csg")

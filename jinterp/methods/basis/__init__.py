@@ -8,6 +8,7 @@ Modules: ``config`` (BasisConfig), ``uibe`` (the rotation with sparse thresholde
 classifier per concept), ``planted`` (synthetic features with known concept directions), ``program``, ``cli``.
 """
 
+from jinterp.core.results import BasisResult
 from jinterp.methods.basis import ibd, planted, uibe
 from jinterp.methods.basis.config import METHODS, BasisConfig
 from jinterp.methods.basis.ibd import IBDConfig, IBDResult
@@ -15,13 +16,23 @@ from jinterp.methods.basis.planted import PlantedConfig
 from jinterp.methods.basis.uibe import UIBEConfig, UIBEResult
 
 
-def run(cfg, workdir, *, progress: bool = True, restart: bool = False, model=None, variables=None) -> dict:
-    """:func:`jinterp.methods.basis.program.run` (imported lazily): the whole method on ``cfg`` in ``workdir``;
-    returns the results dict it also writes to ``<workdir>/results.json``."""
+def run(cfg, workdir, *, progress: bool = True, restart: bool = False, model=None,
+        variables=None) -> BasisResult:
+    """The whole method on ``cfg`` in ``workdir`` (:func:`jinterp.methods.basis.program.run`, imported lazily);
+    returns the typed :class:`~jinterp.core.results.BasisResult`
+    of the ``results.json`` it writes (``.to_json()`` is that dict; ``program.run`` returns the dict itself,
+    for the CLI and the demo)."""
+    from jinterp.core import results
     from jinterp.methods.basis.program import run as _run
 
-    return _run(cfg, workdir, progress=progress, restart=restart, model=model, variables=variables)
+    return results.finished(BasisResult, _run(cfg, workdir, progress=progress, restart=restart,
+                                                    model=model, variables=variables), workdir)
 
 
-__all__ = ["METHODS", "BasisConfig", "IBDConfig", "IBDResult", "PlantedConfig", "UIBEConfig", "UIBEResult", "ibd",
-           "planted", "run", "uibe"]
+def load_result(workdir) -> BasisResult:
+    """A finished run's results (``<workdir>/results.json`` and its array files) as a :class:`BasisResult`."""
+    return BasisResult.load(workdir)
+
+
+__all__ = ["BasisConfig", "BasisResult", "IBDConfig", "IBDResult", "METHODS", "PlantedConfig", "UIBEConfig",
+           "UIBEResult", "ibd", "load_result", "planted", "run", "uibe"]

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jinterp.core.config import check_field_types
 from jinterp.errors import ConfigError, DataError, ShapeError
 
 
@@ -60,6 +61,10 @@ class IBDConfig:
     init: str = "torch"             # "torch": nn.Linear's U(±1/sqrt(D)) (release); "zeros"
     categories: tuple[str, ...] = ("object", "part")  # concept categories trained (IBD); () = all
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Built on its own through the Python API too: a wrongly typed field is a one-line ConfigError here.
+        check_field_types(self)
 
     @classmethod
     def paper(cls) -> IBDConfig:

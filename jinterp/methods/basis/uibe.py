@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jinterp.core.config import check_field_types
 from jinterp.errors import ConfigError, ShapeError
 
 LN2 = math.log(2.0)
@@ -70,6 +71,10 @@ class UIBEConfig:
     bias_init: float = 2.0              # b₀: few detectors fire at the start
     restarts: int = 1                   # inits trained at once (vmap); the lowest final loss wins [jinterp addition]
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Built on its own through the Python API too: a wrongly typed field is a one-line ConfigError here.
+        check_field_types(self)
 
     @classmethod
     def paper(cls) -> UIBEConfig:

@@ -13,16 +13,28 @@ a layer's shape), ``training`` (losses, PyTorch-style optimizers, the vmapped α
 ``program`` (end to end), ``cli`` (``jinterp cladec``).
 """
 
+from jinterp.core.results import ClaDecResult
 from jinterp.methods.cladec.config import OFFICIAL_LAYINDEX, ClaDecConfig, official_decay_epochs
 from jinterp.methods.cladec.decoder import Decoder, DecoderPlan, make_decoder, plan_decoder
 
 
-def run(cfg, workdir, *, progress: bool = True, restart: bool = False, model=None, variables=None) -> dict:
-    """:func:`jinterp.methods.cladec.program.run` (imported lazily)."""
+def run(cfg, workdir, *, progress: bool = True, restart: bool = False, model=None,
+        variables=None) -> ClaDecResult:
+    """The whole method on ``cfg`` in ``workdir`` (:func:`jinterp.methods.cladec.program.run`, imported lazily);
+    returns the typed :class:`~jinterp.core.results.ClaDecResult`
+    of the ``results.json`` it writes (``.to_json()`` is that dict; ``program.run`` returns the dict itself,
+    for the CLI and the demo)."""
+    from jinterp.core import results
     from jinterp.methods.cladec.program import run as _run
 
-    return _run(cfg, workdir, progress=progress, restart=restart, model=model, variables=variables)
+    return results.finished(ClaDecResult, _run(cfg, workdir, progress=progress, restart=restart,
+                                                    model=model, variables=variables), workdir)
 
 
-__all__ = ["OFFICIAL_LAYINDEX", "ClaDecConfig", "Decoder", "DecoderPlan", "make_decoder", "official_decay_epochs",
-           "plan_decoder", "run"]
+def load_result(workdir) -> ClaDecResult:
+    """A finished run's results (``<workdir>/results.json`` and its array files) as a :class:`ClaDecResult`."""
+    return ClaDecResult.load(workdir)
+
+
+__all__ = ["ClaDecConfig", "ClaDecResult", "Decoder", "DecoderPlan", "OFFICIAL_LAYINDEX", "load_result", "make_decoder",
+           "official_decay_epochs", "plan_decoder", "run"]

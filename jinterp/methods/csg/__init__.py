@@ -8,15 +8,26 @@
     results = run(CSGConfig.tiny(), "runs/csg")
 """
 
+from jinterp.core.results import CSGResult
 from jinterp.methods.csg.config import CSGConfig, PathOptim
 
 
-def run(cfg, workdir, *, progress: bool = True, restart: bool = False, model=None, variables=None) -> dict:
-    """:func:`jinterp.methods.csg.program.run` (imported lazily): the whole method on ``cfg`` in ``workdir``;
-    returns the results dict it also writes to ``<workdir>/results.json``."""
+def run(cfg, workdir, *, progress: bool = True, restart: bool = False, model=None,
+        variables=None) -> CSGResult:
+    """The whole method on ``cfg`` in ``workdir`` (:func:`jinterp.methods.csg.program.run`, imported lazily);
+    returns the typed :class:`~jinterp.core.results.CSGResult`
+    of the ``results.json`` it writes (``.to_json()`` is that dict; ``program.run`` returns the dict itself,
+    for the CLI and the demo)."""
+    from jinterp.core import results
     from jinterp.methods.csg.program import run as _run
 
-    return _run(cfg, workdir, progress=progress, restart=restart, model=model, variables=variables)
+    return results.finished(CSGResult, _run(cfg, workdir, progress=progress, restart=restart,
+                                                    model=model, variables=variables), workdir)
 
 
-__all__ = ["CSGConfig", "PathOptim", "run"]
+def load_result(workdir) -> CSGResult:
+    """A finished run's results (``<workdir>/results.json`` and its array files) as a :class:`CSGResult`."""
+    return CSGResult.load(workdir)
+
+
+__all__ = ["CSGConfig", "CSGResult", "PathOptim", "load_result", "run"]

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jinterp import backbones, data
+from jinterp.core import tensorboard as tb
 from jinterp.core.config import to_dict
 from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_fingerprint, user_model_stage
 from jinterp.core.train_backbone import normalization_stats
@@ -251,11 +252,16 @@ def _run(cfg: CSGConfig, rn: Run, progress: bool) -> dict[str, Any]:
 
     metrics_path = workdir / "metrics.jsonl"
     metrics_path.write_text("")
+    # --tensorboard: the same per-epoch scalars (tags <run>/<key>, step = epoch), started afresh like metrics.jsonl
+    tb.truncate_after(workdir / tb.TB_DIR, -1)
+    events = tb.EventWriter(workdir / tb.TB_DIR) if tb.is_enabled() else None
 
     def logger(run_name):
         def log(rec):
             with metrics_path.open("a") as f:
                 f.write(json.dumps({"run": run_name, **rec}) + "\n")
+            if events is not None:
+                events.write(rec["epoch"], tb.scalars_of(run_name, rec))
         return log
 
     # ---- training: CSG and the standard baseline from the same variables, data order and seed

@@ -10,15 +10,26 @@ explainer, its loss and pure train step, feeding reconstructions back into the p
     results = run(ExplainerConfig.tiny(), "runs/explainer")
 """
 
+from jinterp.core.results import ExplainerResult
 from jinterp.methods.explainer.config import ExplainerConfig
 
 
-def run(cfg, workdir, *, progress: bool = True, restart: bool = False, model=None, variables=None) -> dict:
-    """:func:`jinterp.methods.explainer.program.run` (imported lazily): the whole method on ``cfg`` in ``workdir``;
-    returns the results dict it also writes to ``<workdir>/results.json``."""
+def run(cfg, workdir, *, progress: bool = True, restart: bool = False, model=None,
+        variables=None) -> ExplainerResult:
+    """The whole method on ``cfg`` in ``workdir`` (:func:`jinterp.methods.explainer.program.run`, imported lazily);
+    returns the typed :class:`~jinterp.core.results.ExplainerResult`
+    of the ``results.json`` it writes (``.to_json()`` is that dict; ``program.run`` returns the dict itself,
+    for the CLI and the demo)."""
+    from jinterp.core import results
     from jinterp.methods.explainer.program import run as _run
 
-    return _run(cfg, workdir, progress=progress, restart=restart, model=model, variables=variables)
+    return results.finished(ExplainerResult, _run(cfg, workdir, progress=progress, restart=restart,
+                                                    model=model, variables=variables), workdir)
 
 
-__all__ = ["ExplainerConfig", "run"]
+def load_result(workdir) -> ExplainerResult:
+    """A finished run's results (``<workdir>/results.json`` and its array files) as a :class:`ExplainerResult`."""
+    return ExplainerResult.load(workdir)
+
+
+__all__ = ["ExplainerConfig", "ExplainerResult", "load_result", "run"]

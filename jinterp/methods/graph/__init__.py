@@ -9,17 +9,29 @@ std), ``init`` (node init), ``estep`` / ``mstep`` (EM), ``parents`` (edges + par
     results = run(GraphConfig.tiny(), "runs/graph")
 """
 
+from jinterp.core.results import GraphResult
 from jinterp.methods.graph.config import GraphConfig
 from jinterp.methods.graph.geometry import LayerGeom, layer_geom
 from jinterp.methods.graph.learn import GraphLayer, learn_graph, learn_layer
 
 
-def run(cfg, workdir, *, progress: bool = True, restart: bool = False, model=None, variables=None) -> dict:
-    """:func:`jinterp.methods.graph.program.run` (imported lazily): the whole method on ``cfg`` in ``workdir``;
-    returns the results dict it also writes to ``<workdir>/results.json``."""
+def run(cfg, workdir, *, progress: bool = True, restart: bool = False, model=None,
+        variables=None) -> GraphResult:
+    """The whole method on ``cfg`` in ``workdir`` (:func:`jinterp.methods.graph.program.run`, imported lazily);
+    returns the typed :class:`~jinterp.core.results.GraphResult`
+    of the ``results.json`` it writes (``.to_json()`` is that dict; ``program.run`` returns the dict itself,
+    for the CLI and the demo)."""
+    from jinterp.core import results
     from jinterp.methods.graph.program import run as _run
 
-    return _run(cfg, workdir, progress=progress, restart=restart, model=model, variables=variables)
+    return results.finished(GraphResult, _run(cfg, workdir, progress=progress, restart=restart,
+                                                    model=model, variables=variables), workdir)
 
 
-__all__ = ["GraphConfig", "GraphLayer", "LayerGeom", "layer_geom", "learn_graph", "learn_layer", "run"]
+def load_result(workdir) -> GraphResult:
+    """A finished run's results (``<workdir>/results.json`` and its array files) as a :class:`GraphResult`."""
+    return GraphResult.load(workdir)
+
+
+__all__ = ["GraphConfig", "GraphLayer", "GraphResult", "LayerGeom", "layer_geom", "learn_graph", "learn_layer",
+           "load_result", "run"]
