@@ -27,8 +27,9 @@ O(D·I²) per step (small next to the pixel matmul) and cannot drift, because Q 
 solver call): ``A`` itself is kept on the Stiefel manifold by a polar retraction after every update (Newton–Schulz,
 :func:`polar_factor`), and the loss reads ``Q = A(3I − AᵀA)/2``, one Newton–Schulz step, whose value is ``A`` to
 O(‖AᵀA − I‖²) and whose derivative at an orthonormal ``A`` is exactly the polar map's,
-``dQ = (I − AAᵀ)dA + A·skew(AᵀdA)``. Same manifold and objective as QR, different coordinates, so the trajectory
-differs while the optimum is the same (``tests/methods/basis/test_uibe.py`` checks both on a planted problem).
+``dQ = (I − AAᵀ)dA + A·skew(AᵀdA)`` (a ``custom_vjp`` applies its adjoint, :func:`polar_on_manifold`). Same
+manifold and objective as QR, different coordinates, so the trajectory differs while the optimum is the same
+(``tests/methods/basis/test_uibe.py`` checks both on a planted problem).
 
 Hot path: one epoch is a ``lax.scan`` over pixel mini-batches inside one jit (no Python loop over steps).
 """
@@ -49,6 +50,9 @@ from jinterp.errors import ConfigError, ShapeError
 
 LN2 = math.log(2.0)
 ORTHONORMALIZATIONS = ("qr", "polar")
+# The polar retraction after each step stops at max|aᵀa − I| ≤ 1e-5 (2 Newton–Schulz iterations after a typical
+# step at D = 512; 1e-6 took 4, near float32's floor there); the returned basis is polished to 1e-6.
+RETRACTION_TOL = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,9 +156,30 @@ def _gram(x: jax.Array) -> jax.Array:
 
 def newton_schulz_step(x: jax.Array, gram: jax.Array | None = None) -> jax.Array:
     """One Newton–Schulz polar step ``X(3I − XᵀX)/2`` of ``(D, I)``: squares the distance of XᵀX from I (for
-    singular values in (0, √3)); differentiable, two matmuls."""
+    singular values in (0, √3)); two matmuls."""
     g = _gram(x) if gram is None else gram
     return 1.5 * x - 0.5 * jnp.matmul(x, g, precision=jax.lax.Precision.HIGHEST)
+
+
+@jax.custom_vjp
+def polar_on_manifold(a: jax.Array) -> jax.Array:
+    """``Q`` for an orthonormal ``(D, I)`` ``a`` (the polar parametrization's loss): one Newton–Schulz step, so Q is
+    ``a`` to O(‖aᵀa − I‖²), with the polar map's exact vector-Jacobian product at an orthonormal point,
+    ``ḡ ↦ ḡ − a·sym(aᵀḡ)`` (the adjoint of ``dQ = dA − A·sym(AᵀdA)``): two matmuls in the backward, where autodiff
+    through the step takes four."""
+    return newton_schulz_step(a)
+
+
+def _polar_fwd(a):
+    return newton_schulz_step(a), a
+
+
+def _polar_bwd(a, g):
+    ag = jnp.matmul(a.T, g, precision=jax.lax.Precision.HIGHEST)
+    return (g - jnp.matmul(a, 0.5 * (ag + ag.T), precision=jax.lax.Precision.HIGHEST),)
+
+
+polar_on_manifold.defvjp(_polar_fwd, _polar_bwd)
 
 
 def polar_factor(a: jax.Array, tol: float = 1e-6, max_iters: int = 100) -> jax.Array:
@@ -191,7 +216,7 @@ def detector_logits(params: UIBEParams, x: jax.Array, method: str = "qr") -> jax
     """``(..., D)`` standardised features -> ``(..., I)`` pre-sigmoid detector outputs ``Qᵀx / M − b``.
 
     ``method="polar"`` expects ``params.a`` orthonormal (kept so by :func:`retract`): Q is one Newton–Schulz step."""
-    q = newton_schulz_step(params.a) if method == "polar" else orthonormalize(params.a)
+    q = polar_on_manifold(params.a) if method == "polar" else orthonormalize(params.a)
     return jnp.matmul(x, q, precision=jax.lax.Precision.HIGHEST) / margin(params) - params.b
 
 
@@ -244,7 +269,7 @@ def retract(params: UIBEParams, cfg: UIBEConfig) -> UIBEParams:
     ``"qr"`` leaves ``a`` free (Q is recomputed from it by QR)."""
     if cfg.orthonormalization != "polar":
         return params
-    return params._replace(a=polar_factor(jax.lax.stop_gradient(params.a)))
+    return params._replace(a=polar_factor(jax.lax.stop_gradient(params.a), tol=RETRACTION_TOL))
 
 
 def train_step(params: UIBEParams, opt_state, x: jax.Array, cfg: UIBEConfig, tx: optax.GradientTransformation):

@@ -103,6 +103,12 @@ def test_newton_schulz_step_has_the_polar_derivative_at_an_orthonormal_point():
     ata = np.asarray(a.T @ da)
     want = (np.eye(12) - a @ a.T) @ da + a @ (ata - ata.T) / 2
     np.testing.assert_allclose(dq, want, atol=1e-5)
+    # The loss' custom VJP is the adjoint of that derivative: <ḡ, dQ> = <vjp(ḡ), dA>, and Q itself is A.
+    g = jax.random.normal(jax.random.key(3), (12, 5))
+    q2, vjp = jax.vjp(uibe.polar_on_manifold, a)
+    np.testing.assert_allclose(q2, a, atol=1e-6)
+    np.testing.assert_allclose(float(jnp.sum(vjp(g)[0] * da)), float(np.sum(np.asarray(g) * want)), rtol=1e-5)
+    np.testing.assert_allclose(vjp(g)[0], jax.vjp(uibe.newton_schulz_step, a)[1](g)[0], atol=1e-5)
 
 
 def test_polar_and_qr_reach_the_same_optimum_on_a_planted_problem():
