@@ -11,6 +11,10 @@ Pipelines (the PyTorch side is ``jinterp/bench/torch_basis.py``; same inputs, sa
   ``lr · sign(rounding noise)`` in either framework, up to 1e-3 apart with nothing wrong).
   Shapes: the synthparts ConvNet ``relu4`` layer (D = 64, I = 63) and ResNet-18 ``layer4`` as in the paper line
   (D = 512, I = 500), batch 4096 pixels (the spec's reference batch).
+* ``basis.uibe_step_polar`` — the same step with ``orthonormalization="polar"`` (one Newton–Schulz step in the
+  loss, a Newton–Schulz polar retraction of ``a`` after the update: matmuls only, no LAPACK), against PyTorch's
+  twin of that parametrization (``torch_basis.UIBEPolarStep``). Its JAX time beside ``basis.uibe_step``'s, from
+  the same run, is the QR-vs-polar comparison (issue #21).
 * ``basis.tally`` — the dissection counters of one image batch: activations ``(B, h, w, U)`` -> bilinear
   upsampling to the label resolution -> ``≥ T`` masks -> intersections with every present concept, activated
   pixels per category, label pixel counts (JAX: :func:`jinterp.metrics.dissection._tally_batch`, the jitted body
@@ -36,7 +40,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jinterp.bench import harness
 from jinterp.bench.harness import Case, main_for
@@ -64,13 +67,13 @@ def _maxdiff(pairs) -> float:
 # UIBE step
 
 
-def uibe_case(dim: int, n_dirs: int, batch: int, device: str | None = None) -> Case:
+def uibe_case(dim: int, n_dirs: int, batch: int, device: str | None = None, orthonormalization: str = "qr") -> Case:
     import torch
 
     device = device or harness.torch_device()
     from jinterp.bench import torch_basis
 
-    cfg = uibe.UIBEConfig(num_directions=n_dirs, batch_size=batch)
+    cfg = uibe.UIBEConfig(num_directions=n_dirs, batch_size=batch, orthonormalization=orthonormalization)
     rng = np.random.default_rng(0)
     # ReLU-like features: non-negative, correlated channels.
     raw = np.maximum(rng.standard_normal((4 * batch, dim)) @ rng.standard_normal((dim, dim)) / np.sqrt(dim) + 0.3,
@@ -81,9 +84,7 @@ def uibe_case(dim: int, n_dirs: int, batch: int, device: str | None = None) -> C
     tx = uibe.make_optimizer(cfg, steps_per_epoch=4)
 
     def step(p, s, x):
-        (loss, parts), g = jax.value_and_grad(uibe.losses, has_aux=True)(p, uibe.standardize(std, x), cfg)
-        upd, s = tx.update(g, s, p, value=loss)
-        return optax.apply_updates(p, upd), s, parts
+        return uibe.train_step(p, s, uibe.standardize(std, x), cfg, tx)
 
     jstep = jax.jit(step, donate_argnums=(0, 1))
     fresh = lambda: jax.tree.map(jnp.array, p0)  # noqa: E731  (copies: donated)
@@ -99,7 +100,8 @@ def uibe_case(dim: int, n_dirs: int, batch: int, device: str | None = None) -> C
     lr = cfg.lr * cfg.batch_size / cfg.reference_batch
     tkw = dict(lambda_sparsity=cfg.lambda_sparsity, lambda_max_activation=cfg.lambda_max_activation,
                lambda_margin=cfg.lambda_margin, lambda_inactive=cfg.lambda_inactive)
-    new_torch = lambda: torch_basis.UIBEStep(np.asarray(p0.a), float(p0.m), float(p0.b), np.asarray(std.mean),  # noqa: E731
+    torch_step = torch_basis.UIBEPolarStep if orthonormalization == "polar" else torch_basis.UIBEStep
+    new_torch = lambda: torch_step(np.asarray(p0.a), float(p0.m), float(p0.b), np.asarray(std.mean),  # noqa: E731
                                              np.asarray(std.std), lr, device=device, **tkw)
     tstep = new_torch()
     xt = torch.from_numpy(xb).to(device)
@@ -124,9 +126,20 @@ def uibe_case(dim: int, n_dirs: int, batch: int, device: str | None = None) -> C
         p = fresh()
         return jax.jit(step).lower(p, tx.init(p), xj)
 
+    if orthonormalization == "polar":
+        return Case("basis.uibe_step_polar", {"D": dim, "I": n_dirs, "batch": batch}, jax_fn, lambda: tstep(xt),
+                    check, atol=2e-5, jax_lowered=lowered, items=batch,
+                    note="orthonormalization='polar': one Newton-Schulz step in the loss, Adam, Newton-Schulz "
+                         "retraction (no LAPACK); compare its JAX ms with basis.uibe_step's (QR) in the same run")
     return Case("basis.uibe_step", {"D": dim, "I": n_dirs, "batch": batch}, jax_fn, lambda: tstep(xt), check,
                 atol=2e-5, jax_lowered=lowered, items=batch,
                 note="one Adam step: loss + grad (through QR) + update; agreement: losses, gradients, updated params")
+
+
+def uibe_polar_case(dim: int, n_dirs: int, batch: int, device: str | None = None) -> Case:
+    """``basis.uibe_step_polar``: the UIBE step with ``orthonormalization="polar"`` (issue #21: UIBE without
+    LAPACK QR), against PyTorch's twin of the same parametrization (``torch_basis.UIBEPolarStep``)."""
+    return uibe_case(dim, n_dirs, batch, device, orthonormalization="polar")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -319,7 +332,8 @@ def ibd_case(pixels: int, dim: int, n_c: int, max_pos: int, device: str | None =
 
 def cases(quick: bool) -> list[Case]:
     u, t, lp, i = (UIBE_QUICK, TALLY_QUICK, LOOP_QUICK, IBD_QUICK) if quick else (UIBE, TALLY, LOOP, IBD)
-    return ([uibe_case(*c) for c in u] + [tally_case(*c) for c in t] + [tally_loop_case(*c) for c in lp]
+    return ([uibe_case(*c) for c in u] + [uibe_polar_case(*c) for c in u] + [tally_case(*c) for c in t]
+            + [tally_loop_case(*c) for c in lp]
             + [ibd_case(*c) for c in i])
 
 

@@ -5,6 +5,8 @@ would in PyTorch (float32, autograd, ``torch.optim.Adam``, ``F.interpolate``), n
 
 * :class:`UIBEStep` — one UIBE optimisation step: QR-orthonormalised ``Q`` (sign-fixed), ``M = softplus(m)``,
   ``y = σ(Qᵀx̃/M − b)``, the losses L^s, L^ma, L^mm (and L^ic when weighted), backward, Adam update.
+  :class:`UIBEPolarStep`: the same with ``orthonormalization="polar"`` (one Newton–Schulz step in the loss, a
+  Newton–Schulz polar retraction of ``a`` after the update).
 * :func:`tally_batch` — the dissection tally of one image batch: bilinear upsampling to the label resolution
   (``align_corners=False``, edges clamped: the same half-pixel-centred resize as ``jax.image.resize``), threshold
   ``≥ T``, each image's present concepts padded to ``max_labels``, intersections as a batched matmul,
@@ -40,9 +42,10 @@ def orthonormalize(a: torch.Tensor) -> torch.Tensor:
 
 
 def uibe_losses(a, m, b, x, *, lambda_sparsity=2.6, lambda_max_activation=2.8, lambda_margin=0.6,
-                lambda_inactive=0.0, inactive_tau=0.9, inactive_gamma=1.1):
-    """Weighted UIBE objective and ``(total, L^s, L^ma, L^mm)`` for a standardised ``(B, D)`` batch."""
-    q = orthonormalize(a)
+                lambda_inactive=0.0, inactive_tau=0.9, inactive_gamma=1.1, orthonormal=orthonormalize):
+    """Weighted UIBE objective and ``(total, L^s, L^ma, L^mm)`` for a standardised ``(B, D)`` batch; ``Q =
+    orthonormal(a)`` (QR; :func:`newton_schulz_step` for the polar parametrization)."""
+    q = orthonormal(a)
     margin = F.softplus(m) + 1e-6
     logits = x @ q / margin - b
     log_y = F.logsigmoid(logits)
@@ -241,3 +244,40 @@ def ibd_epoch(w, b, x, pos_idx, pos_mask, pool_idx, pool_mask, hard: bool, *, lr
     losses, counts = torch.stack(losses), torch.stack(counts)
     mean_loss = (losses * counts).sum(0) / counts.sum(0).clamp(min=1.0)
     return w.detach(), b.detach(), mean_loss
+
+
+# --------------------------------------------------------------------------------------------------------------
+# UIBE, orthonormalization="polar"
+
+
+def newton_schulz_step(x: torch.Tensor) -> torch.Tensor:
+    """``X(3I − XᵀX)/2``: one Newton–Schulz polar step of ``(D, I)``."""
+    return 1.5 * x - 0.5 * x @ (x.T @ x)
+
+
+@torch.no_grad()
+def polar_factor(a: torch.Tensor, tol: float = 1e-6, max_iters: int = 100) -> torch.Tensor:
+    """Polar factor by Newton–Schulz until ``max|XᵀX − I| ≤ tol`` (pre-scaled only where σ_max may reach √3)."""
+    eye = torch.eye(a.shape[1], dtype=a.dtype, device=a.device)
+    bound = float((a.T @ a).abs().sum(1).max())
+    x = a / math.sqrt(bound) if bound > 2.9 else a
+    for _ in range(max_iters):
+        g = x.T @ x
+        if float((g - eye).abs().max()) <= tol:
+            break
+        x = 1.5 * x - 0.5 * x @ g
+    return x
+
+
+class UIBEPolarStep(UIBEStep):
+    """:class:`UIBEStep` with the polar parametrization: ``a`` is orthonormal, retracted after each Adam step."""
+
+    def __call__(self, xb: torch.Tensor) -> torch.Tensor:
+        self.opt.zero_grad(set_to_none=True)
+        total, parts = uibe_losses(self.a, self.m, self.b, (xb - self.mean) / self.std,
+                                   orthonormal=newton_schulz_step, **self.loss_kw)
+        total.backward()
+        self.opt.step()
+        with torch.no_grad():
+            self.a.copy_(polar_factor(self.a))
+        return parts.detach()

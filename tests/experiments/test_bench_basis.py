@@ -18,8 +18,8 @@ CASES = basis.cases(quick=True)
 
 
 def test_quick_cases_cover_every_pipeline():
-    assert {c.pipeline for c in CASES} == {"basis.uibe_step", "basis.tally", "basis.tally_vs_ndl_loop",
-                                           "basis.ibd_epoch"}
+    assert {c.pipeline for c in CASES} == {"basis.uibe_step", "basis.uibe_step_polar", "basis.tally",
+                                           "basis.tally_vs_ndl_loop", "basis.ibd_epoch"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.pipeline)

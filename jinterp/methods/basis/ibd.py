@@ -123,6 +123,40 @@ def _sample_indices(rng: np.random.Generator, labels: np.ndarray, cfg: IBDConfig
     return pad(pos_tr), pad(pos_va), pad(pool_tr), pad(pool_va)
 
 
+def permutations(keys: jax.Array, n: int) -> jax.Array:
+    """``(K, n)``: row k equals ``jax.random.permutation(keys[k], n)`` exactly, about 8× faster on XLA:CPU.
+
+    ``jax.random.permutation`` sorts ``arange(n)`` by fresh random 32-bit keys in ``r`` rounds (r = 2 for
+    n ≈ 10³–10⁶) with a stable ``sort_key_val``; XLA:CPU sorts key-value pairs through a generic comparator, ~8×
+    slower than a keys-only sort (profile of the IBD epoch at D = 64: the shuffle was a third of it). Here each
+    round is :func:`_sort_values_by`, the same stable order from keys-only sorts, so the result is identical
+    (ties included).
+    """
+    rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))  # as jax.random._shuffle
+    x = jnp.broadcast_to(jnp.arange(n), (keys.shape[0], n))
+    for _ in range(rounds):
+        pairs = jax.vmap(jax.random.split)(keys)
+        keys, bits = pairs[:, 0], jax.vmap(lambda k: jax.random.bits(k, (n,), jnp.uint32))(pairs[:, 1])
+        x = _sort_values_by(bits, x)
+    return x
+
+
+def _sort_values_by(bits: jax.Array, x: jax.Array) -> jax.Array:
+    """``lax.sort_key_val(bits, x, 1)[1]`` for ``(K, n)`` (a stable sort) with two keys-only sorts.
+
+    ``left_i`` = how many keys in the row are smaller than ``bits_i`` (``searchsorted`` into the sorted keys) orders
+    distinct keys as the keys do and gives equal keys the same value; sorting ``left_i · n + i`` (< 2³², exact in
+    uint32 for n < 2¹⁶) therefore yields the stable order, ties broken by position, exactly as the stable sort.
+    """
+    n = bits.shape[1]
+    if n >= 2**16:  # the packed key would overflow uint32: the generic sort
+        return jax.lax.sort_key_val(bits, x, 1)[1]
+    srt = jnp.sort(bits, axis=1)
+    left = jax.vmap(lambda s, b: jnp.searchsorted(s, b, side="left", method="scan_unrolled"))(srt, bits)
+    packed = jnp.sort(left.astype(jnp.uint32) * jnp.uint32(n) + jnp.arange(n, dtype=jnp.uint32), axis=1)
+    return jnp.take_along_axis(x, (packed % jnp.uint32(n)).astype(jnp.int32), 1)
+
+
 def _loss(w, b, x, y, m, kind: str):
     logit = x @ w + b
     if kind == "mse":
@@ -172,8 +206,7 @@ def _epoch_full(w, b, x, pos_idx, pos_mask, pool_idx, pool_mask, n_pos_all, key,
     idx = jnp.concatenate([pos_idx, neg_idx], 1)
     lab = jnp.concatenate([jnp.ones_like(pos_idx, jnp.float32), jnp.zeros_like(neg_idx, jnp.float32)], 1)
     msk = jnp.concatenate([pos_mask, neg_mask], 1).astype(jnp.float32)
-    perm = jax.vmap(lambda k: jax.random.permutation(k, idx.shape[1]))(jax.random.split(jax.random.fold_in(key, 1),
-                                                                                           n_c))
+    perm = permutations(jax.random.split(jax.random.fold_in(key, 1), n_c), idx.shape[1])
     idx, lab, msk = (jnp.take_along_axis(a, perm, 1) for a in (idx, lab, msk))
     total = steps * cfg.batch_size
     padn = total - idx.shape[1]

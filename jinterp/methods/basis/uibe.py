@@ -23,6 +23,13 @@ pixels with linear scaling and ReduceLROnPlateau(0.5, patience 10, cooldown 10) 
 are config fields. **Orthonormality** is kept exactly by a QR retraction, ``Q = qr(A).Q · sign(diag(R))`` of a free
 ``A ∈ R^{D×I}``: unlike Cayley/exponential maps it needs no D×D matrix for an undercomplete basis, costs
 O(D·I²) per step (small next to the pixel matmul) and cannot drift, because Q is recomputed from A each step.
+``orthonormalization="polar"`` [jinterp addition] avoids LAPACK (matmuls only, for accelerators where QR is a slow
+solver call): ``A`` itself is kept on the Stiefel manifold by a polar retraction after every update (Newton–Schulz,
+:func:`polar_factor`), and the loss reads ``Q = A(3I − AᵀA)/2``, one Newton–Schulz step, whose value is ``A`` to
+O(‖AᵀA − I‖²) and whose derivative at an orthonormal ``A`` is exactly the polar map's,
+``dQ = (I − AAᵀ)dA + A·skew(AᵀdA)`` (a ``custom_vjp`` applies its adjoint, :func:`polar_on_manifold`). Same
+manifold and objective as QR, different coordinates, so the trajectory differs while the optimum is the same
+(``tests/methods/basis/test_uibe.py`` checks both on a planted problem).
 
 Hot path: one epoch is a ``lax.scan`` over pixel mini-batches inside one jit (no Python loop over steps).
 """
@@ -43,6 +50,10 @@ from jinterp.core.config import check_field_types
 from jinterp.errors import ConfigError, ShapeError
 
 LN2 = math.log(2.0)
+ORTHONORMALIZATIONS = ("qr", "polar")
+# The polar retraction after each step stops at max|aᵀa − I| ≤ 1e-5 (2 Newton–Schulz iterations after a typical
+# step at D = 512; 1e-6 took 4, near float32's floor there); the returned basis is polished to 1e-6.
+RETRACTION_TOL = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +75,7 @@ class UIBEConfig:
     plateau_patience: int = 10
     plateau_cooldown: int = 10
     init: str = "haar"                  # "haar" (random orthonormal) or "pca" (top-I principal directions)
+    orthonormalization: str = "qr"      # "qr" (LAPACK retraction of a free A) or "polar" (Newton–Schulz, matmuls)
     # "channel": per-channel z-score (spec's reading of "standardisation"); "global": centre per channel, divide
     # by one scalar std — keeps orthogonal directions orthogonal, which per-channel scaling does not.
     standardization: str = "channel"
@@ -97,6 +109,9 @@ class UIBEConfig:
                               f"R^{dim} has at most {dim} directions. Lower num_directions or pick a wider layer.")
         if self.standardization not in ("channel", "global"):
             raise ConfigError(f"standardization must be 'channel' or 'global', got {self.standardization!r}")
+        if self.orthonormalization not in ORTHONORMALIZATIONS:
+            raise ConfigError(f"orthonormalization must be one of {ORTHONORMALIZATIONS}, got "
+                              f"{self.orthonormalization!r}")
         if self.init not in ("haar", "pca"):
             raise ConfigError(f"init must be 'haar' or 'pca', got {self.init!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.restarts < 1:
@@ -130,26 +145,89 @@ class UIBEResult(NamedTuple):
     history: np.ndarray   # (epochs, 4): total, L^s, L^ma, L^mm per epoch (means)
 
 
-def orthonormalize(a: jax.Array) -> jax.Array:
-    """QR retraction onto the Stiefel manifold: ``(D, I)`` with ``QᵀQ = I``, sign-fixed so it is unique."""
+def orthonormalize(a: jax.Array, method: str = "qr") -> jax.Array:
+    """Onto the Stiefel manifold: ``(D, I)`` with ``QᵀQ = I``. ``"qr"``: the QR factor, sign-fixed so it is
+    unique; ``"polar"``: the polar factor ``A(AᵀA)^(-1/2)`` (the nearest orthonormal matrix), :func:`polar_factor`."""
+    if method == "polar":
+        return polar_factor(a)
     q, r = jnp.linalg.qr(a)
     signs = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0)
     return q * signs[None, :]
+
+
+def _gram(x: jax.Array) -> jax.Array:
+    return jnp.matmul(x.T, x, precision=jax.lax.Precision.HIGHEST)
+
+
+def newton_schulz_step(x: jax.Array, gram: jax.Array | None = None) -> jax.Array:
+    """One Newton–Schulz polar step ``X(3I − XᵀX)/2`` of ``(D, I)``: squares the distance of XᵀX from I (for
+    singular values in (0, √3)); two matmuls."""
+    g = _gram(x) if gram is None else gram
+    return 1.5 * x - 0.5 * jnp.matmul(x, g, precision=jax.lax.Precision.HIGHEST)
+
+
+@jax.custom_vjp
+def polar_on_manifold(a: jax.Array) -> jax.Array:
+    """``Q`` for an orthonormal ``(D, I)`` ``a`` (the polar parametrization's loss): one Newton–Schulz step, so Q is
+    ``a`` to O(‖aᵀa − I‖²), with the polar map's exact vector-Jacobian product at an orthonormal point,
+    ``ḡ ↦ ḡ − a·sym(aᵀḡ)`` (the adjoint of ``dQ = dA − A·sym(AᵀdA)``): two matmuls in the backward, where autodiff
+    through the step takes four."""
+    return newton_schulz_step(a)
+
+
+def _polar_fwd(a):
+    return newton_schulz_step(a), a
+
+
+def _polar_bwd(a, g):
+    ag = jnp.matmul(a.T, g, precision=jax.lax.Precision.HIGHEST)
+    return (g - jnp.matmul(a, 0.5 * (ag + ag.T), precision=jax.lax.Precision.HIGHEST),)
+
+
+polar_on_manifold.defvjp(_polar_fwd, _polar_bwd)
+
+
+def polar_factor(a: jax.Array, tol: float = 1e-6, max_iters: int = 100) -> jax.Array:
+    """Polar factor of a full-rank ``(D, I)`` (``I ≤ D``) by Newton–Schulz iteration, matmuls only.
+
+    Pre-scaled by ``1/sqrt(‖AᵀA‖_∞)`` only where that bound on σ_max² exceeds 2.9 (convergence needs σ_max < √3),
+    so a near-orthonormal A (the retraction after a small step) converges quadratically from where it is: two or
+    three iterations. Stops when ``max|XᵀX − I| ≤ tol``. Forward only (a ``while_loop``; gradients go through
+    :func:`newton_schulz_step`).
+    """
+    eye = jnp.eye(a.shape[1], dtype=a.dtype)
+    g = _gram(a)
+    bound = jnp.max(jnp.sum(jnp.abs(g), 1))
+    scale = jnp.where(bound > 2.9, jax.lax.rsqrt(bound), 1.0)
+    x, g = a * scale, g * scale**2
+
+    def cond(c):
+        _, g, i = c
+        return (jnp.max(jnp.abs(g - eye)) > tol) & (i < max_iters)
+
+    def body(c):
+        x, g, i = c
+        x = newton_schulz_step(x, g)
+        return x, _gram(x), i + 1
+
+    return jax.lax.while_loop(cond, body, (x, g, 0))[0]
 
 
 def margin(params: UIBEParams) -> jax.Array:
     return jax.nn.softplus(params.m) + 1e-6
 
 
-def detector_logits(params: UIBEParams, x: jax.Array) -> jax.Array:
-    """``(..., D)`` standardised features -> ``(..., I)`` pre-sigmoid detector outputs ``Qᵀx / M − b``."""
-    q = orthonormalize(params.a)
+def detector_logits(params: UIBEParams, x: jax.Array, method: str = "qr") -> jax.Array:
+    """``(..., D)`` standardised features -> ``(..., I)`` pre-sigmoid detector outputs ``Qᵀx / M − b``.
+
+    ``method="polar"`` expects ``params.a`` orthonormal (kept so by :func:`retract`): Q is one Newton–Schulz step."""
+    q = polar_on_manifold(params.a) if method == "polar" else orthonormalize(params.a)
     return jnp.matmul(x, q, precision=jax.lax.Precision.HIGHEST) / margin(params) - params.b
 
 
 def losses(params: UIBEParams, x: jax.Array, cfg: UIBEConfig) -> tuple[jax.Array, jax.Array]:
     """Weighted objective and the vector (total, L^s, L^ma, L^mm) for a ``(B, D)`` standardised pixel batch."""
-    logits = detector_logits(params, x).astype(jnp.float32)
+    logits = detector_logits(params, x, cfg.orthonormalization).astype(jnp.float32)
     log_y = jax.nn.log_sigmoid(logits)
     y = jnp.exp(log_y)
     q = y / (jnp.sum(y, -1, keepdims=True) + 1e-12)
@@ -188,7 +266,23 @@ def init_params(key: jax.Array, x: np.ndarray, num_directions: int, cfg: UIBECon
     else:
         a = jax.random.normal(key, (d, num_directions), jnp.float32)
     m = jnp.asarray(math.log(math.expm1(cfg.margin_init)), jnp.float32)   # softplus⁻¹(M₀)
-    return UIBEParams(orthonormalize(a), m, jnp.asarray(cfg.bias_init, jnp.float32))
+    return UIBEParams(orthonormalize(a, cfg.orthonormalization), m, jnp.asarray(cfg.bias_init, jnp.float32))
+
+
+def retract(params: UIBEParams, cfg: UIBEConfig) -> UIBEParams:
+    """After an update: ``"polar"`` puts ``a`` back on the Stiefel manifold (its polar factor, no gradient);
+    ``"qr"`` leaves ``a`` free (Q is recomputed from it by QR)."""
+    if cfg.orthonormalization != "polar":
+        return params
+    return params._replace(a=polar_factor(jax.lax.stop_gradient(params.a), tol=RETRACTION_TOL))
+
+
+def train_step(params: UIBEParams, opt_state, x: jax.Array, cfg: UIBEConfig, tx: optax.GradientTransformation):
+    """One step on a standardised ``(B, D)`` batch: loss, gradient, optimizer update, retraction.
+    Returns ``(params, opt_state, (total, L^s, L^ma, L^mm))``."""
+    (loss, parts), grads = jax.value_and_grad(losses, has_aux=True)(params, x, cfg)
+    updates, opt_state = tx.update(grads, opt_state, params, value=loss)
+    return retract(optax.apply_updates(params, updates), cfg), opt_state, parts
 
 
 def make_optimizer(cfg: UIBEConfig, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -207,14 +301,10 @@ def _epoch(params, opt_state, x, std: Standardizer, key, cfg: UIBEConfig, tx, st
     a scan over ``steps`` mini-batches, each step vmapped over the restarts."""
     order = jax.random.permutation(key, x.shape[0])[: steps * cfg.batch_size].reshape(steps, cfg.batch_size)
 
-    def one(p, s, xb):
-        (loss, parts), grads = jax.value_and_grad(losses, has_aux=True)(p, xb, cfg)
-        updates, s = tx.update(grads, s, p, value=loss)
-        return optax.apply_updates(p, updates), s, parts
-
     def step(carry, idx):
         p, s = carry
-        p, s, parts = jax.vmap(one, in_axes=(0, 0, None))(p, s, standardize(std, x[idx]))
+        p, s, parts = jax.vmap(functools.partial(train_step, cfg=cfg, tx=tx), in_axes=(0, 0, None))(
+            p, s, standardize(std, x[idx]))
         return (p, s), parts
 
     (params, opt_state), parts = jax.lax.scan(step, (params, opt_state), order)
@@ -252,8 +342,8 @@ def fit(pixels: np.ndarray, cfg: UIBEConfig = UIBEConfig(), key: jax.Array | Non
     history = np.asarray(jnp.stack(history))          # (epochs, restarts, 4)
     best = int(np.argmin(history[-1, :, 0]))
     params = jax.tree_util.tree_map(lambda a: a[best], params)
-    return UIBEResult(params, std, np.asarray(orthonormalize(params.a)), float(margin(params)),
-                      float(params.b), history[:, best])
+    return UIBEResult(params, std, np.asarray(orthonormalize(params.a, cfg.orthonormalization)),
+                      float(margin(params)), float(params.b), history[:, best])
 
 
 def project(result: UIBEResult, feats: jax.Array) -> jax.Array:

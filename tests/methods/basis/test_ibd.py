@@ -126,3 +126,48 @@ def test_release_defaults_init_and_mined_validation_split():
     # fit starts from that init (a negligible learning rate leaves it in place).
     start = ibd.fit(x, labels, ibd.IBDConfig(epochs=1, lr=1e-12, neg_pool_ratio=10)).weights
     assert np.abs(start).max() > 0.05 and np.abs(start).max() <= 0.5 + 1e-6
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The epoch's per-concept shuffle without XLA:CPU's slow key-value sort (issue #21): identical results
+
+
+@pytest.mark.parametrize("n", [1, 7, 4500, 70_000])   # 1 and 2 shuffle rounds; 70k > 2^16 takes the generic sort
+def test_permutations_equal_jax_random_permutation(n):
+    import jax
+
+    keys = jax.random.split(jax.random.key(n), 5)
+    want = jax.vmap(lambda k: jax.random.permutation(k, n))(keys)
+    np.testing.assert_array_equal(ibd.permutations(keys, n), want)
+
+
+def test_keys_only_sort_is_the_stable_key_value_sort_with_ties():
+    import jax
+    import jax.numpy as jnp
+
+    bits = jax.random.bits(jax.random.key(0), (4, 3000), jnp.uint32) % 200       # every key tied ~15 times
+    x = jax.random.randint(jax.random.key(1), (4, 3000), 0, 10**6)
+    np.testing.assert_array_equal(ibd._sort_values_by(bits, x), jax.lax.sort_key_val(bits, x, 1)[1])
+
+
+def test_epoch_is_unchanged_by_the_fast_shuffle(monkeypatch):
+    """The whole jitted epoch (hard negatives, shuffle, SGD scan) gives the same w, b, losses and mined sets with
+    the keys-only shuffle as with ``jax.random.permutation`` (what the epoch used before)."""
+    import functools
+
+    import jax
+
+    from jinterp.bench import basis as bench_basis
+
+    cfg, x, (pt, ptm, nt, ntm), n_neg, steps, w, b = bench_basis.ibd_inputs(3000, 16, 5, 100)
+    args = [jax.numpy.asarray(a) for a in (w, b, x, pt, ptm, nt, ntm, ptm.sum(1))]
+    def epoch():  # a fresh function per call, so jit traces again (and sees the patched shuffle)
+        run = functools.partial(ibd._epoch_full.__wrapped__, cfg=cfg, n_neg=n_neg, steps=steps)
+        return jax.jit(lambda *a: run(*a))(*args, jax.random.key(5), jax.numpy.asarray(True))
+
+    new = epoch()
+    monkeypatch.setattr(ibd, "permutations", lambda keys, n: jax.vmap(lambda k: jax.random.permutation(k, n))(keys))
+    old = epoch()
+    assert steps > 1                                  # the shuffle decides which examples share a step
+    for a, o in zip(new, old, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(o), rtol=0, atol=1e-6)
