@@ -17,8 +17,9 @@ Build (lazy, at the first CPU convolution of a process, or ahead with ``python -
    version and the oneDNN location), under a file lock so that parallel processes build once.
 
 ``<cache>`` is ``$JINTERP_CACHE_DIR``, else ``$XDG_CACHE_HOME/jinterp``, else ``~/.cache/jinterp`` (as
-:mod:`jinterp.models.weights`). Any failure (no network, no ``g++``, read-only cache) gives one warning and
-:func:`available` is False: callers use XLA's convolution. ``JINTERP_ONEDNN=0`` (or ``JINTERP_FASTCONV=0``,
+:mod:`jinterp.models.weights`); a build in the default folder is reused when ``JINTERP_CACHE_DIR`` names
+another. Any failure (no network, no ``g++``, read-only cache) gives one warning and :func:`available` is False:
+callers use XLA's convolution. ``JINTERP_ONEDNN=0`` (or ``JINTERP_FASTCONV=0``,
 checked by :mod:`jinterp.nn.ops`) skips oneDNN without trying.
 """
 
@@ -59,6 +60,16 @@ def cache_dir() -> Path:
     return root / "onednn"
 
 
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jinterp" / "onednn"
+
+
+def _cache_dirs() -> list[Path]:
+    """:func:`cache_dir`, then the default one: a build there is reused when ``JINTERP_CACHE_DIR`` points to a
+    fresh or unwritable folder (tests do), instead of fetching and compiling again."""
+    return list(dict.fromkeys([cache_dir(), _default_cache_dir()]))
+
+
 def _has_onednn(prefix: Path) -> bool:
     header = prefix / "include" / "oneapi" / "dnnl" / "dnnl.hpp"
     return header.is_file() and (prefix / "lib" / "libdnnl.so.3").exists()
@@ -89,34 +100,52 @@ def _fetch_wheels(dest: Path) -> None:
     build_cost.update(fetch_s=time.perf_counter() - t0, wheel_mb=size)
 
 
-def onednn_prefix(fetch: bool = True) -> Path:
-    """A folder with oneDNN's ``include/`` and ``lib/`` (see the module docstring for the search order)."""
-    candidates = [Path(os.environ["JINTERP_ONEDNN_ROOT"])] if os.environ.get("JINTERP_ONEDNN_ROOT") else []
-    cached = cache_dir() / f"onednn-{ONEDNN_VERSION}"
-    candidates += [Path(sys.prefix), cached]
-    for c in candidates:
-        if _has_onednn(c):
-            return c
-    if not fetch:
-        raise FileNotFoundError(f"oneDNN not found in {[str(c) for c in candidates]}")
-    _fetch_wheels(cached)
-    return cached
+def _prefixes() -> list[Path]:
+    roots = [Path(os.environ["JINTERP_ONEDNN_ROOT"])] if os.environ.get("JINTERP_ONEDNN_ROOT") else []
+    return roots + [Path(sys.prefix)] + [c / f"onednn-{ONEDNN_VERSION}" for c in _cache_dirs()]
 
 
-def _lib_path(prefix: Path) -> Path:
+def onednn_prefix(cache: Path) -> Path:
+    """A folder with oneDNN's ``include/`` and ``lib/``, fetched into ``cache`` if none is found (see the module
+    docstring for the search order)."""
+    for prefix in _prefixes():
+        if _has_onednn(prefix):
+            return prefix
+    _fetch_wheels(cache / f"onednn-{ONEDNN_VERSION}")
+    return cache / f"onednn-{ONEDNN_VERSION}"
+
+
+def _lib_name(prefix: Path) -> str:
     key = hashlib.sha256(_SRC.read_bytes() + jax.lib.__version__.encode() + str(prefix.resolve()).encode())
-    return cache_dir() / f"libjinterp_onednn-{key.hexdigest()[:16]}.so"
+    return f"libjinterp_onednn-{key.hexdigest()[:16]}.so"
+
+
+def _writable_cache() -> Path:
+    errors = []
+    for c in _cache_dirs():
+        try:
+            c.mkdir(parents=True, exist_ok=True)
+            (c / ".lock").touch()
+            return c
+        except OSError as err:
+            errors.append(f"{c}: {err.strerror or err}")
+    raise OSError(f"no writable cache folder for the oneDNN build ({'; '.join(errors)}); set JINTERP_CACHE_DIR")
 
 
 def build() -> Path:
-    """The compiled FFI library, fetching oneDNN and compiling ``conv.cc`` where not cached (under a file lock)."""
+    """The compiled FFI library: an existing build in one of the cache folders, else oneDNN located or fetched and
+    ``conv.cc`` compiled, under a file lock so that parallel processes build once."""
     import fcntl
 
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    with open(cache_dir() / ".lock", "w") as lock:
+    for prefix in filter(_has_onednn, _prefixes()):
+        for c in _cache_dirs():
+            if (c / _lib_name(prefix)).exists():
+                return c / _lib_name(prefix)
+    cache = _writable_cache()
+    with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        prefix = onednn_prefix()
-        lib = _lib_path(prefix)
+        prefix = onednn_prefix(cache)
+        lib = cache / _lib_name(prefix)
         if not lib.exists():
             t0 = time.perf_counter()
             tmp = lib.with_name(lib.name + f".{os.getpid()}.tmp")
