@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from jinterp.errors import ModelError
 from jinterp.nn import _onednn, ops
 
 RTOL = 1e-5  # relative to the largest |value|: float32 round-off, different summation order
@@ -128,6 +129,8 @@ def test_failed_build_warns_once_and_ops_falls_back_to_xla(monkeypatch):
     with pytest.warns(RuntimeWarning, match="oneDNN convolutions unavailable .*no g\\+\\+ here.*XLA"):
         assert _onednn.available.__wrapped__() is False
     monkeypatch.setattr(_onednn, "available", lambda: False)
+    with pytest.raises(ModelError, match="oneDNN convolutions are unavailable"):
+        _onednn.conv2d(jnp.ones((1, 3, 3, 2)), jnp.ones((1, 1, 2, 2)))
     rng = np.random.default_rng(0)
     x, kern = _rand(rng, 2, 8, 8, 4), _rand(rng, 3, 3, 4, 6)
     assert ops.conv2d_formulation(x.shape, kern.shape, 1, 1) == "lax"

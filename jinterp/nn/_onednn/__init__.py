@@ -40,6 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jinterp.errors import ModelError
+
 ONEDNN_VERSION = "2023.2.0"  # PyPI version of the oneDNN 3.2 CPU wheels (GNU OpenMP runtime)
 _WHEELS = (f"onednn-cpu-gomp=={ONEDNN_VERSION}", f"onednn-devel-cpu-gomp=={ONEDNN_VERSION}")
 _SRC = Path(__file__).with_name("conv.cc")
@@ -195,6 +197,9 @@ def _attrs(stride, padding, dilation, groups) -> dict:
 
 
 def _call(kind, out_shape, a, b, stride, padding, dilation, groups):
+    if not available():  # registers the FFI targets on first use
+        raise ModelError("oneDNN convolutions are unavailable in this process (see the warning, or JINTERP_ONEDNN=0); "
+                         "use jinterp.nn.ops.conv2d, which falls back to XLA's convolution")
     return jax.ffi.ffi_call(_TARGET.format(kind), jax.ShapeDtypeStruct(out_shape, jnp.float32),
                             vmap_method="expand_dims")(a, b, **_attrs(stride, padding, dilation, groups))
 
