@@ -5,17 +5,21 @@ Run: ``python -m experiments.onednn.bench [--quick] [--only SUBSTR] [--no-steps]
 Per-shape rows are the regular (non-transposed) convolutions of :func:`jinterp.bench.conv.cases`; each row times
 forward and forward+backward (dx and dW) of four implementations called round-robin (medians):
 ``onednn`` (:func:`jinterp.nn._onednn.conv2d`), ``jinterp`` (``jinterp.nn.ops.conv2d`` as it is),
-``lax`` (``lax.conv_general_dilated``) and ``torch`` (PyTorch NCHW, oneDNN inside). The ResNet-20 train step
-(:func:`jinterp.bench.conv._resnet20_step`, SGD, batch 128) is compiled once with ``ops.conv2d`` replaced by the
-oneDNN convolution and once as is, alternating with PyTorch. Exactness is checked before timing.
+``lax`` (``lax.conv_general_dilated``) and ``torch`` (PyTorch NCHW, oneDNN inside); ``jinterp`` is
+``jinterp.nn.ops.conv2d`` traced with ``JINTERP_ONEDNN=0``, i.e. the path before oneDNN was wired in (im2col or
+XLA's convolution with the unfused kernel gradient). The ResNet-20 train step
+(:func:`jinterp.bench.conv._resnet20_step`, SGD, batch 128) is compiled once as jinterp runs it now (its convs
+dispatched to oneDNN) and once with ``JINTERP_ONEDNN=0``, alternating with PyTorch. Exactness is checked before timing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from contextlib import contextmanager
+from contextlib import nullcontext as _nothing
 from pathlib import Path
 
 import jax
@@ -32,14 +36,17 @@ def _onednn_conv(x, w, stride=1, padding=0, dilation=1, groups=1):
 
 
 @contextmanager
-def _ops_conv_is_onednn():
-    """While tracing: every ``jinterp.nn.ops.conv2d`` call (all backbone Conv2d layers) goes to oneDNN."""
-    old = ops.conv2d
-    ops.conv2d = _onednn_conv
+def _without_onednn():
+    """While tracing: ``ops.conv2d`` takes its previous CPU paths (``JINTERP_ONEDNN=0``)."""
+    old = os.environ.get("JINTERP_ONEDNN")
+    os.environ["JINTERP_ONEDNN"] = "0"
     try:
         yield
     finally:
-        ops.conv2d = old
+        if old is None:
+            os.environ.pop("JINTERP_ONEDNN")
+        else:
+            os.environ["JINTERP_ONEDNN"] = old
 
 
 def _impl_fns(case, impl, x, w, g):
@@ -48,7 +55,8 @@ def _impl_fns(case, impl, x, w, g):
     f = jax.jit(lambda x, w: conv(x, w, case.stride, case.padding))
     fb = jax.jit(lambda x, w, g: jax.vjp(lambda a, b: conv(a, b, case.stride, case.padding), x, w)[1](g))
     t0 = time.perf_counter()
-    fc, fbc = f.lower(x, w).compile(), fb.lower(x, w, g).compile()
+    with _without_onednn() if impl == "jinterp" else _nothing():
+        fc, fbc = f.lower(x, w).compile(), fb.lower(x, w, g).compile()
     comp = time.perf_counter() - t0
     return fc, fbc, comp
 
@@ -79,9 +87,9 @@ def bench_case(case, quick: bool) -> dict:
 
 def bench_resnet20(quick: bool) -> dict:
     batch, reps = (32, 3) if quick else (128, 7)
-    with _ops_conv_is_onednn():
-        j_one, torch_step, comp_one = bconv._resnet20_step(batch)
-    j_cur, _, comp_cur = bconv._resnet20_step(batch)
+    j_one, torch_step, comp_one = bconv._resnet20_step(batch)  # ops.conv2d dispatches to oneDNN
+    with _without_onednn():
+        j_cur, _, comp_cur = bconv._resnet20_step(batch)
     t = bconv._median_alternating({"onednn": j_one, "jinterp": j_cur, "torch": torch_step}, reps, warmup=2)
     return {"name": "ResNet-20 step (SGD)", "batch": batch, "s": t, "compile_s": {"onednn": comp_one,
                                                                                     "jinterp": comp_cur}}
