@@ -20,7 +20,8 @@ Build (lazy, at the first CPU convolution of a process, or ahead with ``python -
 :mod:`jinterp.models.weights`); a build in the default folder is reused when ``JINTERP_CACHE_DIR`` names
 another. Any failure (no network, no ``g++``, read-only cache) gives one warning and :func:`available` is False:
 callers use XLA's convolution. ``JINTERP_ONEDNN=0`` (or ``JINTERP_FASTCONV=0``,
-checked by :mod:`jinterp.nn.ops`) skips oneDNN without trying.
+checked by :mod:`jinterp.nn.ops`) skips oneDNN without trying. Loading sets ``OMP_WAIT_POLICY=PASSIVE`` unless
+the environment sets it (see :func:`available`).
 """
 
 from __future__ import annotations
@@ -174,7 +175,12 @@ def available() -> bool:
     if os.environ.get("JINTERP_ONEDNN", "1") == "0":
         return False
     try:
-        so = ctypes.CDLL(str(build()))
+        lib = build()
+        # oneDNN runs on GNU OpenMP, which reads this when it loads (now, unless something loaded it before).
+        # Spinning workers compete with XLA's own threads between convolutions: the ResNet-20 step measured
+        # 1515/1652 ms spinning vs 1191/1252 ms passive (two alternating runs each, experiments/README.md).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        so = ctypes.CDLL(str(lib))
         for kind, symbol in _SYMBOLS.items():
             jax.ffi.register_ffi_target(_TARGET.format(kind), jax.ffi.pycapsule(getattr(so, symbol)), platform="cpu")
     except Exception as err:  # noqa: BLE001 - any failure means "use XLA", said once
