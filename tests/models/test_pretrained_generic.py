@@ -67,7 +67,10 @@ def test_converted_resnet20_compiles_to_the_builtin_program(torch):
 
     def op_counts(model, variables):
         text = jax.jit(lambda v, im: model.apply(v, im, train=False)[0]).lower(variables, x).compile().as_text()
-        return collections.Counter(re.findall(r"= \S+ ([\w-]+)\(", text))
+        counts = collections.Counter(re.findall(r"= \S+ ([\w-]+)\(", text))
+        # On the CPU a convolution may be a oneDNN custom call (jinterp.nn._onednn) instead of XLA's op.
+        counts["convolution"] += text.count('custom_call_target="jinterp_onednn_conv_fwd"')
+        return counts
 
     got, want = op_counts(converted, cvars), op_counts(builtin, bvars)
     assert got["transpose"] == 0 and got["convolution"] == want["convolution"] == 19

@@ -193,6 +193,7 @@ def test_conv_transpose2d_hypothesis(n, h, w, cin, cout, kh, kw, s, p, op, name)
 
 
 def test_dispatch_choices(monkeypatch):
+    monkeypatch.setenv("JINTERP_ONEDNN", "0")  # the choices without oneDNN (tests/nn/test_onednn.py: with it)
     assert ops.conv2d_formulation((8, 32, 32, 16), (3, 3, 16, 16), 1, 1) == "lax"
     assert ops.conv2d_formulation((8, 32, 32, 16), (1, 1, 16, 32), 2, 0) == "im2col"
     assert ops.conv2d_formulation((8, 2, 2, 256), (3, 3, 256, 512), 1, 1) == "im2col"
