@@ -9,11 +9,13 @@ STAMP   := $(VENV)/.installed
 setup: $(STAMP)
 
 # constraints.txt pins the exact stack the tests ran on (torch==2.13.0 resolves to the local CPU wheel here);
-# pyproject.toml only states the ranges jinterp accepts. The tfds extra is for the tfds: reader and its tests.
+# pyproject.toml only states the ranges jinterp accepts. The tfds extra is for the tfds: reader and its tests; onednn
+# brings the library the CPU convolution fast path is compiled against (built here once, ahead of the tests).
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[torch,dev,tfds]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[torch,dev,tfds,onednn]'
+	$(BIN)/python -m jinterp.nn._onednn || echo "warning: oneDNN convolutions not built; XLA's are used"
 	touch $(STAMP)
 
 test: $(STAMP)

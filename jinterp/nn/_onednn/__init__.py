@@ -8,18 +8,17 @@ primitives on the NHWC buffers as they are (``conv.cc``), joined by a ``custom_v
 Build (lazy, at the first CPU convolution of a process, or ahead with ``python -m jinterp.nn._onednn``):
 
 1. oneDNN 3.2 headers and ``libdnnl.so.3`` are looked for in ``$JINTERP_ONEDNN_ROOT``, in the Python prefix (the
-   PyPI wheels ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` install ``lib/`` and ``include/`` there) and in the
-   cache; else those two wheels (37 MB, GNU OpenMP runtime, no other dependency) are fetched with
-   ``pip download`` into ``<cache>/onednn``. (PyPI's newer ``onednn`` wheel is the SYCL build, which needs Intel's
-   DPC++ runtime.)
+   PyPI wheels ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` of the extra ``jinterp[onednn]``, 37 MB, GNU OpenMP
+   runtime, no other dependency, install ``lib/`` and ``include/`` there) and in the cache. Nothing is downloaded
+   at run time. (PyPI's newer ``onednn`` wheel is the SYCL build, which needs Intel's DPC++ runtime.)
 2. ``conv.cc`` is compiled with ``g++`` against them and the XLA FFI headers jaxlib ships
    (``jax.ffi.include_dir()``), into ``<cache>/onednn/libjinterp_onednn-<hash>.so`` (hash of the source, the jaxlib
    version and the oneDNN location), under a file lock so that parallel processes build once.
 
 ``<cache>`` is ``$JINTERP_CACHE_DIR``, else ``$XDG_CACHE_HOME/jinterp``, else ``~/.cache/jinterp`` (as
 :mod:`jinterp.models.weights`); a build in the default folder is reused when ``JINTERP_CACHE_DIR`` names
-another. Any failure (no network, no ``g++``, read-only cache) gives one warning and :func:`available` is False:
-callers use XLA's convolution. ``JINTERP_ONEDNN=0`` (or ``JINTERP_FASTCONV=0``,
+another. Any failure (the extra not installed, no ``g++``, read-only cache) gives one warning and
+:func:`available` is False: callers use XLA's convolution. ``JINTERP_ONEDNN=0`` (or ``JINTERP_FASTCONV=0``,
 checked by :mod:`jinterp.nn.ops`) skips oneDNN without trying. Loading sets ``OMP_WAIT_POLICY=PASSIVE`` unless
 the environment sets it (see :func:`available`).
 """
@@ -34,7 +33,6 @@ import subprocess
 import sys
 import time
 import warnings
-import zipfile
 from pathlib import Path
 
 import jax
@@ -78,44 +76,20 @@ def _has_onednn(prefix: Path) -> bool:
     return header.is_file() and (prefix / "lib" / "libdnnl.so.3").exists()
 
 
-def _fetch_wheels(dest: Path) -> None:
-    """``pip download`` the two oneDNN wheels and unpack their ``lib/`` and ``include/`` into ``dest``."""
-    t0 = time.perf_counter()
-    wheels = dest.parent / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-                    "--timeout", "30", "-d", str(wheels), *_WHEELS], check=True, capture_output=True, text=True,
-                   timeout=900)
-    staging = dest.with_name(dest.name + f".{os.getpid()}.tmp")
-    size = 0.0
-    for whl in sorted(wheels.glob("onednn*_gomp-*.whl")):
-        size += whl.stat().st_size / 2**20
-        with zipfile.ZipFile(whl) as z:
-            for info in z.infolist():
-                parts = Path(info.filename).parts  # onednn_cpu_gomp-2023.2.0.data/data/{lib,include}/...
-                if len(parts) > 3 and parts[1] == "data" and parts[2] in ("lib", "include") and not info.is_dir():
-                    out = staging.joinpath(*parts[2:])
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    out.write_bytes(z.read(info))
-    if not _has_onednn(staging):
-        raise RuntimeError(f"the downloaded wheels {_WHEELS} hold no include/oneapi/dnnl/dnnl.hpp + lib/libdnnl.so.3")
-    os.replace(staging, dest)
-    build_cost.update(fetch_s=time.perf_counter() - t0, wheel_mb=size)
-
-
 def _prefixes() -> list[Path]:
     roots = [Path(os.environ["JINTERP_ONEDNN_ROOT"])] if os.environ.get("JINTERP_ONEDNN_ROOT") else []
     return roots + [Path(sys.prefix)] + [c / f"onednn-{ONEDNN_VERSION}" for c in _cache_dirs()]
 
 
-def onednn_prefix(cache: Path) -> Path:
-    """A folder with oneDNN's ``include/`` and ``lib/``, fetched into ``cache`` if none is found (see the module
-    docstring for the search order)."""
+def onednn_prefix(cache: Path | None = None) -> Path:
+    """A folder with oneDNN's ``include/`` and ``lib/`` (see the module docstring for the search order); nothing is
+    downloaded at run time: the wheels come with ``pip install 'jinterp[onednn]'`` (``make setup`` installs them)."""
     for prefix in _prefixes():
         if _has_onednn(prefix):
             return prefix
-    _fetch_wheels(cache / f"onednn-{ONEDNN_VERSION}")
-    return cache / f"onednn-{ONEDNN_VERSION}"
+    raise RuntimeError(f"oneDNN 3.2 not found (no include/oneapi/dnnl/dnnl.hpp + lib/libdnnl.so.3 under "
+                       f"{', '.join(str(p) for p in _prefixes())}): pip install 'jinterp[onednn]', or set "
+                       "JINTERP_ONEDNN_ROOT to an installation")
 
 
 def _lib_name(prefix: Path) -> str:
