@@ -4,7 +4,9 @@ operations as jinterp's hand-written ResNet-20 (issue #18 item 6: the converted 
 Timing on a shared CPU is too noisy for a test, so the guard is structural: the eval forward and the train-mode
 loss gradient of both models trace to the same multiset of primitives with the same output shapes, nested
 jaxprs (the fast conv's custom VJP, inner jits) included. An extra layout transpose, a conv that misses
-:mod:`jinterp.nn`'s fast path or a batch norm computed differently changes the multiset.
+:mod:`jinterp.nn`'s fast path or a batch norm computed differently changes the multiset. Complements
+``test_pretrained_generic.py``'s compiled-forward op counts: this checks before XLA's simplifier (which can cancel
+a transpose pair) and covers the backward pass of the train step too.
 """
 
 from __future__ import annotations
