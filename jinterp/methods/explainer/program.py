@@ -235,8 +235,9 @@ def randomized_performer(performer, cfg: ExplainerConfig, image_shape: tuple[int
     at their initial values): the model-randomization check of Adebayo et al. (NeurIPS 2018, "Sanity checks for
     saliency maps"), full re-initialization rather than their layer-by-layer cascade [I]. A method whose numbers
     survive this does not depend on what the network learned."""
-    key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 7919)  # a stream no other stage of the run uses
-    return backbones.init(performer, key, image_shape)
+    from jinterp.metrics.baselines import randomized_weights
+
+    return randomized_weights(performer, cfg.seed, image_shape)
 
 
 def _to_pixels(cells: np.ndarray, map_hw: tuple[int, int], ds: data.Dataset) -> np.ndarray:
