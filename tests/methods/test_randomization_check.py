@@ -5,6 +5,7 @@ a network that learned nothing with the learned gate kept (issue #20)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -114,3 +115,25 @@ def test_cladec_and_basis_randomization_checks_pick_their_numbers():
     assert set(out) == {"uibe@own S1", "uibe@own S2"}
     assert not any(v["survives_randomization"] for v in out.values())
     assert all(v["survives_randomization"] for v in basis_check({"bases": bases(1.0)}, {"bases": bases(4.0)}).values())
+
+
+def test_report_states_the_randomization_verdict_for_every_method():
+    from jinterp.report import demo, randomization
+
+    assert set(demo.RANDOMIZATION_CHECK) == {"explainer", "graph", "basis", "cladec", "csg"}
+    inst = lambda v: {"instability": {"explainer_interp2": {"value": v}, "explainer_interp2_masked": {"value": v}}}  # noqa: E731
+    out = randomization.checks("explainer", inst(0.05), inst(0.05))
+    assert set(out) == {"explainer_interp2", "explainer_interp2_masked"}
+    assert all(v["survives_randomization"] for v in out.values())
+    graph = lambda v: {"metrics": {"instability_icnn_nodes": v, "fewshot_normalized_distance_nodes": v}}  # noqa: E731
+    out = randomization.checks("graph", graph(0.02), graph(0.10))
+    assert set(out) == {"instability_icnn_nodes", "fewshot_normalized_distance_nodes"}
+    assert not any(v["survives_randomization"] for v in out.values())
+    csg = {"models": {"csg": _csg_models(0.3, 0.4, 0.9)}}
+    assert set(randomization.checks("csg", csg, csg)) == {"mis", "localization_cam", "adversarial_pgd"}
+    # the section of a results dict that carries its randomized twin says it in words, warnings first
+    res = {"bases": {"uibe@own": {"S1": 1.0, "S2": 0.5}}, "randomization_check": {"bases": {"uibe@own": {"S1": 2.0,
+                                                                                                           "S2": 0.1}}}}
+    section = demo.section_for("basis", res, Path("."), 1.0)
+    said = [n for n in section.notes if "random weights" in n]
+    assert len(said) == 2 and "uibe@own S1" in said[0] and "SURVIVES" in said[0] and "SURVIVES" not in said[1]
