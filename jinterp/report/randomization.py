@@ -38,6 +38,17 @@ def _graph(trained: dict, randomized: dict) -> dict[str, dict]:
 
 _LOCAL = {"explainer": _explainer, "graph": _graph}
 
+# What a CLI prints first when its run was the randomized twin (``randomize_backbone``).
+RANDOMIZED_RUN_NOTE = ("this run used a randomly re-initialized network (randomize_backbone): its numbers are the "
+                       "model-randomization check, not a result about the trained network.")
+
+
+def cli_lines(results: dict, verdicts: list[str]) -> list[str]:
+    """The lines a method's CLI prints under its summary: the randomized-run note when it applies, then each
+    verdict sentence."""
+    head = [RANDOMIZED_RUN_NOTE] if results.get("randomize_backbone") else []
+    return [f"  verdict: {t}" for t in head + [v for v in verdicts if v]]
+
 
 def checks(method: str, trained: dict, randomized: dict) -> dict[str, dict[str, Any]]:
     """``{name: randomization_verdict(...)}`` for one method's trained and randomized ``results.json``."""

@@ -32,9 +32,6 @@ def verdicts(res: dict) -> list[str]:
              if isinstance(v, dict) and v.get("verdict")]
     lines += [f"{name.replace('_', ' ')} filters: {v['verdict']}"
               for name, v in (res.get("filter_diversity") or {}).items() if isinstance(v, dict) and v.get("verdict")]
-    if res.get("randomize_backbone"):
-        lines.insert(0, "this run used a randomly re-initialized performer (randomize_backbone): its numbers are "
-                        "the model-randomization check, not a result about the trained network.")
     return lines
 
 
@@ -55,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
           f"replaced, mean p {res['p_mean']:.3f}, instability interp2 {ins['explainer_interp2']['value']:.4f} vs "
           f"performer {res['layer']} {perf if perf is None else round(perf, 4)} ({res['times']['total_s']:.0f} s); "
           f"results: {args.workdir}/results.json")
-    for line in verdicts(res):
-        print(f"  verdict: {line}")
+    from jinterp.report.randomization import cli_lines
+
+    for line in cli_lines(res, verdicts(res)):
+        print(line)
     return 0

@@ -35,4 +35,4 @@ def test_cli_says_when_the_run_is_the_randomization_check(tmp_path, capsys, monk
     monkeypatch.setattr(program, "run", lambda cfg, workdir, **kw: _results(randomized=True))
     assert cli.main(["explainer", "--config", "tiny", "--workdir", str(tmp_path / "w"), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "verdict: this run used a randomly re-initialized performer" in out
+    assert "verdict: this run used a randomly re-initialized network" in out
