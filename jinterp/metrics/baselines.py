@@ -277,6 +277,65 @@ def basis_scores(train_fn: Callable[[], Iterable], val_fn: Callable[[], Iterable
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Model randomization (Adebayo et al., NeurIPS 2018, "Sanity checks for saliency maps")
+
+# The key stream of the re-initialized weights: fold_in(PRNGKey(seed), RANDOMIZATION_STREAM), a stream no stage of
+# any program uses otherwise, so the randomized network is another draw than the one a run trains from.
+RANDOMIZATION_STREAM = 7919
+
+
+def randomized_weights(model, seed: int, image_shape) -> dict:
+    """The model's architecture with freshly initialized variables (PyTorch default init, BatchNorm statistics at
+    their initial values): the model-randomization check of Adebayo et al., full re-initialization rather than
+    their layer-by-layer cascade [I]. Every program's ``randomize_backbone`` goes through here.
+
+    ``image_shape``: ``(H, W, C)`` of the inputs. A method whose numbers survive this does not depend on what the
+    network learned.
+    """
+    from jinterp import backbones
+
+    key = jax.random.fold_in(jax.random.PRNGKey(int(seed)), RANDOMIZATION_STREAM)
+    return backbones.init(model, key, tuple(int(d) for d in image_shape))
+
+
+# Without a measured spread (seeds), a trained network must beat its randomized twin by this share of the randomized
+# number for the result to count as depending on training: differences of a few percent are what another random
+# draw of the same run gives [I].
+RANDOMIZATION_REL_MARGIN = 0.05
+
+
+def randomization_verdict(label: str, trained: float, randomized: float, *, lower_is_better: bool,
+                          margin: float = 0.0, rel_margin: float = RANDOMIZATION_REL_MARGIN) -> dict:
+    """Does a result survive model randomization? ``trained``: the method's number on the trained network;
+    ``randomized``: the same method and metric on the same architecture with re-initialized weights.
+
+    The result *survives* (a bad sign: it is not about the trained weights) unless the trained network is better
+    by more than ``max(margin, rel_margin·|randomized|)`` (``margin`` in the metric's units, e.g. the seeds'
+    spread). Returns ``{"survives_randomization": bool, "trained", "randomized", "margin", "text"}``; NaN on either
+    side is reported as undefined (and counted as surviving: nothing shows that the result depends on training).
+    """
+    direction = "lower" if lower_is_better else "higher"
+    margin = max(float(margin), float(rel_margin) * abs(float(randomized))) if np.isfinite(randomized) else margin
+    out = {"trained": float(trained), "randomized": float(randomized), "margin": float(margin)}
+    if not (np.isfinite(trained) and np.isfinite(randomized)):
+        return {**out, "survives_randomization": True,
+                "text": f"{label}: undefined on the trained or the randomized network ({trained:.4g} vs "
+                        f"{randomized:.4g}), so the model-randomization check cannot clear it."}
+    tie = 1e-6 * max(abs(randomized), 1e-12)
+    depends = (trained < randomized - margin - tie) if lower_is_better else (trained > randomized + margin + tie)
+    if depends:
+        text = (f"{label}: {trained:.4g} on the trained network against {randomized:.4g} on the same architecture "
+                f"with random weights ({direction} is better, by more than {margin:.2g}): the result depends on "
+                "what the network learned (it passes the model-randomization check).")
+    else:
+        text = (f"{label}: {trained:.4g} on the trained network, {randomized:.4g} on the same architecture with "
+                f"random weights ({direction} is better; a margin of {margin:.2g} needed): the result SURVIVES "
+                "randomization, so it does not show anything the network learned (Adebayo et al.'s "
+                "model-randomization check).")
+    return {**out, "survives_randomization": not depends, "text": text}
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Verdict in words
 
 

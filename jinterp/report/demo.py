@@ -268,7 +268,9 @@ QUICK: dict[str, dict[str, Any]] = {
 
 
 # The randomization re-runs skip what the report does not show of them (keeps the demo's added time small).
-RANDOMIZED_LIGHTER: dict[str, dict[str, Any]] = {"explainer": {"sweep_steps": 0}}
+RANDOMIZED_LIGHTER: dict[str, dict[str, Any]] = {"explainer": {"sweep_steps": 0},
+                                                 "cladec": {"refae": False, "retrain_epochs": 0},
+                                                 "csg": {"seeds": 1, "baseline": False}}
 
 
 # ------------------------------------------------------------------------------------------------ sections
@@ -328,12 +330,19 @@ def section_for(name: str, results: dict, workdir: Path, seconds: float):
             notes.append(f"(headline table unavailable: {type(e).__name__}: {e})")
     if not tables:
         tables = [Table("metrics", ["metric", "value"], _scalars(results)[:40])]
+    if isinstance(results.get("randomization_check"), dict):  # Adebayo et al.'s check, in words
+        from jinterp.report import randomization
+
+        try:
+            notes = list(notes) + randomization.notes(name, results, results["randomization_check"])
+        except (KeyError, TypeError, ValueError) as e:
+            notes = list(notes) + [f"(model-randomization verdict unavailable: {type(e).__name__}: {e})"]
     return Section(TITLES.get(name, name), intro=intro, tables=tables, figures=_figures(results, workdir),
                    notes=notes, seconds=seconds)
 
 
 # Methods whose demo section also shows the same method on a randomly initialized network (Adebayo et al. 2018).
-RANDOMIZATION_CHECK = ("explainer", "graph")
+RANDOMIZATION_CHECK = ("explainer", "graph", "basis", "cladec", "csg")
 RANDOM_ROW = "same method on a randomly initialized network"
 
 

@@ -39,4 +39,8 @@ def run(args: argparse.Namespace) -> int:
              f"uniq {v['unique_detectors']}" for k, v in res["bases"].items()]
     print(f"basis {res['arch']} {res['layer']}: " + " | ".join(parts)
           + f" ({res['wall_times_s']['total_s']:.0f} s); results: {args.workdir}/results.json")
+    from jinterp.report.randomization import cli_lines
+
+    for line in cli_lines(res, list((res.get("verdicts") or {}).values())):
+        print(line)
     return 0

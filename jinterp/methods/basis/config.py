@@ -42,6 +42,9 @@ class BasisConfig:
     ibd: IBDConfig = dataclasses.field(default_factory=IBDConfig.paper)
     backbone: TrainBackboneConfig = dataclasses.field(default_factory=TrainBackboneConfig.tiny)
     seed: int = 0
+    # Adebayo et al.'s model-randomization check: the backbone re-initialized (same architecture) before the bases
+    # are fitted; a score that survives it is not about what the network learned (results carry the flag)
+    randomize_backbone: bool = False
 
     def __post_init__(self) -> None:
         check_field_types(self)

@@ -68,6 +68,29 @@ def _load_backbone(cfg: BasisConfig, train_ds, r: Run, progress: bool):
     return model, variables, info
 
 
+def _randomized(cfg: BasisConfig, model, variables: dict, binfo: dict, image_shape) -> dict:
+    """``randomize_backbone``: the same architecture with re-initialized weights (Adebayo et al.'s model-randomization
+    check, :func:`jinterp.metrics.baselines.randomized_weights`); marks ``binfo["randomized"]``. Else unchanged."""
+    if not cfg.randomize_backbone:
+        return variables
+    binfo["randomized"] = True
+    return baselines.randomized_weights(model, cfg.seed, image_shape)
+
+
+def randomization_check(trained: dict, randomized: dict) -> dict[str, dict]:
+    """Each learned basis' S¹ and S² on the trained network against the same run on a randomized one (``results``
+    of a run with ``randomize_backbone``): :func:`jinterp.metrics.baselines.randomization_verdict` per score."""
+    out = {}
+    for key_ in ("uibe@own", "uibe@q", "ibd@own", "ibd@q", "natural@q"):
+        a, b = trained.get("bases", {}).get(key_), randomized.get("bases", {}).get(key_)
+        if a is None or b is None:
+            continue
+        for score in ("S1", "S2"):
+            out[f"{key_} {score}"] = baselines.randomization_verdict(f"{key_} {score}", a[score], b[score],
+                                                                     lower_is_better=False)
+    return out
+
+
 class _Stream:
     """Re-iterable per-batch feature maps of one layer for a data set (re-runs the backbone on every pass)."""
 
@@ -149,6 +172,7 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
     names = c_train.names[1:]
 
     model, variables, binfo = _load_backbone(cfg, train_ds, rn, progress)
+    variables = _randomized(cfg, model, variables, binfo, train_ds.image_shape)
     times["backbone_s"] = time.perf_counter() - t0
     stage = rn.stage("bases", fields=_as_dict(cfg), inputs={"backbone": rn.upstream("backbone"),
                                                             "data": data_fingerprint(cfg.data)},
@@ -347,6 +371,7 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
 
     out = dict(arch=cfg.model or cfg.arch, layer=cfg.layer, data=cfg.data, channels=dim, n_train=len(train_ds),
                n_test=len(test_ds), fit_pixels=int(len(px)), concepts=len(names), backbone=binfo, bases=results,
+               randomize_backbone=cfg.randomize_backbone,
                verdicts=verdicts,
                figures=figs, wall_times_s=times, config=_as_dict(cfg))
     rn.write_json("results.json", out, default=_json_default)

@@ -50,4 +50,10 @@ def run(args: argparse.Namespace) -> int:
         parts.append(f"{layer}: {ref}ClaDec " + ", ".join(best))
     print(f"cladec {res['arch']} (test acc {res['backbone']['test_accuracy']:.3f}): " + " | ".join(parts)
           + f" ({res['wall_times_s']['total_s']:.0f} s); results: {args.workdir}/results.json")
+    from jinterp.report.randomization import cli_lines
+
+    checks = [f"{layer}: {d['retrain_check']['text']}" for layer, d in res["layers"].items()
+              if isinstance(d.get("retrain_check"), dict)]
+    for line in cli_lines(res, checks):
+        print(line)
     return 0

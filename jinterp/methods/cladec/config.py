@@ -107,6 +107,9 @@ class ClaDecConfig:
     ckpt_every: int = 1000
     faithful: bool = False
     seed: int = 0
+    # Adebayo et al.'s model-randomization check: the classifier re-initialized (same architecture) before the
+    # decoders are trained on its activations; a result that survives it is not about what the classifier learned
+    randomize_backbone: bool = False
 
     def __post_init__(self) -> None:
         check_field_types(self)

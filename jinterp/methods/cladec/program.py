@@ -185,6 +185,35 @@ def get_backbone(cfg: ClaDecConfig, train_ds, test_ds, r: Run, progress: bool) -
     return model, variables, info
 
 
+def randomized_classifier(cfg: ClaDecConfig, model, variables: dict, info: dict, image_shape) -> dict:
+    """``randomize_backbone``: the classifier's architecture with re-initialized weights (Adebayo et al.'s
+    model-randomization check, :func:`jinterp.metrics.baselines.randomized_weights`) before any decoder sees its
+    activations; marks ``info["randomized"]``. The RefAE never uses the classifier's weights, so it is unaffected."""
+    if not cfg.randomize_backbone:
+        return variables
+    from jinterp.metrics.baselines import randomized_weights
+
+    info["randomized"] = True
+    return jax.tree.map(jnp.asarray, randomized_weights(model, cfg.seed, image_shape))
+
+
+def randomization_check(trained: dict, randomized: dict) -> dict[str, dict]:
+    """ClaDec's reconstruction error per layer and α on the trained classifier against the same run with
+    ``randomize_backbone`` (:func:`jinterp.metrics.baselines.randomization_verdict`, lower is better). Decoding a
+    random network's activations can reconstruct as well: then fidelity says nothing about what the classifier
+    learned."""
+    from jinterp.metrics.baselines import randomization_verdict
+
+    out = {}
+    for layer, d in (trained.get("layers") or {}).items():
+        other = ((randomized.get("layers") or {}).get(layer) or {}).get("sources") or {}
+        for src, v in d.get("sources", {}).items():
+            if src.startswith("cladec@") and "mse" in v and "mse" in other.get(src, {}):
+                out[f"{layer} {src} mse"] = randomization_verdict(f"{layer} {src} reconstruction MSE", v["mse"],
+                                                                  other[src]["mse"], lower_is_better=True)
+    return out
+
+
 def decoder_param_count(decoder) -> int:
     x = jax.ShapeDtypeStruct((1, *decoder.plan.act_shape), jnp.float32)
     return num_params(jax.eval_shape(lambda x: decoder.init(jax.random.key(0), x), x)["params"])
@@ -341,6 +370,7 @@ def _run(cfg: ClaDecConfig, r: Run, progress: bool) -> dict[str, Any]:
 
     t = time.perf_counter()
     model, variables, backbone_info = get_backbone(cfg, train_ds, test_ds, r, progress)
+    variables = randomized_classifier(cfg, model, variables, backbone_info, image_shape)
     backbone_fp = r.upstream("backbone")
     # a user model's layers are known once loaded; its input scaling replaces the arch's
     minfo = backbone_info.pop("model_info", None)
@@ -375,7 +405,8 @@ def _run(cfg: ClaDecConfig, r: Run, progress: bool) -> dict[str, Any]:
         ref_fn, ref_info = (None, None)
         if cfg.refae:  # the RefAE never sees α or the trained backbone's weights: an α sweep reuses it
             st = r.stage(f"refae:{layer}", fields=_fields(cfg, "alphas", "retrain_epochs", "retrain_lr",
-                                                          "retrain_weight_decay", "retrain_batch_size"),
+                                                          "retrain_weight_decay", "retrain_batch_size",
+                                                          "randomize_backbone"),
                          inputs={"data": data_fingerprint(data_spec(cfg)), "layer_index": li},
                          paths=[f"{rel}/refae", f"{rel}/refae.npz"], resumable=cfg.ckpt_every > 0,
                          code=("jinterp.methods.cladec.refae", "jinterp.methods.cladec.training"))
@@ -459,7 +490,7 @@ def _run(cfg: ClaDecConfig, r: Run, progress: bool) -> dict[str, Any]:
     results = {
         "method": "cladec", "arch": cfg.model or cfg.arch, "data": data_spec(cfg), "image_shape": list(image_shape),
         "train_size": len(train_ds), "test_size": len(test_ds), "layers": layers_out, "backbone": backbone_info,
-        "alphas": list(cfg.alphas), "faithful": cfg.faithful,
+        "alphas": list(cfg.alphas), "faithful": cfg.faithful, "randomize_backbone": cfg.randomize_backbone,
         "retrain_protocol": RETRAIN_NOTE if cfg.retrain_epochs > 0 else None,
         "figures": figures, "wall_times_s": timings, "config": to_dict(cfg),
         "device": jax.default_backend(),

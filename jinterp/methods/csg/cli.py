@@ -38,4 +38,8 @@ def run(args: argparse.Namespace) -> int:
             s += " PGD " + " ".join(f"{k}={v:.3f}" for k, v in aucs.items())
         parts.append(s)
     print("; ".join(parts) + f" ({res['times']['total_s']:.0f} s); results: {args.workdir}/results.json")
+    from jinterp.report.randomization import cli_lines
+
+    for line in cli_lines(res, list((res.get("verdicts") or {}).values())):
+        print(line)
     return 0

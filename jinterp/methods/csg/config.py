@@ -95,6 +95,9 @@ class CSGConfig:
     seeds: int = 3             # independent runs (seed, seed+1, …) reported as mean ± std (issue #20); 1 = one run
     faithful: bool = False
     baseline: bool = True
+    # Adebayo et al.'s model-randomization check: both trained models evaluated with their backbone weights
+    # re-initialized (same architecture; the learned gate kept), see ``program.randomize_trained``
+    randomize_backbone: bool = False
 
     epochs: int = 151
     warmup_epochs: int = 10

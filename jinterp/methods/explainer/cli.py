@@ -25,6 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def verdicts(res: dict) -> list[str]:
+    """The results' verdict sentences, one per line to print: each unit set's instability against units that know
+    nothing, then each unit set's filter diversity (prefixed with the unit set's name)."""
+    lines = [v["verdict"] for v in (res.get("instability_baselines") or {}).values()
+             if isinstance(v, dict) and v.get("verdict")]
+    lines += [f"{name.replace('_', ' ')} filters: {v['verdict']}"
+              for name, v in (res.get("filter_diversity") or {}).items() if isinstance(v, dict) and v.get("verdict")]
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from jinterp.core.run import config_from_args
     from jinterp.methods.explainer.config import ExplainerConfig
@@ -42,4 +52,8 @@ def run(args: argparse.Namespace) -> int:
           f"replaced, mean p {res['p_mean']:.3f}, instability interp2 {ins['explainer_interp2']['value']:.4f} vs "
           f"performer {res['layer']} {perf if perf is None else round(perf, 4)} ({res['times']['total_s']:.0f} s); "
           f"results: {args.workdir}/results.json")
+    from jinterp.report.randomization import cli_lines
+
+    for line in cli_lines(res, verdicts(res)):
+        print(line)
     return 0

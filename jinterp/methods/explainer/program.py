@@ -236,8 +236,9 @@ def randomized_performer(performer, cfg: ExplainerConfig, image_shape: tuple[int
     at their initial values): the model-randomization check of Adebayo et al. (NeurIPS 2018, "Sanity checks for
     saliency maps"), full re-initialization rather than their layer-by-layer cascade [I]. A method whose numbers
     survive this does not depend on what the network learned."""
-    key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 7919)  # a stream no other stage of the run uses
-    return backbones.init(performer, key, image_shape)
+    from jinterp.metrics.baselines import randomized_weights
+
+    return randomized_weights(performer, cfg.seed, image_shape)
 
 
 def _to_pixels(cells: np.ndarray, map_hw: tuple[int, int], ds: data.Dataset) -> np.ndarray:
@@ -280,16 +281,23 @@ COLLAPSE_SHARE = 0.20
 
 def filter_diversity(cells: np.ndarray, map_hw: tuple[int, int], ds: data.Dataset) -> dict[str, Any]:
     """:mod:`jinterp.metrics.diversity` of one unit set: the share of filters peaking on the most common cell
-    (``1/K`` at best, 1 when collapsed) and how many synthparts parts the filters cover (radius: one cell)."""
+    (``1/K`` at best, 1 when collapsed) and how many synthparts parts the filters cover (radius: half the typical
+    distance between neighbouring parts, :func:`jinterp.metrics.diversity.part_radius`; reported in pixels and in
+    cells of this map)."""
     from jinterp.metrics import diversity as D
 
     share = D.share_on_most_common_cell(cells.astype(np.int32), map_hw)
     out: dict[str, Any] = {"share_on_most_common_cell": share, "filters": int(cells.shape[1])}
+    cov = None
     if ds.landmarks is not None:
-        radius = float(ds.images.shape[1]) / map_hw[0]
-        cov = D.parts_covered(_to_pixels(cells, map_hw, ds), ds.landmarks, ds.landmark_visible, radius)
+        try:
+            cov = D.parts_covered(_to_pixels(cells, map_hw, ds), ds.landmarks, ds.landmark_visible)
+        except DataError as e:  # no image shows two parts: no radius to derive; the share above still stands
+            out["parts_covered_note"] = str(e)
+    if cov is not None:
         out.update(parts_covered=cov["parts_covered"], parts=int(ds.landmarks.shape[1]),
-                   filters_per_part=cov["filters_per_part"])
+                   filters_per_part=cov["filters_per_part"], part_radius_px=cov["radius"],
+                   part_radius_cells=cov["radius"] * map_hw[0] / float(ds.images.shape[1]))
     collapsed = share > COLLAPSE_SHARE
     out["collapsed"] = bool(collapsed)
     if share > 0.5:

@@ -314,11 +314,9 @@ def _run(cfg: GraphConfig, r: Run, progress: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     model, variables, norm, weights_path = load_backbone(cfg, r, progress, tuple(d["positives"].shape[1:]))
     if cfg.randomize_backbone:  # Adebayo et al.'s model-randomization check: same method, untrained weights
-        import jax
+        from jinterp.metrics.baselines import randomized_weights
 
-        from jinterp import backbones
-        variables = backbones.init(model, jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 7919),
-                                   tuple(int(v) for v in d["positives"].shape[1:]))
+        variables = randomized_weights(model, cfg.seed, d["positives"].shape[1:])
     times["backbone_s"] = time.perf_counter() - t0
     stage = r.stage("graph", fields=to_dict(cfg), inputs={"backbone": r.upstream("backbone"),
                                                           "data": data_fingerprint(cfg.data)},

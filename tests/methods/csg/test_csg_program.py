@@ -81,3 +81,28 @@ def test_mis_refuses_logits_shape():
 
     with pytest.raises(ShapeError, match="feature maps"):
         information.filter_mis(np.zeros((10, 6)), np.zeros(10, int), 6)
+
+
+@pytest.mark.slow
+def test_randomized_run_evaluates_re_initialized_weights(tmp_path):
+    """``randomize_backbone`` (Adebayo et al.'s check): the program evaluates, saves and reports the re-initialized
+    weights (the learned gate kept), not the ones it trained."""
+    import jax
+
+    from jinterp import backbones
+    from jinterp.backbones import torch_import
+    from jinterp.metrics.baselines import randomized_weights
+
+    cfg = apply_overrides(CSGConfig.tiny(), [*TINIER, "epochs=1", "warmup_epochs=0", "mask_epoch_min=0",
+                                             "baseline=false", "train_size=50", "test_size=20", "eval_size=20",
+                                             "adv_size=4", "pgd_steps=1", "batch_size=25", "randomize_backbone=true"])
+    res = run(cfg, tmp_path, progress=False)
+    assert res["randomize_backbone"] is True and set(res["models"]) == {"csg"}
+    saved, _ = torch_import.load_variables(tmp_path / "csg_params.npz")
+    model = backbones.create("convnet", 6, widths=(4, 8, 8, 8))
+    fresh = randomized_weights(model, cfg.seed, (32, 32, 3))
+    got, want = jax.tree.leaves(saved["params"]), jax.tree.leaves(fresh["params"])
+    assert len(got) == len(want)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, want, strict=True))
+    gate = np.load(tmp_path / "gate.npy")
+    assert gate.std(1).max() > 1e-4  # the trained gate, not the uniform start (renormalized: all ones)

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from jinterp.core import train
+from jinterp.errors import DataError
 from jinterp.methods.explainer import icnn
 from jinterp.methods.explainer import model as M
 from jinterp.methods.explainer.config import ExplainerConfig
@@ -190,3 +191,38 @@ def test_filter_diversity_parts_covered():
     assert out["filter_part"][:3] == [0, 0, 2] and out["filter_part"][3] == -1
     copied = diversity.parts_covered(np.repeat(peaks[:, :1], 4, 1), lm, vis, radius=4.0)
     assert copied["parts_covered"] == 1
+
+
+def test_part_radius_is_half_the_typical_distance_to_the_nearest_other_part():
+    n = 30
+    lm = np.broadcast_to(np.array([[10.0, 10.0], [16.0, 10.0], [40.0, 50.0]], np.float32), (n, 3, 2)).copy()
+    vis = np.ones((n, 3), bool)
+    # nearest-other distances per image: 6, 6, |(40,50)-(16,10)| = 46.6 -> median 6 -> radius 3
+    assert diversity.part_radius(lm, vis) == pytest.approx(3.0, rel=1e-6)
+    # a hidden part is nobody's neighbour: with part 1 hidden everywhere the distances are 50 and 50
+    hidden = vis.copy()
+    hidden[:, 1] = False
+    assert diversity.part_radius(lm, hidden) == pytest.approx(np.hypot(30, 40) / 2, rel=1e-6)
+    # pixels, not cells: the same layout at twice the image size gives twice the radius
+    assert diversity.part_radius(2 * lm, vis) == pytest.approx(6.0, rel=1e-6)
+    only_one = np.zeros((n, 3), bool)
+    only_one[:, 0] = True
+    with pytest.raises(DataError, match="no image shows two parts"):
+        diversity.part_radius(lm, only_one)
+
+
+def test_parts_covered_takes_its_radius_from_the_landmarks():
+    rng = np.random.default_rng(1)
+    n = 40
+    base = np.array([[20.0, 20.0], [44.0, 20.0], [32.0, 50.0]], np.float32)
+    lm = base[None] + rng.normal(0, 2, (n, 3, 2)).astype(np.float32)
+    vis = np.ones((n, 3), bool)
+    off = np.array([5.0, 0.0], np.float32)  # 5 px off part 0: near it on this layout (radius ~ 12 px) ...
+    peaks = np.stack([lm[:, 0] + off, lm[:, 1] + off], 1)
+    out = diversity.parts_covered(peaks, lm, vis)
+    assert out["radius"] == pytest.approx(diversity.part_radius(lm, vis))
+    assert out["parts_covered"] == 2 and out["filters_per_part"] == [1, 1, 0]
+    # ... but not when the parts crowd together (radius ~ 1.5 px): the same 5 px now lands on no part
+    tight = base[None] / 8 + rng.normal(0, 0.05, (n, 3, 2)).astype(np.float32)
+    crowded = diversity.parts_covered(np.stack([tight[:, 0] + off, tight[:, 1] + off], 1), tight, vis)
+    assert crowded["radius"] < 2 and crowded["parts_covered"] == 0

@@ -20,6 +20,7 @@ def test_cli_runs_the_program_and_writes_results(tmp_path, capsys):
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "explainer convnet relu3->relu4" in out
+    assert "verdict: explainer interp2: location instability" in out  # the verdicts in words, not only numbers
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["performer_unchanged"] is True and res["steps"] == 4
     assert res["in_shape"] == [8, 8, 64] and res["out_shape"] == [4, 4, 64]
