@@ -432,8 +432,11 @@ def tally_chunked(act_batches: Iterable[np.ndarray], concepts_of: Callable[[int,
                 concepts.category_of, head.category_of):
             raise DataError(f"the concept labels of images {start}..{stop - 1} name other concepts than those of the "
                             "first chunk; build every chunk from one data set (one label table).")
-        part = tally(itertools.islice(stream, -(-(stop - start) // batch_size)), concepts, thresholds, batch_size,
-                     max_labels, category_rule)
+        first = next(stream, None)
+        if first is None:
+            raise ShapeError(f"activations cover {start} images but the concept labels {n}; pass matching data.")
+        batches = itertools.chain([first], itertools.islice(stream, -(-(stop - start) // batch_size) - 1))
+        part = tally(batches, concepts, thresholds, batch_size, max_labels, category_rule)
         total = part if total is None else jax.tree_util.tree_map(jnp.add, total, part)
     if next(stream, None) is not None:
         raise ShapeError(f"activations cover more images than the concept labels ({n}); pass matching data.")

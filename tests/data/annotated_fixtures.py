@@ -144,10 +144,11 @@ def write_pascal_part(root, seed=0):
 
 
 # ------------------------------------------------------------------------------------------------ Broden
-def write_broden_hard(root, n=6, ih=16, sh=8, seed=0):
+def write_broden_hard(root, n=6, ih=16, sh=8, seed=0, n_train=4):
     """A Broden folder (joinseg layout) with the hard cases: overlapping part planes, multi-label texture cells,
     ``ring`` shared by object and part (one global number, listed in c_object.csv and c_part.csv), a label number
-    needing the G channel. Returns every plane as global numbers at (sh, sw) and every image-level number list."""
+    needing the G channel. Images ``0..n_train-1`` are train, the rest val. Returns every plane as global numbers at
+    (sh, sw) and every image-level number list."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     labels = [(1, "red", "color(6)", 0.5), (2, "blue", "color(6)", 0.4), (3, "ring", "object(3);part(4)", 0.2),
@@ -190,7 +191,7 @@ def write_broden_hard(root, n=6, ih=16, sh=8, seed=0):
         texture = [8, 9] if i % 3 == 0 else ([9] if i % 3 == 1 else [])
         scene = [6] if i % 2 else [7]
         truth.append(dict(planes=planes, texture=texture, scene=scene))
-        index.append([cols["part"], f"{stem}.jpg", "train" if i < 4 else "val", ih, ih, sh, sh, cols["color"],
+        index.append([cols["part"], f"{stem}.jpg", "train" if i < n_train else "val", ih, ih, sh, sh, cols["color"],
                       cols["object"], ";".join(map(str, scene)), ";".join(map(str, texture))])
     _write_csv(root / "index.csv", ["part", "image", "split", "ih", "iw", "sh", "sw", "color", "object", "scene",
                                     "texture"], index)
