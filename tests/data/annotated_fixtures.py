@@ -79,8 +79,9 @@ VOC_OBJ = """  <object><name>{name}</name><pose>Unspecified</pose><truncated>0</
 """
 
 
-def write_voc(root, seed=0):
-    """4 train + 2 val images with 1-2 boxes each (one difficult); returns {id: (hw, [(cls, diff, box)])}."""
+def write_voc(root, seed=0, same_size=False):
+    """4 train + 2 val images with 1-2 boxes each (one difficult); returns {id: (hw, [(cls, diff, box)])}. Image
+    widths differ (22..27 px) unless ``same_size`` (all 20 x 24)."""
     rng = np.random.default_rng(seed)
     (root / "JPEGImages").mkdir(parents=True)
     (root / "Annotations").mkdir()
@@ -95,7 +96,7 @@ def write_voc(root, seed=0):
     }
     truth = {}
     for k, (image_id, objs) in enumerate(objects.items()):
-        h, w = 20, 22 + k
+        h, w = 20, 24 if same_size else 22 + k
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
         body = "".join(VOC_OBJ.format(name=n, difficult=d, xmin=b[0], ymin=b[1], xmax=b[2], ymax=b[3])
                        for n, d, b in objs)
