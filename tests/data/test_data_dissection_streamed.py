@@ -151,10 +151,12 @@ def broden_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("broden")
     write_broden_hard(root, n=14, ih=32, sh=16, n_train=8, seed=4)
-    model = backbones.create("convnet", 3, widths=(4, 8, 8))  # 3 classes: scene codes -, beach, forest
+    # 7 classes, while the Broden folder's "classes" are its 3 scene codes (-, beach, forest): a network trained on
+    # another label set (Places365 for Broden) is dissected as it is
+    model = backbones.create("convnet", 7, widths=(4, 8, 8))
     variables = backbones.init(model, jax.random.key(0), (32, 32, 3))
     weights = tmp_path_factory.mktemp("w") / "params.npz"
-    torch_import.save_variables(weights, variables, {"arch": "convnet", "num_classes": 3,
+    torch_import.save_variables(weights, variables, {"arch": "convnet", "num_classes": 7,
                                                      "config": {"widths": [4, 8, 8]}})
     cfg = BasisConfig(weights=str(weights), data=f"broden:{root}:lazy=1", layer="relu2", methods=("natural", "ibd"),
                       n_train=0, n_test=0, batch_size=4, fit_pixels=500, quantile=0.05, figure_directions=1,

@@ -62,8 +62,10 @@ def _load_backbone(cfg: BasisConfig, train_ds, r: Run, progress: bool):
     if "backbone_test_accuracy" in info:
         info["test_accuracy"] = info.pop("backbone_test_accuracy")
     if cfg.weights:
-        check_weights_fit(path, meta, num_classes=train_ds.num_classes, image_shape=train_ds.image_shape,
-                          data_spec=cfg.data)
+        # Broden's "classes" are its scene codes, not what the dissected network classifies (e.g. Places365's 365):
+        # dissection never reads the head, so only the image channels must fit.
+        classes = None if cfg.data.startswith("broden:") else train_ds.num_classes
+        check_weights_fit(path, meta, num_classes=classes, image_shape=train_ds.image_shape, data_spec=cfg.data)
     kw = {}
     if cfg.arch == "convnet":
         widths = tuple((meta.get("config") or {}).get("widths") or ()) or tuple(cfg.backbone.widths)
