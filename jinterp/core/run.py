@@ -27,8 +27,9 @@ The weights of every program are loaded through :func:`load_backbone_weights` (o
 Several processes (a multi-host job, ``jax.process_count() > 1``): every process opens the same Run and takes the
 same stage decisions, but only process 0 (``Run.primary``) takes the lock and writes ``config.json``, the run's
 JSON outputs and deletes outdated outputs; all processes read ``config.json`` before process 0 first writes it (a
-barrier), so they agree on which stages to reuse. Checkpoints go through Orbax, which coordinates multi-process saves
-itself. Programs that write other files directly check ``Run.primary`` [as of this writing, not all do].
+barrier), so they agree on which stages to reuse. Checkpoints go through Orbax's CheckpointManager, built for
+multi-process saves (every process calls save; not yet tested here with several processes). Programs that write
+other files directly should check ``Run.primary`` [as of this writing, not all do].
 """
 
 from __future__ import annotations
