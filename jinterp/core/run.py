@@ -23,6 +23,13 @@ lock left by a process that no longer runs (kill -9) is taken over. Any ``Permis
 (ENOSPC, EROFS, EDQUOT) that escapes the run becomes a :class:`~jinterp.errors.StorageError` naming the path.
 
 The weights of every program are loaded through :func:`load_backbone_weights` (one place to re-point).
+
+Several processes (a multi-host job, ``jax.process_count() > 1``): every process opens the same Run and takes the
+same stage decisions, but only process 0 (``Run.primary``) takes the lock and writes ``config.json``, the run's
+JSON outputs and deletes outdated outputs; all processes read ``config.json`` before process 0 first writes it (a
+barrier), so they agree on which stages to reuse. Checkpoints go through Orbax's CheckpointManager, built for
+multi-process saves (every process calls save; not yet tested here with several processes). Programs that write
+other files directly should check ``Run.primary`` [as of this writing, not all do].
 """
 
 from __future__ import annotations
@@ -251,18 +258,25 @@ class Run:
         self._lock: Path | None = None
         self.stages: dict[str, dict] = {}
         self._previous: dict[str, dict] = {}
+        self.processes, self.primary = _process_layout()
 
     # -------------------------------------------------------------------------------- context manager
     def __enter__(self) -> Run:
-        try:
-            self.workdir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise storage_error(self.workdir, e, what="create") from e
-        self._lock = acquire_lock(self.workdir)
+        if self.primary:
+            try:
+                self.workdir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise storage_error(self.workdir, e, what="create") from e
+            self._lock = acquire_lock(self.workdir)
         try:
             self._previous = self._read_previous()  # written back once a stage passes its check
+            if self.processes > 1:  # every process has read config.json before process 0 writes it
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices(f"jinterp.Run({self.workdir})")
         except BaseException:
-            release_lock(self._lock)
+            if self._lock is not None:
+                release_lock(self._lock)
             raise
         return self
 
@@ -290,8 +304,11 @@ class Run:
         return dict(stages) if isinstance(stages, dict) else {}
 
     def save_record(self) -> None:
-        """``config.json``: the method, the config and, for every stage, what produced its outputs."""
+        """``config.json``: the method, the config and, for every stage, what produced its outputs (process 0)."""
         from jinterp.core.config import to_dict
+
+        if not self.primary:
+            return
 
         stages = {**self._previous, **self.stages}
         record = {"method": self.method, "jinterp": jinterp.__version__, "config": to_dict(self.cfg),
@@ -324,7 +341,7 @@ class Run:
         present = [p for p in abs_paths if p.exists()]
         if present and resumable and not self.restart:
             raise CheckpointError(self._refusal(name, prev, rec, present))
-        for p in present:  # outputs of other settings: never reused, never mixed with new ones
+        for p in present if self.primary else ():  # outputs of other settings: never reused, never mixed
             try:
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
             except OSError as e:
@@ -359,9 +376,20 @@ class Run:
 
     # -------------------------------------------------------------------------------------- outputs
     def write_json(self, relpath: str, obj: Any, **dumps: Any) -> Path:
+        """Writes ``<workdir>/relpath`` (process 0 only; returns the path on every process)."""
         path = self.workdir / relpath
-        atomic_write_text(path, json.dumps(obj, indent=2, **dumps) + "\n")
+        if self.primary:
+            atomic_write_text(path, json.dumps(obj, indent=2, **dumps) + "\n")
         return path
+
+
+def _process_layout() -> tuple[int, bool]:
+    """``(jax.process_count(), this is process 0)``; one process when JAX has not been imported (no job to join)."""
+    if "jax" not in sys.modules:
+        return 1, True
+    import jax
+
+    return jax.process_count(), jax.process_index() == 0
 
 
 # ---------------------------------------------------------------------------------------- --config FILE

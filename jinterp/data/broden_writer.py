@@ -1,6 +1,6 @@
 """Write data in the Broden layout (joinseg's, as :mod:`jinterp.data.broden` reads it), e.g. synthparts at 224 px.
 
-Used by the tests' fixture writers and by ``experiments/bench/broden_scale.py`` (dissection of a Broden-format set
+Used by the tests' fixture writers and by ``jinterp/bench/broden_scale.py`` (dissection of a Broden-format set
 larger than RAM). :func:`write_synthparts_broden` lays synthparts out as Broden does:
 
     index.csv       image,split,ih,iw,sh,sw,color,object,part,texture  (pixel cells: one PNG each; texture: numbers)

@@ -11,9 +11,14 @@ Reference: Bau et al., *Network Dissection* (CVPR 2017) and UIBE's extended scor
    interpolation matmuls), thresholded ``S > T`` (strict, as NetDissect-Lite), and intersected with each image's
    *present* concepts only (at most ``max_labels`` per image, padded), then scatter-added into global counters.
    Memory per batch is ``B × U × H × W`` booleans, never ``N × U × H × W``.
-3. :func:`iou` — ``IoU[u, c] = I[u, c] / (A[u, cat(c)] + G[c] − I[u, c])`` where ``A[u, g]`` counts unit u's active
-   pixels only over images that carry some label of category g (the paper's / QND's category rule) and ``G[c]``
-   counts concept c's pixels. Image-level labels (texture) cover the whole image.
+3. :func:`iou` — ``IoU[u, c] = I[u, c] / (A[u, cat(c)] + G[c] − I[u, c])`` where ``G[c]`` counts concept c's
+   pixels and ``A[u, g]`` counts unit u's active pixels over the images that count for category g, by the tally's
+   ``category_rule`` (spec §4.1 step 3): ``"paper"`` (default; the paper's and QND's rule) — every image that carries
+   some label of category g; ``"netdissect"`` (NetDissect-Lite's ``tally_job``, for bit-matching its outputs) — only
+   the images where the unit's active region overlaps a pixel labelled with category g, or that carry an image-level
+   label of g. Image-level labels (texture) cover the whole image.
+   :func:`tally_chunked` builds the labels a chunk of images at a time (the counters are sums over images), so
+   neither the activations nor the label maps of the whole data set are ever held.
 4. :func:`label_units` — each unit's best concept (lowest index on ties), detectors (IoU > 0.04), unique detectors.
 5. :func:`s1_s2` — UIBE's threshold-integrated scores in closed form: ``S¹ = Σ_i φ_i(c*_i, val)``,
    ``S² = Σ_{c∈{c*_i}} max_{i: c*_i=c} φ_i(c, val)`` with ``c*_i`` chosen on the train split.
@@ -28,8 +33,9 @@ they are reported in ``DissectionResult.dead``. No metric is ever NaN: every div
 from __future__ import annotations
 
 import functools
+import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import jax
@@ -40,6 +46,7 @@ from jinterp.errors import ConfigError, DataError, ShapeError
 
 IOU_DETECTOR_THRESHOLD = 0.04
 TOP_QUANTILE = 0.005
+CATEGORY_RULES = ("paper", "netdissect")  # which images count toward A[u, g] (module docstring, step 3)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -274,9 +281,9 @@ def _bilinear_matrix(src: int, dst: int) -> np.ndarray:
     return np.asarray(jax.image.resize(eye, (dst, src), "bilinear", antialias=False))
 
 
-@functools.partial(jax.jit, static_argnames=("max_labels", "num_categories"), donate_argnums=0)
+@functools.partial(jax.jit, static_argnames=("max_labels", "num_categories", "category_rule"), donate_argnums=0)
 def _tally_batch(tally: Tally, acts, thresholds, dead, valid, pixel_labels, image_labels, category_of, rh, rw,
-                 max_labels: int, num_categories: int) -> Tally:
+                 max_labels: int, num_categories: int, category_rule: str = "paper") -> Tally:
     b, _, h, w = pixel_labels.shape
     # Upsample as two interpolation matmuls: exact bilinear, no (B, H, W, U) float intermediate of resize.
     up = jnp.einsum("Hh,bhwu,Ww->buHW", rh, acts.astype(jnp.float32), rw, precision=jax.lax.Precision.HIGHEST)
@@ -307,19 +314,26 @@ def _tally_batch(tally: Tally, acts, thresholds, dead, valid, pixel_labels, imag
     inter = jnp.einsum("bus,bsc->buc", on, onehot)                       # (B, U, C)
     counts = onehot.sum(1)                                               # (B, C)
     n_on = on.sum(2)                                                     # (B, U)
-    cat_present = jnp.zeros((b, num_categories), jnp.float32)
-    cat_present = cat_present.at[jnp.arange(b)[:, None], category_of[present]].max(
-        (present > 0).astype(jnp.float32))
+    # cat_slot[b, m, g]: present slot m of image b is a concept of category g (padding slots belong to none).
+    cat_slot = ((category_of[present][:, :, None] == jnp.arange(num_categories)) & (present > 0)[:, :, None])
+    cat_slot = cat_slot.astype(jnp.float32)
+    if category_rule == "netdissect":
+        # NetDissect-Lite: image b counts for (u, g) only where u's active pixels meet a label of category g
+        # (an image-level label meets every active pixel).
+        counts_for = jnp.einsum("bum,bmg->bug", (inter > 0).astype(jnp.float32), cat_slot) > 0
+        activated = jnp.einsum("bu,bug->ug", n_on, counts_for.astype(jnp.float32))
+    else:  # the paper / QND: image b counts for every category it carries a label of
+        activated = jnp.einsum("bu,bg->ug", n_on, (cat_slot.sum(1) > 0).astype(jnp.float32))
     cols = present.reshape(-1)
     return Tally(
         tally.intersection.at[:, cols].add(inter.transpose(1, 0, 2).reshape(inter.shape[1], -1)),
-        tally.activated + jnp.einsum("bu,bg->ug", n_on, cat_present),
+        tally.activated + activated,
         tally.label_count.at[cols].add(counts.reshape(-1)),
     )
 
 
 def tally(act_batches: Iterable[np.ndarray], concepts: ConceptSet, thresholds: Thresholds,
-          batch_size: int, max_labels: int = 16) -> Tally:
+          batch_size: int, max_labels: int = 16, category_rule: str = "paper") -> Tally:
     """Accumulate intersection / activation / label counters over the data set.
 
     Args:
@@ -329,7 +343,10 @@ def tally(act_batches: Iterable[np.ndarray], concepts: ConceptSet, thresholds: T
       thresholds: from :func:`quantile_thresholds`.
       batch_size: the fixed compiled batch (the last batch is padded and masked).
       max_labels: the most distinct concepts one image carries (an image with more raises an error).
+      category_rule: ``"paper"`` or ``"netdissect"``: which images count toward a unit's activation in the IoU
+        denominator (module docstring, step 3).
     """
+    _check_category_rule(category_rule)
     if np.ndim(concepts.pixel_labels) != 4 or np.ndim(concepts.image_labels) != 2:
         raise ShapeError(f"concept labels must be pixel_labels (N, P, H, W) and image_labels (N, Q); got "
                          f"{np.shape(concepts.pixel_labels)} and {np.shape(concepts.image_labels)}. Build them with "
@@ -366,13 +383,64 @@ def tally(act_batches: Iterable[np.ndarray], concepts: ConceptSet, thresholds: T
         valid = np.arange(batch_size) < m
         state = _tally_batch(state, _pad(acts, batch_size), th, dead, valid, _pad(pl, batch_size),
                              _pad(il, batch_size), cat_of, rh, rw, max_labels=max_labels,
-                             num_categories=len(concepts.categories))
+                             num_categories=len(concepts.categories), category_rule=category_rule)
         start += m
     if state is None:
         raise DataError("no activations given: the data set is empty; stream at least one batch of activations.")
     if start != n:
         raise ShapeError(f"activations cover {start} images but the concept labels {n}; pass matching data.")
     return state
+
+
+def _check_category_rule(rule: str) -> None:
+    if rule not in CATEGORY_RULES:
+        raise ConfigError(f"category_rule {rule!r} unknown; use one of {list(CATEGORY_RULES)} (\"paper\": every "
+                          "image carrying the category counts; \"netdissect\": NetDissect-Lite's overlap rule)")
+
+
+def tally_chunked(act_batches: Iterable[np.ndarray], concepts_of: Callable[[int, int], ConceptSet], n: int,
+                  thresholds: Thresholds, batch_size: int, chunk: int = 512, max_labels: int = 16,
+                  category_rule: str = "paper") -> tuple[Tally, ConceptSet]:
+    """:func:`tally` with the concept labels built ``chunk`` images at a time, so no data-set-sized label array exists.
+
+    The counters are sums over images, so the sum of the chunk tallies is the tally of the whole set (exactly: the
+    counts are integers, held exactly in float32 below 2**24 per entry).
+
+    Args:
+      act_batches: activations ``(B, h, w, U)`` per batch over all ``n`` images in order (every batch but the last
+        has ``batch_size`` images); consumed once.
+      concepts_of: ``(start, stop) -> ConceptSet`` of images ``start..stop-1``; every chunk must give the same
+        concept names and categories (true of ``broden_concepts`` and ``concepts_from_dataset`` on one data set).
+      n: number of images.
+      chunk: images per label chunk, rounded down to whole batches (at least one).
+    Returns:
+      ``(tally, the first chunk's ConceptSet)`` — pass the latter to :func:`iou` (it only reads the names and
+      categories, which every chunk shares).
+    """
+    _check_category_rule(category_rule)
+    if n < 1:
+        raise DataError("no images to tally: the data set is empty; stream at least one batch of activations.")
+    chunk = max(1, chunk // batch_size) * batch_size  # whole batches per chunk: chunk edges are batch edges
+    stream = iter(act_batches)
+    total = head = None
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        concepts = concepts_of(start, stop)
+        if head is None:
+            head = concepts
+        elif concepts.names != head.names or concepts.categories != head.categories or not np.array_equal(
+                concepts.category_of, head.category_of):
+            raise DataError(f"the concept labels of images {start}..{stop - 1} name other concepts than those of the "
+                            "first chunk; build every chunk from one data set (one label table).")
+        first = next(stream, None)
+        if first is None:
+            raise ShapeError(f"activations cover {start} images but the concept labels {n}; pass matching data.")
+        batches = itertools.chain([first], itertools.islice(stream, -(-(stop - start) // batch_size) - 1))
+        part = tally(batches, concepts, thresholds, batch_size, max_labels, category_rule)
+        total = part if total is None else jax.tree_util.tree_map(jnp.add, total, part)
+    if next(stream, None) is not None:
+        raise ShapeError(f"activations cover more images than the concept labels ({n}); pass matching data.")
+    return total, head
 
 
 def _pad(a: np.ndarray, size: int) -> np.ndarray:
@@ -457,7 +525,7 @@ def s1_s2(iou_train: np.ndarray, iou_val: np.ndarray) -> tuple[float, float]:
 
 
 def dissect(act_batches_fn, concepts: ConceptSet, batch_size: int, quantile: float = TOP_QUANTILE,
-            max_labels: int = 16) -> tuple[np.ndarray, DissectionResult]:
+            max_labels: int = 16, category_rule: str = "paper") -> tuple[np.ndarray, DissectionResult]:
     """Thresholds, tally, IoU and labels in one call.
 
     Args:
@@ -474,5 +542,5 @@ def dissect(act_batches_fn, concepts: ConceptSet, batch_size: int, quantile: flo
         raise ShapeError(f"dissection needs spatial activations (B, h, w, U); got shape {first.shape}.")
     n = len(concepts.pixel_labels)
     th = quantile_thresholds(act_batches_fn(), n * first.shape[1] * first.shape[2], quantile)
-    table = iou(tally(act_batches_fn(), concepts, th, batch_size, max_labels), concepts)
+    table = iou(tally(act_batches_fn(), concepts, th, batch_size, max_labels, category_rule), concepts)
     return table, label_units(table, th.dead)

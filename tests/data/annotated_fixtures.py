@@ -79,8 +79,9 @@ VOC_OBJ = """  <object><name>{name}</name><pose>Unspecified</pose><truncated>0</
 """
 
 
-def write_voc(root, seed=0):
-    """4 train + 2 val images with 1-2 boxes each (one difficult); returns {id: (hw, [(cls, diff, box)])}."""
+def write_voc(root, seed=0, same_size=False):
+    """4 train + 2 val images with 1-2 boxes each (one difficult); returns {id: (hw, [(cls, diff, box)])}. Image
+    widths differ (22..27 px) unless ``same_size`` (all 20 x 24)."""
     rng = np.random.default_rng(seed)
     (root / "JPEGImages").mkdir(parents=True)
     (root / "Annotations").mkdir()
@@ -95,7 +96,7 @@ def write_voc(root, seed=0):
     }
     truth = {}
     for k, (image_id, objs) in enumerate(objects.items()):
-        h, w = 20, 22 + k
+        h, w = 20, 24 if same_size else 22 + k
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
         body = "".join(VOC_OBJ.format(name=n, difficult=d, xmin=b[0], ymin=b[1], xmax=b[2], ymax=b[3])
                        for n, d, b in objs)
@@ -144,10 +145,11 @@ def write_pascal_part(root, seed=0):
 
 
 # ------------------------------------------------------------------------------------------------ Broden
-def write_broden_hard(root, n=6, ih=16, sh=8, seed=0):
+def write_broden_hard(root, n=6, ih=16, sh=8, seed=0, n_train=4):
     """A Broden folder (joinseg layout) with the hard cases: overlapping part planes, multi-label texture cells,
     ``ring`` shared by object and part (one global number, listed in c_object.csv and c_part.csv), a label number
-    needing the G channel. Returns every plane as global numbers at (sh, sw) and every image-level number list."""
+    needing the G channel. Images ``0..n_train-1`` are train, the rest val. Returns every plane as global numbers at
+    (sh, sw) and every image-level number list."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     labels = [(1, "red", "color(6)", 0.5), (2, "blue", "color(6)", 0.4), (3, "ring", "object(3);part(4)", 0.2),
@@ -190,7 +192,7 @@ def write_broden_hard(root, n=6, ih=16, sh=8, seed=0):
         texture = [8, 9] if i % 3 == 0 else ([9] if i % 3 == 1 else [])
         scene = [6] if i % 2 else [7]
         truth.append(dict(planes=planes, texture=texture, scene=scene))
-        index.append([cols["part"], f"{stem}.jpg", "train" if i < 4 else "val", ih, ih, sh, sh, cols["color"],
+        index.append([cols["part"], f"{stem}.jpg", "train" if i < n_train else "val", ih, ih, sh, sh, cols["color"],
                       cols["object"], ";".join(map(str, scene)), ";".join(map(str, texture))])
     _write_csv(root / "index.csv", ["part", "image", "split", "ih", "iw", "sh", "sw", "color", "object", "scene",
                                     "texture"], index)

@@ -1,6 +1,8 @@
 """One process of the two-process pipeline test (tests/data/test_data_multihost.py): joins the job, iterates the
 BatchIterator and saves the shards its devices hold, the dataset rows it decoded, the features
-``jinterp.core.features.iter_features`` gives for its own rows, and the state after one sharded training step."""
+``jinterp.core.features.iter_features`` gives for its own rows, and the state after one sharded training step; then
+opens a ``jinterp.core.run.Run`` on a work directory both processes share and writes a result into it (only process 0
+may write)."""
 
 import sys
 
@@ -44,4 +46,21 @@ for step, batch in enumerate(it):
         for path, leaf in jax.tree_util.tree_leaves_with_path((state, metrics)):
             record[f"train{jax.tree_util.keystr(path)}"] = np.asarray(leaf.addressable_data(0))
 record["decoded"] = np.asarray(decoded)
+
+import dataclasses  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from jinterp.core.run import Run  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    value: int = 1
+
+
+with Run(Path(out).parent / "shared_run", ProbeConfig(), method="probe") as run:  # both processes: one workdir
+    stage = run.stage("probe", fields={"value": 1}, paths=["result.json"])
+    run.write_json("result.json", {"written_by": pid})
+    stage.finish()
+    record["run_primary"] = np.asarray(run.primary)
 np.savez(out, **record)

@@ -1,11 +1,11 @@
-"""experiments/bench/broden_scale.py's streamed dissection (lazy Broden, one prefetching stream per pass, concept
+"""jinterp/bench/broden_scale.py's streamed dissection (lazy Broden, one prefetching stream per pass, concept
 labels built a chunk at a time, chunk tallies summed) equals the dissection of the whole set held in memory."""
 
 import jax
 import numpy as np
 
-from experiments.bench.broden_scale import streamed_dissection
 from jinterp import backbones
+from jinterp.bench.broden_scale import streamed_dissection
 from jinterp.core.features import iter_features
 from jinterp.data import broden_concepts, read_broden
 from jinterp.data.broden_writer import write_synthparts_broden

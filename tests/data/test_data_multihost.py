@@ -1,10 +1,11 @@
 """Per-host shards: two local CPU processes joined with jax.distributed each read only their half of every global
 batch; the assembled global batches, conv features computed on them under jit, backbone features each process
 extracts (``jinterp.core.features``) from its rows, and one sharded training step (``jinterp.core.train``) equal the
-single-process ones."""
+single-process ones; a ``Run`` both open on one work directory is written by process 0 only."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -69,3 +70,9 @@ def test_two_processes_read_disjoint_halves_that_assemble_to_the_single_process_
     read = [set(g["decoded"].tolist()) for g in got]
     assert not read[0] & read[1] and read[0] | read[1] == set(range(N))
     assert len(got[0]["decoded"]) + len(got[1]["decoded"]) == N
+    # one shared work directory: process 1 neither took the lock (it would have been refused) nor wrote anything
+    assert [bool(g["run_primary"]) for g in got] == [True, False]
+    shared = tmp_path / "shared_run"
+    assert sorted(p.name for p in shared.iterdir()) == ["config.json", "result.json"]  # lock released, no tmp files
+    assert json.loads((shared / "result.json").read_text()) == {"written_by": 0}
+    assert json.loads((shared / "config.json").read_text())["stages"]["probe"]["status"] == "done"

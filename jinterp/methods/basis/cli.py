@@ -3,6 +3,7 @@
     jinterp basis --config tiny --workdir runs/basis
     jinterp basis --config tiny --layer relu3 --method uibe --method natural
     jinterp basis --config paper --data broden:PATH --arch resnet18 --layer layer4 --weights W.npz
+    jinterp basis ... --category-rule netdissect      # NetDissect-Lite's IoU denominator (default: the paper's)
 
 Writes ``<workdir>/results.json`` (S¹/S², detectors, unique detectors per basis), ``<workdir>/bases.npz``
 (directions, thresholds, labels) and ``<workdir>/figures/``. Imports stay light until ``run``.
@@ -20,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--method", action="append", default=None, choices=("natural", "random", "uibe", "ibd"),
                    help="basis to extract and score (repeatable). Default: all four")
     g.add_argument("--arch", default=None, help="backbone architecture (same as --set arch=...)")
+    g.add_argument("--category-rule", default=None, choices=("paper", "netdissect"),
+                   help="IoU denominator: images carrying the concept's category (paper, default) or only those "
+                        "where the unit's active region meets it (netdissect: NetDissect-Lite's rule)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -30,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     sets = [(name, f"{name}={getattr(args, name)}") for name in ("data", "weights", "model", "arch", "layer")
             if getattr(args, name, None)]
+    if getattr(args, "category_rule", None):
+        sets.append(("category-rule", f"category_rule={args.category_rule}"))  # explicit() matches --NAME
     if getattr(args, "method", None):
         sets.append(("method", "methods=" + ",".join(args.method)))
     cfg = config_from_args(BasisConfig, args, method="basis", sets=sets)

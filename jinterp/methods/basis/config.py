@@ -20,7 +20,11 @@ class BasisConfig:
     fits the bases and labels the directions, the test split scores them (S¹/S², spec §4.2). ``weights`` is a saved
     variables file; "" trains ``backbone`` (a TrainBackboneConfig) first into ``<workdir>/backbone``.
     ``seg_scale`` is the label resolution relative to the image (NetDissect: 1/2). ``fit_pixels`` caps the pixels
-    UIBE and IBD are fitted on (a random subset, drawn per image batch while streaming).
+    UIBE and IBD are fitted on (a random subset, drawn per image batch while streaming). ``category_rule``: which
+    images count toward a unit's activation in the IoU denominator of a concept (spec §4.1 step 3): ``"paper"`` —
+    those carrying a label of the concept's category (the paper, QND); ``"netdissect"`` — only those where the unit's
+    active region overlaps such a label (NetDissect-Lite, to match its outputs). ``label_chunk``: concept labels are
+    built this many images at a time while tallying (memory), rounded down to whole batches.
     """
 
     arch: str = "convnet"
@@ -34,6 +38,8 @@ class BasisConfig:
     n_test: int = 1000
     seg_scale: float = 0.5
     quantile: float = 0.005                   # NetDissect top quantile for bases without thresholds
+    category_rule: str = "paper"              # IoU denominator: "paper" (QND) or "netdissect" (NetDissect-Lite)
+    label_chunk: int = 512                    # images whose concept labels are built at once while tallying
     batch_size: int = 64
     fit_pixels: int = 200_000
     figure_directions: int = 6
@@ -69,6 +75,13 @@ class BasisConfig:
             raise ConfigError(f"quantile must lie in (0, 1), got {self.quantile}")
         if not 0 < self.seg_scale <= 1:
             raise ConfigError(f"seg_scale must lie in (0, 1], got {self.seg_scale}")
+        from jinterp.metrics.dissection import CATEGORY_RULES
+
+        if self.category_rule not in CATEGORY_RULES:
+            raise ConfigError(f"category_rule={self.category_rule!r} unknown; use one of {list(CATEGORY_RULES)} "
+                              "(paper: the paper's rule; netdissect: NetDissect-Lite's)")
+        if self.label_chunk < 1:
+            raise ConfigError(f"label_chunk must be >= 1 (images per concept-label chunk), got {self.label_chunk}")
         if self.batch_size < 1 or self.n_train < 0 or self.n_test < 0 or self.fit_pixels < 1:
             raise ConfigError("batch_size and fit_pixels must be positive, n_train/n_test >= 0")
         self.uibe.validate()

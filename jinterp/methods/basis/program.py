@@ -18,7 +18,10 @@ Each basis is dissected with NetDissect's per-direction top-``quantile`` thresho
 also dissected with their own decision rule (``@own``: UIBE ``Qᵀx̃ > b·M``, IBD ``wᵀx + b > 0``). Labels come from
 the train split, IoUs for S¹/S² and detector counts from the test split. All bases are projected on the fly per
 image batch (one unit axis holding every basis), so no data-set-sized activation array is ever held: the
-backbone is re-run for each pass (pixel sample for fitting, thresholds, train tally, test tally).
+backbone is re-run for each pass (pixel sample for fitting, thresholds, train tally, test tally). Concept labels
+are built ``label_chunk`` images at a time beside the stream (:func:`jinterp.metrics.dissection.tally_chunked`), so
+no data-set-sized label array is held either; ``category_rule`` picks the IoU denominator's category rule
+(``"paper"`` or NetDissect-Lite's ``"netdissect"``, spec ``uibe_and_metrics.md`` §4.1).
 
 Writes ``<workdir>/results.json``, ``<workdir>/bases.npz`` (directions, thresholds, labels) and figures.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ import numpy as np
 from jinterp import backbones, data
 from jinterp.core import features
 from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_fingerprint, user_model_stage
+from jinterp.data.lazy import is_lazy
 from jinterp.errors import ConfigError, DataError, LayerError
 from jinterp.methods.basis import ibd, uibe
 from jinterp.methods.basis.config import BasisConfig
@@ -58,8 +63,10 @@ def _load_backbone(cfg: BasisConfig, train_ds, r: Run, progress: bool):
     if "backbone_test_accuracy" in info:
         info["test_accuracy"] = info.pop("backbone_test_accuracy")
     if cfg.weights:
-        check_weights_fit(path, meta, num_classes=train_ds.num_classes, image_shape=train_ds.image_shape,
-                          data_spec=cfg.data)
+        # Broden's "classes" are its scene codes, not what the dissected network classifies (e.g. Places365's 365):
+        # dissection never reads the head, so only the image channels must fit.
+        classes = None if cfg.data.startswith("broden:") else train_ds.num_classes
+        check_weights_fit(path, meta, num_classes=classes, image_shape=train_ds.image_shape, data_spec=cfg.data)
     kw = {}
     if cfg.arch == "convnet":
         widths = tuple((meta.get("config") or {}).get("widths") or ()) or tuple(cfg.backbone.widths)
@@ -99,7 +106,10 @@ class _Stream:
                                                                                 batch_size, arch)
 
     def __call__(self):
-        for out in features.iter_features(self.model, self.variables, self.ds.images, [self.layer], self.bs,
+        images = self.ds.images
+        if is_lazy(images):  # decode one batch at a time (np.asarray would decode the whole split)
+            images = (self.ds.images[i:i + self.bs] for i in range(0, len(self.ds), self.bs))
+        for out in features.iter_features(self.model, self.variables, images, [self.layer], self.bs,
                                           preprocess=self.arch):
             yield out[self.layer]
 
@@ -155,20 +165,13 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
     if not train_ds.masks:
         raise DataError(f"{cfg.data} carries no concept masks; dissection needs a data set with concept "
                         "annotations (synthparts or broden:PATH).")
-    h_img, w_img = train_ds.image_shape[:2]
-    seg = (max(1, int(round(h_img * cfg.seg_scale))), max(1, int(round(w_img * cfg.seg_scale))))
-    cats = list(cfg.categories) or None
-    if cfg.data.startswith("broden:"):
-        # NetDissect-Lite's labels: concepts merged by name across categories, scored at the segmentation size.
-        seg_size = tuple(train_ds.meta["segmentation_size"])
-        c_train = data.broden_concepts(train_ds, cats, size=seg_size)
-        c_test = data.broden_concepts(test_ds, cats, size=seg_size)
-        if list(c_train.names) != list(c_test.names):
-            raise DataError(f"{cfg.data}: the train and test splits give different concept lists; both splits must "
-                            "come from one Broden directory (one label table).")
-    else:
-        c_train = dis.concepts_from_dataset(train_ds, cats, size=seg)
-        c_test = dis.concepts_from_dataset(test_ds, cats, size=seg)
+    # Concept labels are built per chunk of images while streaming (dis.tally_chunked), never for a whole split;
+    # c_train / c_test hold one image's labels, for the names and categories every chunk shares.
+    labels_train, labels_test = _concept_labels(cfg, train_ds), _concept_labels(cfg, test_ds)
+    c_train, c_test = labels_train(0, 1), labels_test(0, 1)
+    if cfg.data.startswith("broden:") and list(c_train.names) != list(c_test.names):
+        raise DataError(f"{cfg.data}: the train and test splits give different concept lists; both splits must "
+                        "come from one Broden directory (one label table).")
     names = c_train.names[1:]
 
     model, variables, binfo = _load_backbone(cfg, train_ds, rn, progress)
@@ -190,9 +193,7 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
 
     # ---- pixel sample for fitting (UIBE: features only; IBD: + concept labels on the feature grid)
     t = time.perf_counter()
-    grid_labels = lambda s, b, hw: dis.downsample_labels(  # noqa: E731
-        dataclasses.replace(c_train, pixel_labels=c_train.pixel_labels[s:s + b],
-                            image_labels=c_train.image_labels[s:s + b]), hw)
+    grid_labels = lambda s, b, hw: dis.downsample_labels(labels_train(s, s + b), hw)  # noqa: E731
     px, py = _sample_pixels(tr_stream, grid_labels, cfg.fit_pixels, len(train_ds), cfg.seed)
     dim = px.shape[1]
     times["sample_s"] = time.perf_counter() - t
@@ -292,10 +293,12 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
                 img_max.append(a.max((1, 2)))
             yield a
 
-    iou_tr = dis.iou(dis.tally(counted(proj(tr_stream)(), "train"), c_train, thresholds, cfg.batch_size,
-                               max_labels=64), c_train)
-    iou_te = dis.iou(dis.tally(counted(proj(te_stream)(), "val"), c_test, thresholds, cfg.batch_size,
-                               max_labels=64), c_test)
+    tallies = {split: dis.tally_chunked(counted(proj(stream)(), split), labels, len(ds), thresholds,
+                                        cfg.batch_size, chunk=cfg.label_chunk, max_labels=64,
+                                        category_rule=cfg.category_rule)[0]
+               for split, stream, labels, ds in (("train", tr_stream, labels_train, train_ds),
+                                                 ("val", te_stream, labels_test, test_ds))}
+    iou_tr, iou_te = dis.iou(tallies["train"], c_train), dis.iou(tallies["val"], c_test)
     # the dissection's strict ``>``; a dead unit never fires
     rate_of = {s: np.where(dead, 0.0, c / max(n, 1)) for s, (c, n) in fires.items()}
     img_max = np.concatenate(img_max)
@@ -377,6 +380,22 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
     rn.write_json("results.json", out, default=_json_default)
     stage.finish()
     return out
+
+
+def _concept_labels(cfg: BasisConfig, ds) -> Callable[[int, int], dis.ConceptSet]:
+    """``(start, stop) -> ConceptSet`` of images ``start..stop-1`` of ``ds`` at the label resolution.
+
+    ``broden:`` data: NetDissect-Lite's labels (every plane, names merged across categories) at the segmentation
+    size of index.csv; other data: the label maps of ``ds`` at ``seg_scale`` of the image size. Only the requested
+    images are decoded (a lazy ``broden:PATH:lazy=1`` set reads their mask PNGs then).
+    """
+    cats = list(cfg.categories) or None
+    if cfg.data.startswith("broden:"):
+        seg_size = tuple(ds.meta["segmentation_size"])
+        return lambda start, stop: data.broden_concepts(ds.take(np.arange(start, stop)), cats, size=seg_size)
+    h_img, w_img = ds.image_shape[:2]
+    seg = (max(1, int(round(h_img * cfg.seg_scale))), max(1, int(round(w_img * cfg.seg_scale))))
+    return lambda start, stop: dis.concepts_from_dataset(ds.take(np.arange(start, stop)), cats, size=seg)
 
 
 def _ibd_columns(concepts: dis.ConceptSet, categories) -> np.ndarray:

@@ -27,9 +27,52 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jinterp.errors import ShapeError
+from jinterp.errors import DataError, ShapeError
 
 Apply = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def object_masks(ds) -> np.ndarray:
+    """The ground truth the protocols score against: ``(N, H, W)`` bool, the object of each image's class.
+
+    CSG's released VOC Part data holds one object per crop and scores against that object's mask (spec B.5.3);
+    on a whole image with several objects the mask is the pixels of the objects of the image's class (its label):
+
+    * ``voc:`` — the union of the boxes (``meta["objects"]``, output pixels, all of them: difficult ones too) whose
+      class is the image's class, rasterised at the output size as the reader rasterises ``masks["object"]`` (rows
+      ``floor(y0)`` to ``ceil(y1)``); from the boxes rather than ``masks["object"]``, where a smaller box of
+      another class drawn later covers part of the object. With ``crop=box`` the image is the object's box, so the
+      mask is (nearly) the whole image: VOC has boxes, not masks [reconstructed: the paper scores against
+      Pascal-Part masks].
+    * ``pascal_part:`` — ``masks["object"] == class_ind`` of the image's class (Pascal-Part's object masks).
+    * anything else (synthparts, npz...) — ``masks["object"] > 0``.
+
+    ``ds.meta`` is the reader's (``Dataset.take`` keeps it whole), so call this on the loaded split and index the
+    result like the images.
+    """
+    from jinterp.data.voc import VOC_CLASSES
+
+    if "object" not in ds.masks:
+        raise DataError(f"{ds.name or 'the data set'} has no object masks; CSG's localization needs masks['object'] "
+                        "(synthparts, voc:PATH, pascal_part:PATH)")
+    masks = np.asarray(ds.masks["object"])
+    kind = ds.name.split(":", 1)[0]
+    if kind not in ("voc", "pascal_part"):
+        return masks > 0
+    code = np.asarray([VOC_CLASSES.index(ds.class_names[int(y)]) for y in ds.labels])  # 0..19, VOC order
+    if kind == "pascal_part":
+        return masks == (code + 1)[:, None, None]
+    objects = ds.meta["objects"]
+    if len(objects) != len(ds):
+        raise DataError(f"{ds.name}: meta['objects'] lists {len(objects)} images but the data set holds {len(ds)}; "
+                        "call object_masks on the split as loaded, then index it like the images")
+    out = np.zeros(masks.shape, bool)
+    for i, (objs, c) in enumerate(zip(objects, code, strict=True)):
+        for cls, _difficult, x0, y0, x1, y1 in objs:
+            if int(cls) == c:
+                out[i, max(int(np.floor(y0)), 0):max(int(np.ceil(y1)), 0),
+                    max(int(np.floor(x0)), 0):max(int(np.ceil(x1)), 0)] = True
+    return out
 
 
 def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:

@@ -289,7 +289,9 @@ def _run(cfg: CSGConfig, rn: Run, progress: bool) -> dict[str, Any]:
                                "num_filters": k, "num_classes": num_classes, "eval_size": n_eval,
                                "protocol_note": "adversarial detection: reconstructed protocol [INF], not the "
                                                 "paper's (no public code or text)"}
-    has_masks = "object" in ev.masks
+    # the object of each image's class (voc: its class's boxes, pascal_part: its class's masks; loc.object_masks)
+    gt_masks = loc.object_masks(test_ds)[:n_eval] if "object" in test_ds.masks else None
+    has_masks = gt_masks is not None
     per_model: dict[str, dict] = {}
     train_pooled_n = min(len(train_ds), 2000)
     for name, r in runs.items():
@@ -321,7 +323,7 @@ def _run(cfg: CSGConfig, rn: Run, progress: bool) -> dict[str, Any]:
         if has_masks:
             tl = time.perf_counter()
             fc = site.fc
-            lres = loc.evaluate(apply_fn(params, ms), ev.images, ev.masks["object"] > 0, ev.labels, num_classes,
+            lres = loc.evaluate(apply_fn(params, ms), ev.images, gt_masks, ev.labels, num_classes,
                                 fc_kernel=params[fc]["kernel"] if fc else None, normalize=normalize,
                                 batch_size=min(bs, 64), n_top=cfg.n_top_channel, blur_kernel=cfg.grad_blur_kernel,
                                 blur_sigma=cfg.grad_blur_sigma, grad_threshold=cfg.grad_threshold,
@@ -363,7 +365,7 @@ def _run(cfg: CSGConfig, rn: Run, progress: bool) -> dict[str, Any]:
         np.save(workdir / "gate.npy", np.asarray(runs["csg"]["state"]["params"]["gate"]))
     tf = time.perf_counter()
     results["figures"] = _figures(cfg, workdir, runs, records, site, ev, train_ds.class_names, normalize, apply_fn,
-                                  has_masks)
+                                  gt_masks)
     times["figures_s"] = time.perf_counter() - tf
     times["total_s"] = time.perf_counter() - t_start
     results["times"] = times
@@ -510,7 +512,7 @@ def _norm01(x01, normalize):
     return normalize(x01 * 255.0)
 
 
-def _figures(cfg, workdir, runs, records, site, ev, class_names, normalize, apply_fn, has_masks) -> dict:
+def _figures(cfg, workdir, runs, records, site, ev, class_names, normalize, apply_fn, gt_masks) -> dict:
     from jinterp.report.figures import _common
     from jinterp.report.figures import csg as figs
 
@@ -524,7 +526,7 @@ def _figures(cfg, workdir, runs, records, site, ev, class_names, normalize, appl
         out["gate_matrix"] = str(_common.save(fig, workdir / "figures" / "gate_matrix.png"))
     out["training_curves"] = str(_common.save(figs.training_curves(records), workdir / "figures" /
                                               "training_curves.png"))
-    if has_masks:
+    if gt_masks is not None:
         n = min(6, len(ev))
         idx = np.concatenate([np.nonzero(ev.labels == c)[0][:1] for c in range(ev.num_classes)])[:n]
         x = jnp.asarray(ev.images[idx])
@@ -546,7 +548,7 @@ def _figures(cfg, workdir, runs, records, site, ev, class_names, normalize, appl
             if site.fc:
                 maps[f"CAM {name}"] = np.asarray(cam)
             maps[f"GradMap {name}"] = np.asarray(g)
-        fig = figs.localization_maps(np.asarray(ev.images[idx]), np.asarray(ev.masks["object"][idx] > 0), maps,
+        fig = figs.localization_maps(np.asarray(ev.images[idx]), gt_masks[idx], maps,
                                      [class_names[int(c)] for c in ev.labels[idx]])
         out["localization"] = str(_common.save(fig, workdir / "figures" / "localization.png"))
     return out
