@@ -79,5 +79,6 @@ def test_converted_resnet20_train_gradient_lowers_like_the_builtin(torch):
     x = jnp.asarray(np.random.default_rng(0).standard_normal((BATCH, SIZE, SIZE, 3)), jnp.float32)
     y = jnp.asarray([1, 3])
     builtin, converted = _train_grad_ops(bm, bv, x, y), _train_grad_ops(cm, cv, x, y)
-    assert sum(n for (p, _), n in builtin.items() if p == "conv_general_dilated") > 19  # forward and backward
+    # forward and backward convolutions: XLA's, or oneDNN's FFI calls where jinterp.nn._onednn is built
+    assert sum(n for (p, _), n in builtin.items() if p in ("conv_general_dilated", "ffi_call")) > 19
     assert converted == builtin, _difference(builtin, converted)

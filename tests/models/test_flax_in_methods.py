@@ -138,14 +138,14 @@ def test_explainer_and_csg_runs_on_a_linen_model(linen, tmp_path):
     cfg = apply_overrides(ExplainerConfig.tiny(), ["data=synthparts:size=32,n_train=128,n_test=64",
                                                    "layer=block2", "target=block3", "steps=3", "sweep_steps=0",
                                                    "batch_size=16", "eval_batch_size=32"])
-    res = explainer_run(cfg, tmp_path / "ex", progress=False, model=model, variables=variables)
+    res = explainer_run(cfg, tmp_path / "ex", progress=False, model=model, variables=variables).to_json()
     assert res["in_shape"] == [32, 32, 16] and res["out_shape"] == [16, 16, 16]
     assert res["performer_unchanged"] and np.isfinite(res["accuracy_replaced"])
     cfg = apply_overrides(CSGConfig.tiny(), ["gate_layer=block3", "head=fc", "epochs=3", "warmup_epochs=1",
                                              "mask_period=2", "mask_epoch_min=1", "train_size=100", "test_size=50",
                                              "eval_size=50", "adv_size=8", "pgd_steps=1", "batch_size=25",
                                              "baseline=false", "seeds=1"])
-    res = csg_run(cfg, tmp_path / "csg", progress=False, model=model, variables=variables)
+    res = csg_run(cfg, tmp_path / "csg", progress=False, model=model, variables=variables).to_json()
     assert res["gate_layer"] == "block3" and res["num_filters"] == 16
     gate = np.load(tmp_path / "csg" / "gate.npy")
     assert gate.shape == (16, 6) and np.ptp(gate, axis=1).max() > 1e-3  # class-specific columns
