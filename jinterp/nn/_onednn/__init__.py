@@ -42,7 +42,6 @@ import numpy as np
 from jinterp.errors import ModelError
 
 ONEDNN_VERSION = "2023.2.0"  # PyPI version of the oneDNN 3.2 CPU wheels (GNU OpenMP runtime)
-_WHEELS = (f"onednn-cpu-gomp=={ONEDNN_VERSION}", f"onednn-devel-cpu-gomp=={ONEDNN_VERSION}")
 _SRC = Path(__file__).with_name("conv.cc")
 _SYMBOLS = {"fwd": "JinterpOnednnConvFwd", "bwd_data": "JinterpOnednnConvBwdData",
             "bwd_weights": "JinterpOnednnConvBwdWeights"}
