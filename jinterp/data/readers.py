@@ -515,12 +515,18 @@ def read_tfds(name: str, split: str = "train", *, data_dir: str | Path | None = 
     batch are read and decoded once (``data_source.__getitems__``) and every column is served from them, in
     :class:`~jinterp.data.BatchIterator`'s prefetch thread. Lazy needs fixed-shape images.
 
-    Why this reads the array_record files through TFDS's data source and not grain: measured on 2000
-    synthparts images at 224 px (``jinterp.bench.data_readers``, one run, alternating, a shared 2-core machine),
-    jinterp's lazy records with the prefetch thread already overlap decode with compute, and reading the same
-    records from an ArrayRecord file is {figures}; grain {grain}. We keep ``LazyArray`` + BatchIterator's prefetch
-    (no new dependency; the same path serves ``folder``/``broden``/``cub``) and read TFDS's array_record files
-    through ``data_source`` (see experiments/README.md, #19).
+    Why the array_record files are read through TFDS's ``data_source`` into jinterp's own pipeline and not grain:
+    measured (``python -m jinterp.bench.data_readers --n 2000 --reps 2``: 2000 synthparts images at 224 px into a
+    quarter-width ConvNet's features, batch 32, one run, modes alternating; a shared 2-core machine at a 1-minute
+    load of 28-36, so only ratios within the run mean anything), per round: jinterp's lazy JPEG files + prefetch
+    thread 17.8 / 15.2 images/s (10.0 / 11.2 ms CPU per image), the same JPEG bytes from one ArrayRecord file through
+    the same iterator 18.8 / 15.3 (10.5 / 11.1 ms), grain's DataLoader over that file with one worker process
+    15.7 / 17.0 (11.6 / 11.9 ms): the three are equal within the spread between rounds. The cost is the JPEG decode
+    and the network, not the container or the loader, so we keep ``LazyArray`` + BatchIterator's prefetch thread
+    (no new dependency, one path for ``folder``/``broden``/``cub``/``tfds``, per-host shards already done there) and
+    read array_record through TFDS's data source; grain (a wheel exists for Python 3.11; not a dependency) would
+    have to beat it on a quiet many-core host, where its worker processes can decode in parallel (not measured
+    here). Details: experiments/README.md, "Input pipeline: grain vs ArrayRecord (issue #19)".
     """
     from jinterp._extras import require_tfds
 
