@@ -576,6 +576,8 @@ class _TfdsBatchRecords:
     """The decoded records of the last batch asked for, shared by the lazy columns of one TFDS source (the
     iterator asks for the image, then each mask, of the same rows: each record is read and decoded once)."""
 
+    MAX_CACHED = 4096  # records; a larger read (the whole set through np.asarray) is decoded but not kept
+
     def __init__(self, src):
         import threading
 
@@ -587,10 +589,12 @@ class _TfdsBatchRecords:
         def decode_batch(indices: np.ndarray) -> np.ndarray:
             rows = tuple(int(i) for i in indices)
             with self._lock:
-                if rows != self._rows:
-                    self._records = list(self._src.__getitems__(list(rows)))
-                    self._rows = rows
-                records = self._records
+                if rows == self._rows:
+                    records = self._records
+                else:
+                    records = list(self._src.__getitems__(list(rows)))
+                    # kept for the other columns of this batch; a whole-set read (np.asarray) is not kept
+                    self._rows, self._records = (rows, records) if len(rows) <= self.MAX_CACHED else (None, [])
             return np.stack([np.asarray(r[key]) for r in records])
         return decode_batch
 
