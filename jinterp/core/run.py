@@ -28,7 +28,8 @@ Several processes (a multi-host job, ``jax.process_count() > 1``): every process
 same stage decisions, but only process 0 (``Run.primary``) takes the lock and writes ``config.json``, the run's
 JSON outputs and deletes outdated outputs; all processes read ``config.json`` before process 0 first writes it (a
 barrier), so they agree on which stages to reuse. Checkpoints go through Orbax's CheckpointManager, built for
-multi-process saves (every process calls save). Every other file a program writes (arrays, figures, reports) goes
+multi-process saves (every process calls save; ``tests/core/test_multihost_checkpoint.py`` saves, restarts and
+resumes with two processes on one shared directory). Every other file a program writes (arrays, figures, reports) goes
 through :func:`write_file` (or :meth:`Run.write_file`): process 0 writes it through a temporary name and a rename,
 then every process waits at a barrier, so a file one process reads back right after (a prepared data file) is
 complete on a shared work directory; :func:`append_text` appends a log line on process 0 only. The work directory
