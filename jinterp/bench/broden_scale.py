@@ -16,8 +16,11 @@ child process, the dissection of that folder read with ``lazy=1``:
 
 Reported per N (JSON lines, and a table): peak RSS of the child (``ru_maxrss`` and a 0.1 s sampler of VmRSS),
 images/s of each pass, CPU time / wall time of the streaming passes (> 1: decode overlaps compute on several cores).
+``--prefetch`` sets how many batches the iterator decodes ahead in its thread (default 2); ``--prefetch 0`` decodes
+each batch synchronously in the consuming thread (no overlap), the baseline the overlap is measured against; several
+values (``--prefetch 2 0``) measure each N once per value, alternating, in one run.
 
-    python -m jinterp.bench.broden_scale --n 1000 5000 20000 [--layer relu4] [--label-size 56]
+    python -m jinterp.bench.broden_scale --n 1000 5000 20000 [--layer relu4] [--label-size 56] [--prefetch 2 0]
 
 (``python -m experiments.bench.broden_scale`` is the old path, an alias.)
 
@@ -79,11 +82,12 @@ def _mark() -> tuple[float, float, float]:
 
 
 def streamed_dissection(ds, model, variables, layer: str, batch_size: int, chunk: int, label_size: int,
-                        marks: list | None = None):
+                        marks: list | None = None, prefetch: int = 2):
     """Thresholds, tally, IoU and unit labels of ``ds`` (a ``broden:`` Dataset, lazy or not) with nothing
     data-set-sized in memory: images stream through one prefetching BatchIterator per pass, concept labels are
     built ``chunk`` images at a time. Returns ``(iou_table (U, L), DissectionResult, Thresholds, first activation
-    batch)``; appends :func:`_mark` at the start, after the thresholds pass and at the end to ``marks``."""
+    batch)``; appends :func:`_mark` at the start, after the thresholds pass and at the end to ``marks``.
+    ``prefetch``: batches decoded ahead in the iterator's thread (0: decoded synchronously, no overlap)."""
     import itertools
 
     import numpy as np
@@ -96,8 +100,8 @@ def streamed_dissection(ds, model, variables, layer: str, batch_size: int, chunk
     n = len(ds)
 
     def acts():
-        it = BatchIterator(ds, batch_size, shuffle=False, num_epochs=1, prefetch=2)
-        # batches are decoded in the iterator's prefetch thread while the previous one is computed
+        it = BatchIterator(ds, batch_size, shuffle=False, num_epochs=1, prefetch=prefetch)
+        # prefetch > 0: batches are decoded in the iterator's thread while the previous one is computed
         images = (np.asarray(b["image"])[np.asarray(b["mask"])] for b in it)
         for out in iter_features(model, variables, images, [layer], batch_size=batch_size):
             yield out[layer]
@@ -119,7 +123,7 @@ def streamed_dissection(ds, model, variables, layer: str, batch_size: int, chunk
 
 
 def measure(root: str, arch: str, layer: str, batch_size: int, chunk: int, label_size: int,
-            widths: tuple[int, ...] = ()) -> dict:
+            widths: tuple[int, ...] = (), prefetch: int = 2) -> dict:
     """Dissect the Broden folder ``root`` streamed with lazy=1 (run in a fresh process)."""
     sampler = RssSampler()
     sampler.start()
@@ -135,12 +139,13 @@ def measure(root: str, arch: str, layer: str, batch_size: int, chunk: int, label
     variables = backbones.init(model, jax.random.key(0), ds.image_shape)
     rss_after_load = _rss_mb()
     marks = []
-    table, result, _, first = streamed_dissection(ds, model, variables, layer, batch_size, chunk, label_size, marks)
+    table, result, _, first = streamed_dissection(ds, model, variables, layer, batch_size, chunk, label_size, marks,
+                                                  prefetch=prefetch)
     (t0, c0, _), (t1, c1, peak_thresholds), (t2, c2, _) = marks
     h, w = first.shape[1:3]
     peak_sampled = sampler.stop()
     return dict(n=n, arch=arch, layer=layer, feature_hw=[int(h), int(w)], units=int(first.shape[-1]),
-                batch_size=batch_size, chunk=chunk, label_size=label_size,
+                batch_size=batch_size, chunk=chunk, label_size=label_size, prefetch=prefetch,
                 peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 peak_rss_sampled_mb=peak_sampled, rss_after_load_mb=rss_after_load,
                 peak_rss_after_thresholds_mb=peak_thresholds,
@@ -160,13 +165,16 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--chunk", type=int, default=512, help="images per concept-label chunk of the tally")
     ap.add_argument("--label-size", type=int, default=56)
+    ap.add_argument("--prefetch", type=int, nargs="+", default=[2],
+                    help="batches decoded ahead in the iterator's thread; 0: synchronous decode (no overlap); "
+                         "several values: each N is measured once per value, alternating")
     ap.add_argument("--workdir", default=None, help="where to write the Broden folders (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the written folders")
     ap.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # child mode: dissect this folder
     args = ap.parse_args(argv)
     if args.measure:
         print(json.dumps(measure(args.measure, args.arch, args.layer, args.batch_size, args.chunk, args.label_size,
-                                 tuple(args.widths or ()))))
+                                 tuple(args.widths or ()), args.prefetch[0])))
         return
 
     from jinterp.data.broden_writer import write_synthparts_broden
@@ -183,24 +191,27 @@ def main(argv=None) -> None:
             t = time.perf_counter()
             write_synthparts_broden(root, max(args.n), size=224)
             print(json.dumps({"written": max(args.n), "write_s": time.perf_counter() - t}), flush=True)
-        for n in sorted(args.n):
+        if any(p < 0 for p in args.prefetch):
+            raise SystemExit(f"--prefetch {args.prefetch}: batches decoded ahead must be >= 0")
+        for n, prefetch in ((n, p) for n in sorted(args.n) for p in args.prefetch):
             cmd = [sys.executable, "-m", "jinterp.bench.broden_scale", "--measure", f"{root}:max_images={n}",
                    "--arch", args.arch, "--layer", args.layer, "--batch-size", str(args.batch_size),
-                   "--chunk", str(args.chunk), "--label-size", str(args.label_size),
+                   "--chunk", str(args.chunk), "--label-size", str(args.label_size), "--prefetch", str(prefetch),
                    "--widths", *map(str, args.widths or [])]
             out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
             if out.returncode != 0:
-                raise SystemExit(f"measurement for n={n} failed:\n{out.stderr[-3000:]}")
+                raise SystemExit(f"measurement for n={n} prefetch={prefetch} failed:\n{out.stderr[-3000:]}")
             row = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print("\n| N | peak RSS (MiB) | thresholds img/s | tally img/s | CPU/wall (thr, tally) |")
-    print("|---|---|---|---|---|")
+    print("\n| N | prefetch | peak RSS (MiB) | thresholds img/s | tally img/s | CPU/wall (thr, tally) |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['n']} | {r['peak_rss_mb']:.0f} | {r['thresholds_img_s']:.1f} | {r['tally_img_s']:.1f} | "
+        print(f"| {r['n']} | {r['prefetch']} | {r['peak_rss_mb']:.0f} | {r['thresholds_img_s']:.1f} | "
+              f"{r['tally_img_s']:.1f} | "
               f"{r['thresholds_cpu_per_wall']:.2f}, {r['tally_cpu_per_wall']:.2f} |")
 
 

@@ -28,8 +28,12 @@ Several processes (a multi-host job, ``jax.process_count() > 1``): every process
 same stage decisions, but only process 0 (``Run.primary``) takes the lock and writes ``config.json``, the run's
 JSON outputs and deletes outdated outputs; all processes read ``config.json`` before process 0 first writes it (a
 barrier), so they agree on which stages to reuse. Checkpoints go through Orbax's CheckpointManager, built for
-multi-process saves (every process calls save; not yet tested here with several processes). Programs that write
-other files directly should check ``Run.primary`` [as of this writing, not all do].
+multi-process saves (every process calls save; ``tests/core/test_multihost_checkpoint.py`` saves, restarts and
+resumes with two processes on one shared directory). Every other file a program writes (arrays, figures, reports) goes
+through :func:`write_file` (or :meth:`Run.write_file`): process 0 writes it through a temporary name and a rename,
+then every process waits at a barrier, so a file one process reads back right after (a prepared data file) is
+complete on a shared work directory; :func:`append_text` appends a log line on process 0 only. The work directory
+must be one file system that every process sees (as Orbax's multi-process checkpoints require too).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +137,55 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.replace(path)
     except OSError as e:
         tmp.unlink(missing_ok=True) if tmp.parent.exists() and os.access(tmp.parent, os.W_OK) else None
+        raise storage_error(path, e) from e
+
+
+def is_primary() -> bool:
+    """Whether this process writes the run's files: process 0 of a multi-host job, or the only process."""
+    return _process_layout()[1]
+
+
+def write_file(path: str | Path, write: Callable[[Path], Any], *, keep_existing: bool = False) -> Path:
+    """Writes one output file on process 0 only; returns ``path`` on every process.
+
+    ``write(tmp)`` writes the content to ``tmp`` (a hidden name beside ``path`` with the same suffix, so
+    ``np.savez``/``savefig`` keep their format), which is then renamed to ``path``: an interrupted run leaves the
+    old file or none, never half a file. Parents are created. ``keep_existing``: leave a ``path`` that already
+    exists untouched (decided by process 0 alone, so the processes cannot disagree). With several processes all of
+    them then wait at a barrier, so every process can read ``path`` once this returns (every process must make
+    the same ``write_file`` calls in the same order, as they make the same stage decisions).
+    """
+    path = Path(path)
+    processes, primary = _process_layout()
+    failed: BaseException | None = None
+    if primary and not (keep_existing and path.exists()):
+        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(tmp)
+            tmp.replace(path)
+        except BaseException as e:  # noqa: BLE001 (raised below, after the barrier)
+            if os.access(tmp.parent, os.W_OK):
+                tmp.unlink(missing_ok=True)
+            failed = e if isinstance(e, JinterpError) or not isinstance(e, OSError) else storage_error(path, e)
+            failed.__cause__ = None if failed is e else e
+    if processes > 1:  # every process reaches it, also when process 0's write failed (it raises right after)
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"jinterp.write_file({path})")
+    if failed is not None:
+        raise failed
+    return path
+
+
+def append_text(path: str | Path, text: str) -> None:
+    """Appends ``text`` to a log file (``metrics.jsonl``) on process 0 only (no barrier: nobody reads it back)."""
+    if not is_primary():
+        return
+    try:
+        with Path(path).open("a") as f:
+            f.write(text)
+    except OSError as e:
         raise storage_error(path, e) from e
 
 
@@ -377,10 +430,12 @@ class Run:
     # -------------------------------------------------------------------------------------- outputs
     def write_json(self, relpath: str, obj: Any, **dumps: Any) -> Path:
         """Writes ``<workdir>/relpath`` (process 0 only; returns the path on every process)."""
-        path = self.workdir / relpath
-        if self.primary:
-            atomic_write_text(path, json.dumps(obj, indent=2, **dumps) + "\n")
-        return path
+        text = json.dumps(obj, indent=2, **dumps) + "\n"
+        return write_file(self.workdir / relpath, lambda tmp: tmp.write_text(text))
+
+    def write_file(self, relpath: str, write: Callable[[Path], Any], *, keep_existing: bool = False) -> Path:
+        """:func:`write_file` of ``<workdir>/relpath`` (process 0 writes; returns the path on every process)."""
+        return write_file(self.workdir / relpath, write, keep_existing=keep_existing)
 
 
 def _process_layout() -> tuple[int, bool]:
@@ -545,7 +600,8 @@ def user_model_stage(r: Run, *, model: str, weights: str, image_shape: tuple[int
     return net, dict(variables), minfo, info
 
 
-__all__ = ["CONFIG_FILE", "LOCK_FILE", "Run", "Stage", "acquire_lock", "atomic_write_text", "backbone_stage",
-           "check_weights_fit", "check_workdir", "code_version", "config_from_args", "data_fingerprint", "explicit",
-           "file_fingerprint", "fingerprint", "is_storage_oserror", "load_backbone_weights", "load_config",
-           "release_lock", "storage_error", "user_model_stage"]
+__all__ = ["CONFIG_FILE", "LOCK_FILE", "Run", "Stage", "acquire_lock", "append_text", "atomic_write_text",
+           "backbone_stage", "check_weights_fit", "check_workdir", "code_version", "config_from_args",
+           "data_fingerprint", "explicit", "file_fingerprint", "fingerprint", "is_primary", "is_storage_oserror",
+           "load_backbone_weights", "load_config", "release_lock", "storage_error", "user_model_stage",
+           "write_file"]

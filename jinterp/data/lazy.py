@@ -4,7 +4,8 @@ A :class:`LazyArray` stands in for a ``(N, ...)`` NumPy array in a :class:`~jint
 ``shape``, ``dtype``, ``ndim`` and ``len``, and ``x[indices]`` decodes only those examples (what
 :class:`~jinterp.data.pipeline.BatchIterator` asks for, one batch at a time, in its prefetch thread, so decoding
 overlaps compute). ``np.asarray(x)`` decodes everything (for code that needs a real array). ``Dataset.take`` keeps
-it lazy. Readers make one with ``lazy=True`` (``folder``, ``broden``, ``cub``; ``--data broden:PATH:lazy=1``).
+it lazy. Readers make one with ``lazy=True`` (``folder``, ``broden``, ``cub``, ``tfds``; ``--data
+broden:PATH:lazy=1``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,20 @@ import numpy as np
 
 
 class LazyArray:
-    """``(N, *item_shape)`` examples; example ``i`` is ``decode(i)`` (an array of ``item_shape`` and ``dtype``)."""
+    """``(N, *item_shape)`` examples; example ``i`` is ``decode(i)`` (an array of ``item_shape`` and ``dtype``).
 
-    def __init__(self, n: int, item_shape: tuple[int, ...], dtype, decode: Callable[[int], np.ndarray],
-                 indices: np.ndarray | None = None):
-        self._decode, self._n = decode, n
+    ``decode_batch``: instead of ``decode``, a function of an index array returning the ``(len(indices),
+    *item_shape)`` examples at once (a reader whose records hold several columns decodes each record once per
+    batch and serves every column from it, ``tfds:``)."""
+
+    def __init__(self, n: int, item_shape: tuple[int, ...], dtype, decode: Callable[[int], np.ndarray] | None = None,
+                 indices: np.ndarray | None = None, *,
+                 decode_batch: Callable[[np.ndarray], np.ndarray] | None = None):
+        if (decode is None) == (decode_batch is None):
+            raise TypeError("LazyArray needs exactly one of decode and decode_batch")
+        if decode is None:
+            decode = lambda i: decode_batch(np.asarray([i]))[0]  # noqa: E731
+        self._decode, self._decode_batch, self._n = decode, decode_batch, n
         self._idx = np.arange(n) if indices is None else np.asarray(indices, np.int64)
         self.item_shape, self.dtype = tuple(item_shape), np.dtype(dtype)
 
@@ -43,12 +53,19 @@ class LazyArray:
             out = self._one(self._idx[first])
             return out[rest] if rest else out
         sel = self._idx[first]
-        out = np.stack([self._one(i) for i in sel]) if len(sel) else np.zeros((0, *self.item_shape), self.dtype)
+        if not len(sel):
+            out = np.zeros((0, *self.item_shape), self.dtype)
+        elif self._decode_batch is not None:
+            out = np.asarray(self._decode_batch(sel), self.dtype).reshape(len(sel), *self.item_shape)
+        else:
+            out = np.stack([self._one(i) for i in sel])
         return out[(slice(None), *rest)] if rest else out
 
     def subset(self, indices) -> LazyArray:
         """The examples at ``indices`` (still lazy)."""
-        return LazyArray(self._n, self.item_shape, self.dtype, self._decode, self._idx[np.asarray(indices)])
+        out = LazyArray(self._n, self.item_shape, self.dtype, self._decode, self._idx[np.asarray(indices)])
+        out._decode_batch = self._decode_batch
+        return out
 
     def astype(self, dtype, copy=True) -> np.ndarray:
         return np.asarray(self).astype(dtype, copy=copy)

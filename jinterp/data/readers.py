@@ -94,7 +94,7 @@ def load(spec: str, split: str = "train", **kw) -> Dataset:
         options["size"] = (int(options["size"]), int(options["size"]))
     handled = _NATIVE_OPTIONS.get(kind, ())
     if options.get("lazy") and "lazy" not in handled:
-        raise ConfigError(f"{kind}: lazy decoding is available for folder, broden and cub; drop lazy=1")
+        raise ConfigError(f"{kind}: lazy decoding is available for folder, broden, cub and tfds; drop lazy=1")
     options = {k: v for k, v in options.items() if k != "lazy" or k in handled}
     native = {k: v for k, v in options.items() if k in handled}
     native.update({k: options.pop(k) for k in READER_OPTIONS.get(kind, ()) if k in options})
@@ -502,11 +502,31 @@ def _read_folder(arg, split, **kw):
 
 # ------------------------------------------------------------------------------------------------ TFDS
 def read_tfds(name: str, split: str = "train", *, data_dir: str | Path | None = None, image_key: str = "image",
-              label_key: str = "label", num_classes: int | None = None) -> Dataset:
+              label_key: str = "label", num_classes: int | None = None, lazy: bool = False) -> Dataset:
     """Any prepared TFDS data set via ``tfds.data_source`` (array_record; no TensorFlow needed to read).
 
     ``image_key``/``label_key`` name the features; other features are sorted by shape: (H, W) integer arrays
     become masks, scalars image_labels, ``landmarks``/``landmark_visible`` landmarks.
+
+    ``lazy=True`` (``--data tfds:NAME:DATA_DIR:lazy=1``): nothing image-sized is decoded up front. Opening reads
+    the small features (label, scalars, landmarks) of every record by parsing the serialized example for those
+    features only (``ExampleParserNp`` restricted to them: images and masks are not decoded); the image and the
+    (H, W) masks are :class:`~jinterp.data.lazy.LazyArray` s that share one record cache, so the records of a
+    batch are read and decoded once (``data_source.__getitems__``) and every column is served from them, in
+    :class:`~jinterp.data.BatchIterator`'s prefetch thread. Lazy needs fixed-shape images.
+
+    Why the array_record files are read through TFDS's ``data_source`` into jinterp's own pipeline and not grain:
+    measured (``python -m jinterp.bench.data_readers --n 2000 --reps 2``: 2000 synthparts images at 224 px into a
+    quarter-width ConvNet's features, batch 32, one run, modes alternating; a shared 2-core machine at a 1-minute
+    load of 28-36, so only ratios within the run mean anything), per round: jinterp's lazy JPEG files + prefetch
+    thread 17.8 / 15.2 images/s (10.0 / 11.2 ms CPU per image), the same JPEG bytes from one ArrayRecord file through
+    the same iterator 18.8 / 15.3 (10.5 / 11.1 ms), grain's DataLoader over that file with one worker process
+    15.7 / 17.0 (11.6 / 11.9 ms): the three are equal within the spread between rounds. The cost is the JPEG decode
+    and the network, not the container or the loader, so we keep ``LazyArray`` + BatchIterator's prefetch thread
+    (no new dependency, one path for ``folder``/``broden``/``cub``/``tfds``, per-host shards already done there) and
+    read array_record through TFDS's data source; grain (a wheel exists for Python 3.11; not a dependency) would
+    have to beat it on a quiet many-core host, where its worker processes can decode in parallel (not measured
+    here). Details: experiments/README.md, "Input pipeline: grain vs ArrayRecord (issue #19)".
     """
     from jinterp._extras import require_tfds
 
@@ -532,8 +552,11 @@ def read_tfds(name: str, split: str = "train", *, data_dir: str | Path | None = 
     n = len(src)
     if n == 0:
         raise DataError(f"tfds: {name} split {split!r} is empty")
-    recs = src.__getitems__(list(range(n))) if hasattr(src, "__getitems__") else [src[i] for i in range(n)]
-    cols = {k: np.stack([np.asarray(r[k]) for r in recs]) for k in recs[0]}
+    if lazy:
+        cols = _tfds_lazy_columns(name, src, builder.info.features, image_key, n)
+    else:
+        recs = src.__getitems__(list(range(n))) if hasattr(src, "__getitems__") else [src[i] for i in range(n)]
+        cols = {k: np.stack([np.asarray(r[k]) for r in recs]) for k in recs[0]}
     if image_key not in cols or label_key not in cols:
         raise DataError(f"tfds: {name} has features {sorted(cols)}; pass image_key=/label_key= to pick them")
     x, y = cols.pop(image_key), cols.pop(label_key)
@@ -547,6 +570,68 @@ def read_tfds(name: str, split: str = "train", *, data_dir: str | Path | None = 
     return Dataset(images=x, labels=y, num_classes=k, class_names=names, masks=masks, image_labels=image_labels,
                    landmarks=lm, landmark_visible=vis, concepts=dict(meta_json.get("concepts", {})),
                    name=f"tfds:{name}", meta={"data_dir": str(builder.data_dir), "split": split})
+
+
+class _TfdsBatchRecords:
+    """The decoded records of the last batch asked for, shared by the lazy columns of one TFDS source (the
+    iterator asks for the image, then each mask, of the same rows: each record is read and decoded once)."""
+
+    MAX_CACHED = 4096  # records; a larger read (the whole set through np.asarray) is decoded but not kept
+
+    def __init__(self, src):
+        import threading
+
+        self._src, self._lock = src, threading.Lock()
+        self._rows: tuple[int, ...] | None = None
+        self._records: list = []
+
+    def column(self, key: str):
+        def decode_batch(indices: np.ndarray) -> np.ndarray:
+            rows = tuple(int(i) for i in indices)
+            with self._lock:
+                if rows == self._rows:
+                    records = self._records
+                else:
+                    records = list(self._src.__getitems__(list(rows)))
+                    # kept for the other columns of this batch; a whole-set read (np.asarray) is not kept
+                    self._rows, self._records = (rows, records) if len(rows) <= self.MAX_CACHED else (None, [])
+            return np.stack([np.asarray(r[key]) for r in records])
+        return decode_batch
+
+
+def _tfds_lazy_columns(name: str, src, features, image_key: str, n: int, chunk: int = 1024) -> dict:
+    """``lazy=True`` columns of a TFDS source: LazyArrays for the image and its (H, W) integer maps, arrays
+    for the rest, read by parsing only those features of each serialized record."""
+    from tensorflow_datasets.core import example_parser
+
+    shapes = {k: tuple(getattr(features[k], "shape", ()) or ()) for k in features.keys()}
+    dtypes = {k: np.dtype(getattr(features[k], "np_dtype", np.uint8)) for k in features.keys()}
+    if image_key not in shapes:
+        raise DataError(f"tfds: {name} has features {sorted(shapes)}; pass image_key= to pick the image")
+    image_shape = shapes[image_key]
+    if len(image_shape) != 3 or any(d is None for d in image_shape):
+        raise ConfigError(f"tfds: {name}'s {image_key!r} has shape {image_shape}; lazy=1 needs fixed-shape "
+                          "(H, W, C) images: drop lazy=1")
+    pixel = {k for k, sh in shapes.items()
+             if k != image_key and sh == image_shape[:2] and dtypes[k].kind in "iu"}
+    raw_source = getattr(src, "data_source", None)
+    if raw_source is None:
+        raise ConfigError(f"tfds: {name}'s data source ({type(src).__name__}) gives no raw records to read "
+                          "lazily; drop lazy=1")
+    small = [k for k in shapes if k != image_key and k not in pixel]
+    serialized = features.get_serialized_info()
+    parser = example_parser.ExampleParserNp({k: serialized[k] for k in small})
+    values: dict[str, list] = {k: [] for k in small}
+    for start in range(0, n, chunk):  # only the small features are decoded
+        for raw in raw_source.__getitems__(list(range(start, min(n, start + chunk)))):
+            parsed = parser.parse_example(raw)
+            for k in small:
+                values[k].append(np.asarray(features[k].decode_example_np(parsed[k])))
+    cols: dict = {k: np.stack(v) for k, v in values.items()}
+    records = _TfdsBatchRecords(src)
+    for k in (image_key, *sorted(pixel)):
+        cols[k] = LazyArray(n, shapes[k], dtypes[k], decode_batch=records.column(k))
+    return {k: cols[k] for k in shapes}  # the features' order, as the eager path
 
 
 def _read_tfds(arg, split, **kw):
@@ -578,7 +663,7 @@ def _read_pascal_part(arg, split, **kw):
 # Reader options each reader applies itself (the rest are applied after reading, in jinterp.data.spec).
 _NATIVE_OPTIONS = {"cub": ("crop", "size", "classes", "max_images", "lazy"),
                    "voc": ("crop", "size", "classes", "max_images"), "pascal_part": ("size", "classes", "max_images"),
-                   "broden": ("max_images", "lazy"), "folder": ("size", "lazy")}
+                   "broden": ("max_images", "lazy"), "folder": ("size", "lazy"), "tfds": ("lazy",)}
 
 _READERS = {
     "synthparts": _read_synthparts, "npz": _read_npz, "mnist": _read_mnist, "fashion_mnist": _read_fashion,

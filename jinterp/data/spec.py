@@ -8,7 +8,8 @@ itself, see :func:`apply_common_options`):
     max_images=N                 keep the first N examples (file order, after the class filter)
     classes=a+b+c                keep these classes ('+'-separated names, or 0-based class ids), relabelled 0..k-1
     crop=box                     crop to the annotated bounding box (cub, voc) before resizing
-    lazy=1                       decode images (and masks) per batch, for sets larger than RAM (folder, broden, cub)
+    lazy=1                       decode images (and masks) per batch, for sets larger than RAM (folder, broden,
+                                 cub, tfds)
     part_merge=coarse            pascal_part only: merge sided/numbered part names (jinterp.data.voc.COARSE_PARTS)
 
 Example: ``cub:/data/CUB_200_2011:crop=box,size=224,classes=1+2+3``. A path may itself hold ':' as long as the

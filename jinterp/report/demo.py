@@ -85,7 +85,7 @@ def prepare_backbone(s: DemoSettings, workdir: Path, progress: bool, restart: bo
     Weights for other images (channels) or another number of classes than the data's are a WeightsError naming
     both, before any method runs."""
     from jinterp.backbones import torch_import
-    from jinterp.core.run import load_backbone_weights
+    from jinterp.core.run import load_backbone_weights, write_file
 
     out = workdir / "backbone"
     if s.model:
@@ -97,7 +97,9 @@ def prepare_backbone(s: DemoSettings, workdir: Path, progress: bool, restart: bo
             info = {"arch": meta["arch"], "weights": str(src), "source": src.name, "trained_here": False}
         else:
             variables = torch_import.from_torch(s.arch, src)
-            path = torch_import.save_variables(out / "params.npz", variables, {"arch": s.arch, "source": src.name})
+            path = write_file(out / "params.npz",  # process 0 writes (jinterp.core.run.write_file)
+                              lambda tmp: torch_import.save_variables(tmp, variables, {"arch": s.arch,
+                                                                                       "source": src.name}))
             info = {"arch": s.arch, "weights": str(path), "source": src.name, "trained_here": False,
                     "converted_from": "pytorch"}
         _check_fit(src, variables, s.data_spec())

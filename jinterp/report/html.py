@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -121,9 +120,7 @@ def render(title: str, header: Mapping[str, object], sections: Sequence[Section]
 def write_report(path: str | Path, title: str, header: Mapping[str, object], sections: Sequence[Section],
                  config: Mapping | None = None) -> Path:
     """Renders and writes the report atomically (temporary file + rename); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render(title, header, sections, config), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from jinterp.core.run import write_file
+
+    text = render(title, header, sections, config)
+    return write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))  # process 0 writes

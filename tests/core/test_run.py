@@ -166,3 +166,46 @@ def test_config_json_accumulates_every_stage_record(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # written through a temporary file + rename
     record = json.loads((tmp_path / "config.json").read_text())
     assert set(record["stages"]) == {"a", "b"} and record["stages"]["b"]["fields"] == {"y": 2}
+
+
+def test_write_file_writes_on_process_zero_only_and_waits_at_a_barrier(tmp_path, monkeypatch):
+    """``write_file``: process 0 writes through a temporary name (no half file, the old one kept when the write
+    fails); another process writes nothing; with several processes every one reaches the barrier, also when
+    process 0's write failed."""
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    from jinterp.core import run as runlib
+
+    barriers = []
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", barriers.append)
+    path = tmp_path / "sub" / "a.npz"
+    for layout, wrote in (((2, False), False), ((2, True), True)):
+        monkeypatch.setattr(runlib, "_process_layout", lambda layout=layout: layout)
+        assert runlib.write_file(path, lambda tmp: np.savez(tmp, x=np.arange(3))) == path
+        assert path.exists() == wrote
+    assert len(barriers) == 2
+    with np.load(path) as z:
+        assert z["x"].tolist() == [0, 1, 2]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["a.npz"]  # the temporary name kept the suffix
+
+    def fails(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(StorageError, match="No space left"):
+        runlib.write_file(path, fails)
+    assert len(barriers) == 3  # reached before raising: process 1 is not left waiting
+    assert sorted(p.name for p in path.parent.iterdir()) == ["a.npz"]
+    with np.load(path) as z:
+        assert z["x"].tolist() == [0, 1, 2]
+    runlib.write_file(path, lambda tmp: np.savez(tmp, x=np.arange(5)), keep_existing=True)
+    with np.load(path) as z:
+        assert z["x"].tolist() == [0, 1, 2]  # kept
+    monkeypatch.setattr(runlib, "_process_layout", lambda: (1, True))
+    runlib.append_text(tmp_path / "log.jsonl", "a\n")
+    runlib.append_text(tmp_path / "log.jsonl", "b\n")
+    monkeypatch.setattr(runlib, "_process_layout", lambda: (2, False))
+    runlib.append_text(tmp_path / "log.jsonl", "from process 1\n")
+    assert (tmp_path / "log.jsonl").read_text() == "a\nb\n"
+    assert len(barriers) == 4  # keep_existing still waits (only the single-process calls did not)

@@ -1,8 +1,8 @@
 """One process of the two-process pipeline test (tests/data/test_data_multihost.py): joins the job, iterates the
 BatchIterator and saves the shards its devices hold, the dataset rows it decoded, the features
 ``jinterp.core.features.iter_features`` gives for its own rows, and the state after one sharded training step; then
-opens a ``jinterp.core.run.Run`` on a work directory both processes share and writes a result into it (only process 0
-may write)."""
+opens a ``jinterp.core.run.Run`` on a work directory both processes share and writes a result and the files programs
+write directly (arrays, figures, a report; ``multihost_data.write_outputs``) into it (only process 0 may write)."""
 
 import sys
 
@@ -50,6 +50,8 @@ record["decoded"] = np.asarray(decoded)
 import dataclasses  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from multihost_data import write_outputs  # noqa: E402
+
 from jinterp.core.run import Run  # noqa: E402
 
 
@@ -61,6 +63,9 @@ class ProbeConfig:
 with Run(Path(out).parent / "shared_run", ProbeConfig(), method="probe") as run:  # both processes: one workdir
     stage = run.stage("probe", fields={"value": 1}, paths=["result.json"])
     run.write_json("result.json", {"written_by": pid})
+    wrote = []
+    record.update(write_outputs(run, pid, wrote))  # the programs' direct writes (figures, arrays, a report)
     stage.finish()
     record["run_primary"] = np.asarray(run.primary)
+    record["wrote"] = np.asarray(wrote, dtype=str)
 np.savez(out, **record)

@@ -395,7 +395,7 @@ def test_lazy_sets_equal_eager_ones_batch_by_batch(tmp_path, monkeypatch):
     assert calls == []
     next(iter(BatchIterator(lazy, 2, seed=0, prefetch=0)))
     assert len(calls) == 2
-    with pytest.raises(ConfigError, match="lazy decoding is available for folder, broden and cub"):
+    with pytest.raises(ConfigError, match="lazy decoding is available for folder, broden, cub and tfds"):
         load(f"voc:{tmp_path}:lazy=1")
     for k in range(3):  # an image folder, and one image of another size found when its batch is decoded
         (tmp_path / "f" / "cls").mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,13 @@
 """Per-host shards: two local CPU processes joined with jax.distributed each read only their half of every global
 batch; the assembled global batches, conv features computed on them under jit, backbone features each process
 extracts (``jinterp.core.features``) from its rows, and one sharded training step (``jinterp.core.train``) equal the
-single-process ones; a ``Run`` both open on one work directory is written by process 0 only."""
+single-process ones; a ``Run`` both open on one work directory is written by process 0 only: its JSON, and the files
+programs write directly (arrays, figures, an HTML report, through ``jinterp.core.run.write_file``), which equal the
+single-process run's."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -19,9 +22,18 @@ HERE = Path(__file__).resolve().parent
 
 def test_two_processes_read_disjoint_halves_that_assemble_to_the_single_process_batches(tmp_path):
     import jax
-    from multihost_data import N, conv_features, make_dataset, tiny_convnet, train_step_and_state
+    from multihost_data import (
+        OUTPUT_FILES,
+        N,
+        conv_features,
+        make_dataset,
+        tiny_convnet,
+        train_step_and_state,
+        write_outputs,
+    )
 
     from jinterp.core.features import iter_features
+    from jinterp.core.run import Run
     from jinterp.data import BatchIterator
 
     with socket.socket() as s:
@@ -73,6 +85,33 @@ def test_two_processes_read_disjoint_halves_that_assemble_to_the_single_process_
     # one shared work directory: process 1 neither took the lock (it would have been refused) nor wrote anything
     assert [bool(g["run_primary"]) for g in got] == [True, False]
     shared = tmp_path / "shared_run"
-    assert sorted(p.name for p in shared.iterdir()) == ["config.json", "result.json"]  # lock released, no tmp files
+    assert sorted(p.name for p in shared.iterdir()) == list(OUTPUT_FILES)  # lock released, no tmp files
+    assert sorted(p.name for p in (shared / "figures").iterdir()) == ["bars.png", "grid.png"]
     assert json.loads((shared / "result.json").read_text()) == {"written_by": 0}
     assert json.loads((shared / "config.json").read_text())["stages"]["probe"]["status"] == "done"
+    # the files programs write directly: process 0 wrote each once, process 1 none, and process 1 read back the
+    # file process 0 had just written (write_file's barrier)
+    assert sorted(Path(f).name for f in got[0]["wrote"]) == ["bars.png", "grid.png", "params.npz", "report.html",
+                                                             "scores.npz"]
+    assert got[1]["wrote"].size == 0
+    # and they equal the files a single process writes (their content names the writer: process 1's would differ)
+    single_dir = tmp_path / "single_run"
+    with Run(single_dir, ProbeConfig(), method="probe") as run:
+        wrote = []
+        single_read = write_outputs(run, 0, wrote)
+    assert len(wrote) == 5
+    for pid in range(2):
+        for key, value in single_read.items():
+            np.testing.assert_array_equal(got[pid][key], value, err_msg=f"{key} read back by process {pid}")
+    for name in ("report.html", "figures/grid.png", "figures/bars.png"):
+        assert (shared / name).read_bytes() == (single_dir / name).read_bytes(), name
+    for name in ("params.npz", "scores.npz"):  # np.savez stamps the time into the zip: compare the arrays
+        with np.load(shared / name) as a, np.load(single_dir / name) as b:
+            assert sorted(a.files) == sorted(b.files) and int(a["pid"]) == 0, name
+            for k in a.files:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}:{k}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:  # the config the worker's Run records
+    value: int = 1

@@ -334,12 +334,15 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
             results.setdefault(key_, {}).update(b["extra"])
 
     # ---- save bases, labels, figures
-    np.savez(workdir / "bases.npz", **{f"{k}_basis": b["basis"] for k, b in bases.items()},
-             **{f"{k}_mean": b["mean"] for k, b in bases.items()},
-             **{f"{k}_scale": b["scale"] for k, b in bases.items()},
-             **{f"{k}_thresholds": thresholds.value[v["slice"]] for k, v in per_unit.items()},
-             **{f"{k}_labels": np.asarray([names[i] for i in v["label"]]) for k, v in per_unit.items()},
-             **{f"{k}_iou": v["iou"] for k, v in per_unit.items()})
+    from jinterp.core.run import write_file  # process 0 writes, every process waits
+
+    write_file(workdir / "bases.npz", lambda tmp: np.savez(
+        tmp, **{f"{k}_basis": b["basis"] for k, b in bases.items()},
+        **{f"{k}_mean": b["mean"] for k, b in bases.items()},
+        **{f"{k}_scale": b["scale"] for k, b in bases.items()},
+        **{f"{k}_thresholds": thresholds.value[v["slice"]] for k, v in per_unit.items()},
+        **{f"{k}_labels": np.asarray([names[i] for i in v["label"]]) for k, v in per_unit.items()},
+        **{f"{k}_iou": v["iou"] for k, v in per_unit.items()}))
     t = time.perf_counter()
     figs = {}
     try:

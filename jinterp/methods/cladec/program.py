@@ -153,12 +153,11 @@ def get_backbone(cfg: ClaDecConfig, train_ds, test_ds, r: Run, progress: bool) -
     prepared = r.workdir / "data" / "prepared.npz"
 
     def prepare() -> None:
-        if prepared.exists():
-            return  # a resumed training must read the same bytes (np.savez stamps the time into the zip)
-        prepared.parent.mkdir(parents=True, exist_ok=True)
-        tmp = prepared.with_name("prepared.tmp.npz")
-        np.savez(tmp, train_x=train_ds.images, train_y=train_ds.labels, test_x=test_ds.images, test_y=test_ds.labels)
-        tmp.replace(prepared)
+        from jinterp.core.run import write_file  # process 0 writes, every process waits
+
+        # kept when present: a resumed training must read the same bytes (np.savez stamps the time into the zip)
+        write_file(prepared, lambda tmp: np.savez(tmp, train_x=train_ds.images, train_y=train_ds.labels,
+                                                  test_x=test_ds.images, test_y=test_ds.labels), keep_existing=True)
 
     bcfg = dataclasses.replace(cfg.backbone, arch=cfg.arch, data=f"npz:{prepared}", seed=cfg.seed,
                                num_classes=num_classes)
@@ -222,10 +221,9 @@ def decoder_param_count(decoder) -> int:
 # ------------------------------------------------------------------------------------------- params I/O
 def save_tree(path: Path, tree, **meta) -> None:
     flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(tree), sep="/").items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, __meta__=np.array(json.dumps(meta)), **flat)
-    tmp.replace(path)
+    from jinterp.core.run import write_file  # process 0 writes, every process waits
+
+    write_file(path, lambda tmp: np.savez(tmp, __meta__=np.array(json.dumps(meta)), **flat))
 
 
 def load_tree(path: Path) -> tuple[dict, dict]:

@@ -252,15 +252,16 @@ def _run(cfg: CSGConfig, rn: Run, progress: bool) -> dict[str, Any]:
         return {"test_accuracy": float((logits.argmax(-1) == test_ds.labels).mean())}
 
     metrics_path = workdir / "metrics.jsonl"
-    metrics_path.write_text("")
+    from jinterp.core.run import append_text, is_primary, write_file  # process 0 writes, every process waits
+
+    write_file(metrics_path, lambda tmp: tmp.write_text(""))
     # --tensorboard: the same per-epoch scalars (tags <run>/<key>, step = epoch), started afresh like metrics.jsonl
     tb.truncate_after(workdir / tb.TB_DIR, -1)
-    events = tb.EventWriter(workdir / tb.TB_DIR) if tb.is_enabled() else None
+    events = tb.EventWriter(workdir / tb.TB_DIR) if tb.is_enabled() and is_primary() else None
 
     def logger(run_name):
         def log(rec):
-            with metrics_path.open("a") as f:
-                f.write(json.dumps({"run": run_name, **rec}) + "\n")
+            append_text(metrics_path, json.dumps({"run": run_name, **rec}) + "\n")
             if events is not None:
                 events.write(rec["epoch"], tb.scalars_of(run_name, rec))
         return log
@@ -358,11 +359,11 @@ def _run(cfg: CSGConfig, rn: Run, progress: bool) -> dict[str, Any]:
             "normalization": cfg.normalization, "source": "jinterp csg", "config": to_dict(cfg)}
     for name, r in runs.items():
         st = r["state"]
-        torch_import.save_variables(workdir / f"{'csg' if name == 'csg' else 'baseline'}_params.npz",
-                                    jax.tree.map(np.asarray, {"params": st["params"]["backbone"],
-                                                              **st["model_state"]}), {**meta, "run": name})
+        saved = jax.tree.map(np.asarray, {"params": st["params"]["backbone"], **st["model_state"]})
+        write_file(workdir / f"{'csg' if name == 'csg' else 'baseline'}_params.npz",
+                   lambda tmp, v=saved, n=name: torch_import.save_variables(tmp, v, {**meta, "run": n}))
     if "csg" in runs:
-        np.save(workdir / "gate.npy", np.asarray(runs["csg"]["state"]["params"]["gate"]))
+        write_file(workdir / "gate.npy", lambda tmp: np.save(tmp, np.asarray(runs["csg"]["state"]["params"]["gate"])))
     tf = time.perf_counter()
     results["figures"] = _figures(cfg, workdir, runs, records, site, ev, train_ds.class_names, normalize, apply_fn,
                                   gt_masks)

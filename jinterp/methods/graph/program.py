@@ -271,7 +271,9 @@ def save_graph(path: Path, layers) -> None:
         if ly.parents is not None:
             arrays[p + "parents"] = ly.parents
     arrays["layer_names"] = np.array([ly.name for ly in layers])
-    np.savez_compressed(path, **arrays)
+    from jinterp.core.run import write_file  # process 0 writes, every process waits
+
+    write_file(path, lambda tmp: np.savez_compressed(tmp, **arrays))
 
 
 def run(cfg: GraphConfig, workdir, *, progress: bool = True, restart: bool = False, model: Any = None,

@@ -6,7 +6,6 @@ on machines without a display (CI, remote GPUs).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -80,11 +79,9 @@ def image_grid(rows: Sequence[Sequence], row_labels: Sequence[str] | None = None
 def save(fig: plt.Figure, path, *, dpi: int = 100) -> Path:
     """Writes ``fig`` as a PNG at ``path`` (parents created; written to a temporary name and renamed, so an
     interrupted run never leaves half a file) and closes it. Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
-    os.replace(tmp, path)
-    plt.close(fig)
-    return path
+    from jinterp.core.run import write_file
+
+    try:  # process 0 writes (jinterp.core.run.write_file); every process closes its figure
+        return write_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+    finally:
+        plt.close(fig)

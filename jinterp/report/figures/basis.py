@@ -68,10 +68,9 @@ def score_bars(results: Mapping[str, Mapping], path, title: str = "") -> Path:
 
 
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    from jinterp.core.run import write_file
+
+    try:  # process 0 writes (jinterp.core.run.write_file); every process closes its figure
+        return write_file(path, lambda tmp: fig.savefig(tmp, dpi=100))
+    finally:
+        plt.close(fig)
