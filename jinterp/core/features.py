@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jinterp.core.run import _process_layout, is_primary
 from jinterp.errors import ConfigError, DataError, JinterpError, LayerError, ShapeError, StorageError, WeightsError
 
 Preprocess = Callable[[jax.Array], jax.Array]
@@ -247,10 +248,10 @@ def extract(model, variables, images: np.ndarray, layers: Sequence[str], batch_s
 
     root = Path(cache_dir) / _fingerprint(variables, names, images, preprocess)
     done = root / "complete.json"
-    if done.exists():
-        cached = _load_cache(root, names, len(images))
-        if cached is not None:
-            return cached
+    cached = _load_cache(root, names, len(images)) if done.exists() else None
+    if _process_0_decides(cached is not None):
+        return cached if cached is not None else _load_cache(root, names, len(images))
+    if done.exists() and is_primary():
         done.unlink()  # a damaged cache (truncated/edited files): extract again over it
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -269,10 +270,37 @@ def _load_cache(root: Path, names: Sequence[str], n: int) -> dict[str, np.ndarra
     return out if all(len(v) == n for v in out.values()) else None
 
 
+def _process_0_decides(flag: bool) -> bool:
+    """``flag`` as process 0 sees it, on every process (so all take the same branch and meet at the same barriers)."""
+    if _process_layout()[0] == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
 def _extract_to_cache(model, variables, images, names, batch_size, preprocess, root: Path, arch: str):
+    # Several processes: process 0 alone extracts and writes the cache (the extraction is not sharded, so the others
+    # would compute the same features); they wait at a barrier, reached also when process 0 fails, then read it.
+    processes, primary = _process_layout()
+    failed: BaseException | None = None
+    if primary:
+        try:
+            _write_cache(model, variables, images, names, batch_size, preprocess, root, arch)
+        except BaseException as e:  # noqa: BLE001 (raised below, after the barrier)
+            failed = e
+    if processes > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"jinterp.features.cache({root})")
+    if failed is not None:
+        raise failed
+    return {k: np.load(root / f"{_safe(k)}.npy", mmap_mode="r") for k in names}
+
+
+def _write_cache(model, variables, images, names, batch_size, preprocess, root: Path, arch: str) -> None:
     # Plain appends to .npy files (header first): a shared writable memory map would keep every written page
     # resident in this process until it ends, so peak RSS would grow with the data set.
-    done = root / "complete.json"
     files: dict[str, object] = {}
     try:
         for out in iter_features(model, variables, images, names, batch_size, preprocess):
@@ -287,8 +315,7 @@ def _extract_to_cache(model, variables, images, names, batch_size, preprocess, r
         for f in files.values():
             f.close()
     # Written last, so an interrupted extraction is never mistaken for a complete cache.
-    done.write_text(json.dumps({"arch": arch, "layers": list(names), "n": len(images)}))
-    return {k: np.load(root / f"{_safe(k)}.npy", mmap_mode="r") for k in names}
+    (root / "complete.json").write_text(json.dumps({"arch": arch, "layers": list(names), "n": len(images)}))
 
 
 def _safe(name: str) -> str:

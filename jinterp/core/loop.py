@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from jinterp.core import sharding as shd
 from jinterp.core import tensorboard as tb
 from jinterp.core.checkpoint import Checkpointer
+from jinterp.core.run import is_primary
 from jinterp.errors import StorageError, TrainingError
 
 METRICS_FILE = "metrics.jsonl"
@@ -54,11 +55,16 @@ class MetricsWriter:
         except OSError as e:
             raise _storage_error(self.path.parent, e) from e
         on = tb.is_enabled() if tensorboard is None else tensorboard
-        self.events = tb.EventWriter(self.path.parent / tb.TB_DIR) if on else None
+        # In a multi-process job only process 0 logs (the processes see the same metrics; two writers would
+        # interleave lines and create one event file each).
+        self.primary = is_primary()
+        self.events = tb.EventWriter(self.path.parent / tb.TB_DIR) if on and self.primary else None
 
     def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
         line = {"step": int(step), "split": split,
                 "metrics": {k: _jsonable(v) for k, v in metrics.items()}, "time": time.time()}
+        if not self.primary:
+            return
         try:
             with self.path.open("a") as f:
                 f.write(json.dumps(line) + "\n")
@@ -71,7 +77,9 @@ class MetricsWriter:
     def truncate_after(self, step: int) -> None:
         """Drops lines past ``step`` (written by a run that was killed before its next checkpoint), so a
         resumed run's log reads like an uninterrupted one; the TensorBoard event files in ``<workdir>/tb/`` (if
-        any, whether or not this writer logs to TensorBoard) are cut back the same way."""
+        any, whether or not this writer logs to TensorBoard) are cut back the same way. Process 0 only."""
+        if not self.primary:
+            return
         try:
             tb.truncate_after(self.path.parent / tb.TB_DIR, step)
         except OSError as e:

@@ -29,7 +29,7 @@ from jinterp.core import sharding as shd
 from jinterp.core.checkpoint import RESUMABLE_CHANGES, Checkpointer
 from jinterp.core.config import TrainBackboneConfig, to_dict
 from jinterp.core.results import TrainBackboneResult, finished
-from jinterp.core.run import Run, data_fingerprint, file_fingerprint, load_backbone_weights
+from jinterp.core.run import Run, data_fingerprint, file_fingerprint, load_backbone_weights, write_file
 from jinterp.errors import ConfigError, DataError, StorageError, WeightsError
 
 PARAMS_FILE = "params.npz"
@@ -177,16 +177,17 @@ def _train(cfg: TrainBackboneConfig, r: Run, *, progress: bool, mesh: jax.shardi
             "normalization": backbones.NORMALIZATION[cfg.arch] if cfg.normalization == "arch"
             else cfg.normalization, "data": spec, "step": final_step, "test_accuracy": result["accuracy"],
             "source": "jinterp train-backbone", "config": to_dict(cfg)}
-    _writing(workdir / PARAMS_FILE,
-             lambda: torch_import.save_variables(workdir / PARAMS_FILE, jax.tree.map(np.asarray, host), meta))
+    # process 0 writes (through a temp name and a rename); the others wait for it
+    _writing(workdir / PARAMS_FILE, lambda: write_file(
+        workdir / PARAMS_FILE, lambda tmp: torch_import.save_variables(tmp, jax.tree.map(np.asarray, host), meta)))
     final = {
         "arch": cfg.arch, "data": spec, "step": final_step, "steps": total, "resumed_from": start,
         "test_accuracy": result["accuracy"], "test_loss": result["loss"], "test_count": result["count"],
         "num_classes": num_classes, "image_shape": list(image_shape), "devices": int(mesh.devices.size),
         "wall_time_s": time.perf_counter() - t0, "params": str(workdir / PARAMS_FILE),
     }
-    _writing(workdir / FINAL_METRICS_FILE,
-             lambda: (workdir / FINAL_METRICS_FILE).write_text(json.dumps(final, indent=2) + "\n"))
+    _writing(workdir / FINAL_METRICS_FILE, lambda: write_file(
+        workdir / FINAL_METRICS_FILE, lambda tmp: tmp.write_text(json.dumps(final, indent=2) + "\n")))
     stage.finish()
     return final
 

@@ -35,9 +35,9 @@ for run, num_steps in enumerate(stops):  # each run starts from a fresh state an
     with Checkpointer(shared / "checkpoints", keep=3, config={"lr": 0.1}) as ckpt:
         state, start, data_state = restore_or_init(ckpt, state)
         it = BatchIterator(make_dataset([]), 4, seed=1, prefetch=0, mesh=mesh, position=data_state)
-        # metrics.jsonl per process (jinterp.core.loop's MetricsWriter is not gated to process 0)
+        # one log directory for both processes: only process 0 writes metrics.jsonl
         state = train_loop(state, train_step=step_fn, train_iter=it, num_steps=num_steps,
-                           workdir=shared / f"log{pid}", checkpointer=ckpt, ckpt_every=1, progress=False)
+                           workdir=shared / "log", checkpointer=ckpt, ckpt_every=1, progress=False)
     record[f"{run}/start"] = np.asarray(start)
     record[f"{run}/steps"] = np.asarray(sorted(int(p.name) for p in (shared / "checkpoints").iterdir()))
     for path, leaf in jax.tree_util.tree_leaves_with_path(state):

@@ -140,3 +140,30 @@ def test_arch_name_brings_its_own_normalization():
     np.testing.assert_allclose(out, np.asarray(feats["avgpool"]), rtol=1e-5, atol=1e-5)
     with pytest.raises(Exception, match="unknown arch or normalization"):
         features.extract(model, variables, images, ["avgpool"], preprocess="caffe")
+
+
+def test_in_a_multi_process_job_only_process_0_extracts_the_cache_and_the_others_read_it(net, tmp_path, monkeypatch):
+    """Process 1 of two (simulated): it must not compute or write features, wait at the barrier (during which
+    process 0 writes the cache) and then read process 0's cache."""
+    from jax.experimental import multihost_utils
+
+    model, variables, images = net
+    reference = features.extract(model, variables, images, ["pool"], batch_size=4, cache_dir=tmp_path / "p0")
+    (entry0,) = list((tmp_path / "p0").iterdir())
+    shared = tmp_path / "shared"
+    barriers = []
+
+    def barrier(name):  # process 0 finishes its extraction while process 1 waits here
+        barriers.append(name)
+        import shutil
+
+        shutil.copytree(entry0, shared / entry0.name, dirs_exist_ok=True)
+
+    monkeypatch.setattr(features, "_process_layout", lambda: (2, False))
+    monkeypatch.setattr(features, "is_primary", lambda: False)
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", barrier)
+    monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", lambda x: x)  # process 0 has no cache either
+    monkeypatch.setattr(features, "iter_features", lambda *a, **k: pytest.fail("process 1 computed features"))
+    got = features.extract(model, variables, images, ["pool"], batch_size=4, cache_dir=shared)
+    assert len(barriers) == 1
+    np.testing.assert_array_equal(got["pool"], reference["pool"])

@@ -51,6 +51,11 @@ def test_two_processes_checkpoint_and_resume_equal_one_uninterrupted_process(tmp
     assert [g["0/steps"].tolist() for g in got] == [[1, 2]] * 2
     assert [g["1/steps"].tolist() for g in got] == [[3, 4, 5]] * 2  # keep=3
     assert sorted(p.name for p in (shared / "checkpoints").iterdir()) == ["3", "4", "5"]
+    # the shared metrics log: one train line per step (process 0 alone writes it; two writers would double them)
+    import json
+
+    logged = [json.loads(line) for line in (shared / "log" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r["split"] == "train"] == [1, 2, 3, 4, 5]
 
     # one process, one device, no checkpoint: 5 steps over the same global batches (2 epochs of 3 batches)
     step_fn, state = train_step_and_state()
