@@ -78,7 +78,7 @@ ROWS = [("test accuracy", "accuracy"), ("MIS (higher: more class-specific)", "mi
         ("GradMap IoU", "gradmap_iou"), ("ActivMap IoU", "activmap_iou")]
 
 
-def seeds_table(trained: list[dict], randomized: list[dict]) -> str:
+def seeds_table(trained: list[dict], randomized: list[dict], seeds: list[int]) -> str:
     """Table of per-seed results (``seed_<s>/results.json`` of the trained and the randomized runs)."""
     csg = [_metrics(r["models"]["csg"]) for r in trained]
     std = [_metrics(r["models"]["standard"]) for r in trained]
@@ -98,7 +98,10 @@ def seeds_table(trained: list[dict], randomized: list[dict]) -> str:
         out.append(f"| {att.upper()} detector AUC: CSG gate / standard empirical profile (CSG empirical {cell(c)}) | "
                    f"{cell(a)} | {cell(b)} | {count([x > y for x, y in zip(a, b, strict=True)])} | {cell(rr)} | "
                    f"{survives(a, rr, lower_is_better=False)} |")
-    out += ["", "seeds: " + ", ".join(str(r["config"]["seed"]) for r in trained)]
+    out += ["", "seeds: " + ", ".join(map(str, seeds)) + "; test accuracy of the randomized network: "
+            + cell([x["accuracy"] for x in rcsg]) + "; wall s per seed (trained, randomized): " + ", ".join(
+                f"{t['times']['total_s']:.0f}/{r['times']['total_s']:.0f}" for t, r in zip(trained, randomized,
+                                                                                          strict=True))]
     return "\n".join(out)
 
 
@@ -117,7 +120,7 @@ def run_seeds(preset: str, seeds: list[int], root: Path, overrides: list[str]) -
         per[name] = [json.loads(Path(f).read_text()) for f in files]
         for v in (res.get("verdicts") or {}).values():
             print(name, v)
-    return seeds_table(per["trained"], per["randomized"])
+    return seeds_table(per["trained"], per["randomized"], seeds)
 
 
 def main(argv=None) -> int:

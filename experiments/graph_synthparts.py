@@ -67,8 +67,8 @@ def seeds_table(runs: list[tuple[dict, dict]]) -> str:
                 b = [m["instability_baselines"][layer][f"{kind}_{variant}"] for m in ms]
                 rb = [m["instability_baselines"][layer][f"{kind}_{variant}"]["method"] for m in rs]
                 col = {k: [x[k] for x in b] for k in ("method", "centre", "mean_position", "random")}
-                name = "nodes" if kind == "nodes" else "raw filters"
-                out.append(f"| `{layer}` {name}, {variant} code | {cell(col['method'])} | {cell(col['centre'])} | "
+                name = ("nodes" if kind == "nodes" else "raw filters") + (", ICNN" if variant == "icnn" else ", graph")
+                out.append(f"| `{layer}` {name} code | {cell(col['method'])} | {cell(col['centre'])} | "
                            f"{cell(col['mean_position'])} | {cell(col['random'])} | "
                            f"{count([x['beats_baselines'] for x in b])} | {cell(rb)} | "
                            f"{survives(col['method'], rb, lower_is_better=True)} |")

@@ -15,8 +15,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def cell(values: Sequence[float], digits: int = 3) -> str:
-    """``0.060 ± 0.003`` over seeds; a single value prints without the spread, NaNs as ``-``."""
-    vals = [float(x) for x in values]
+    """``0.060 ± 0.003`` over seeds; a single value prints without the spread, NaN or None (undefined) as ``-``."""
+    vals = [float("nan") if x is None else float(x) for x in values]
     if not vals or any(math.isnan(x) for x in vals):
         return "-"
     m, s = mean_std(vals)
@@ -35,6 +35,8 @@ def survives(trained: Sequence[float], randomized: Sequence[float], *, lower_is_
     weights by more than that) or "no (depends on training)"."""
     from jinterp.metrics.baselines import randomization_verdict
 
+    if any(x is None or math.isnan(float(x)) for x in [*trained, *randomized]):
+        return "undefined"
     (mt, st), (mr, sr) = mean_std(trained), mean_std(randomized)
     v = randomization_verdict("", mt, mr, lower_is_better=lower_is_better, margin=max(st, sr))
     return "**survives**" if v["survives_randomization"] else "no (depends on training)"
