@@ -74,6 +74,11 @@ def _metrics(m: dict) -> dict[str, float]:
     return out
 
 
+def _higher(a: float | None, b: float | None) -> bool:
+    """a > b, False when either is undefined (an AUC without successful attacks is None)."""
+    return a is not None and b is not None and float(a) > float(b)
+
+
 ROWS = [("test accuracy", "accuracy"), ("MIS (higher: more class-specific)", "mis"), ("CAM IoU", "cam_iou"),
         ("GradMap IoU", "gradmap_iou"), ("ActivMap IoU", "activmap_iou")]
 
@@ -88,7 +93,7 @@ def seeds_table(trained: list[dict], randomized: list[dict], seeds: list[int]) -
     for label, key in ROWS:
         a, b, rr = [x[key] for x in csg], [x[key] for x in std], [x[key] for x in rcsg]
         rand = "-" if key == "accuracy" else survives(a, rr, lower_is_better=False)
-        out.append(f"| {label} | {cell(a)} | {cell(b)} | {count([x > y for x, y in zip(a, b, strict=True)])} | "
+        out.append(f"| {label} | {cell(a)} | {cell(b)} | {count([_higher(x, y) for x, y in zip(a, b, strict=True)])} | "
                    f"{cell(rr)} | {rand} |")
     for att in ("fgsm", "pgd"):
         a = [x[f"{att}_auc_gate"] for x in csg]
@@ -96,8 +101,8 @@ def seeds_table(trained: list[dict], randomized: list[dict], seeds: list[int]) -
         c = [x[f"{att}_auc_empirical"] for x in csg]
         rr = [x[f"{att}_auc_gate"] for x in rcsg]
         out.append(f"| {att.upper()} detector AUC: CSG gate / standard empirical profile (CSG empirical {cell(c)}) | "
-                   f"{cell(a)} | {cell(b)} | {count([x > y for x, y in zip(a, b, strict=True)])} | {cell(rr)} | "
-                   f"{survives(a, rr, lower_is_better=False)} |")
+                   f"{cell(a)} | {cell(b)} | {count([_higher(x, y) for x, y in zip(a, b, strict=True)])} | "
+                   f"{cell(rr)} | {survives(a, rr, lower_is_better=False)} |")
     out += ["", "seeds: " + ", ".join(map(str, seeds)) + "; test accuracy of the randomized network: "
             + cell([x["accuracy"] for x in rcsg]) + "; wall s per seed (trained, randomized): " + ", ".join(
                 f"{t['times']['total_s']:.0f}/{r['times']['total_s']:.0f}" for t, r in zip(trained, randomized,
