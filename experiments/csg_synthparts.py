@@ -8,6 +8,12 @@
 into the workdir) on ``../shared/data/cifar10_subset.npz`` with the released two-optimizer recipe (standard Adam
 1e-5 on layer2+layer3+linear, gated Adam 1e-3 on layer3+linear+G) for a CPU-sized number of epochs. Prints a
 one-line summary per model and writes ``<workdir>/results.json`` (see ``jinterp.methods.csg.program``).
+
+    python -m experiments.csg_synthparts --preset articulated --seeds 0 1 2 [--workdir runs/csg_articulated]
+
+runs ``tiny`` on ``synthparts:preset=articulated`` over consecutive seeds (the program's own ``seeds``: one whole
+CSG + standard run per seed, mean ± std with ddof 0), then the same with ``randomize_backbone`` (the trained models'
+backbone re-initialized before evaluation), and prints the experiments/README.md table (also ``<workdir>/table.md``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import sys
 from pathlib import Path
 
+from experiments.seeds import cell, count, survives
 from jinterp.core.config import apply_overrides
 from jinterp.methods.csg import CSGConfig, PathOptim
 from jinterp.methods.csg.program import run
@@ -55,12 +62,87 @@ def config(setting: str, workdir: Path) -> CSGConfig:
     raise SystemExit(f"unknown setting {setting!r}")
 
 
+def _metrics(m: dict) -> dict[str, float]:
+    """The compared numbers of one model's results (NaN where the model has none, e.g. the standard gate AUC)."""
+    out = {"accuracy": m["accuracy"], "mis": m["mis"]}
+    for k in ("cam", "gradmap", "activmap"):
+        out[f"{k}_iou"] = (m.get("localization") or {}).get(k, {}).get("iou", float("nan"))
+    for att in ("fgsm", "pgd"):
+        a = (m.get("adversarial") or {}).get(att, {})
+        out[f"{att}_auc_gate"] = a.get("auc_gate", float("nan"))
+        out[f"{att}_auc_empirical"] = a.get("auc_empirical", float("nan"))
+    return out
+
+
+def _higher(a: float | None, b: float | None) -> bool:
+    """a > b, False when either is undefined (an AUC without successful attacks is None)."""
+    return a is not None and b is not None and float(a) > float(b)
+
+
+ROWS = [("test accuracy", "accuracy"), ("MIS (higher: more class-specific)", "mis"), ("CAM IoU", "cam_iou"),
+        ("GradMap IoU", "gradmap_iou"), ("ActivMap IoU", "activmap_iou")]
+
+
+def seeds_table(trained: list[dict], randomized: list[dict], seeds: list[int]) -> str:
+    """Table of per-seed results (``seed_<s>/results.json`` of the trained and the randomized runs)."""
+    csg = [_metrics(r["models"]["csg"]) for r in trained]
+    std = [_metrics(r["models"]["standard"]) for r in trained]
+    rcsg = [_metrics(r["models"]["csg"]) for r in randomized]
+    out = ["| number (higher is better) | CSG | standard | CSG beats standard? (per seed) | CSG, randomized network "
+           "| survives randomization? |", "|---|---:|---:|---|---:|---|"]
+    for label, key in ROWS:
+        a, b, rr = [x[key] for x in csg], [x[key] for x in std], [x[key] for x in rcsg]
+        rand = "-" if key == "accuracy" else survives(a, rr, lower_is_better=False)
+        out.append(f"| {label} | {cell(a)} | {cell(b)} | {count([_higher(x, y) for x, y in zip(a, b, strict=True)])} | "
+                   f"{cell(rr)} | {rand} |")
+    for att in ("fgsm", "pgd"):
+        a = [x[f"{att}_auc_gate"] for x in csg]
+        b = [x[f"{att}_auc_empirical"] for x in std]
+        c = [x[f"{att}_auc_empirical"] for x in csg]
+        rr = [x[f"{att}_auc_gate"] for x in rcsg]
+        out.append(f"| {att.upper()} detector AUC: CSG gate / standard empirical profile (CSG empirical {cell(c)}) | "
+                   f"{cell(a)} | {cell(b)} | {count([_higher(x, y) for x, y in zip(a, b, strict=True)])} | "
+                   f"{cell(rr)} | {survives(a, rr, lower_is_better=False)} |")
+    out += ["", "seeds: " + ", ".join(map(str, seeds)) + "; test accuracy of the randomized network: "
+            + cell([x["accuracy"] for x in rcsg]) + "; wall s per seed (trained, randomized): " + ", ".join(
+                f"{t['times']['total_s']:.0f}/{r['times']['total_s']:.0f}" for t, r in zip(trained, randomized,
+                                                                                          strict=True))]
+    return "\n".join(out)
+
+
+def run_seeds(preset: str, seeds: list[int], root: Path, overrides: list[str]) -> str:
+    """``tiny`` on ``synthparts:preset=<preset>`` over ``seeds`` (consecutive: the program's ``seeds`` field), then
+    the randomized twin; returns the table."""
+    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+        raise SystemExit(f"--seeds must be consecutive (the program runs seed, seed+1, ...), got {seeds}")
+    cfg = apply_overrides(dataclasses.replace(CSGConfig.tiny(), data=f"synthparts:preset={preset}", seed=seeds[0],
+                                              seeds=len(seeds)), overrides)
+    per = {}
+    for name, c in (("trained", cfg), ("randomized", dataclasses.replace(cfg, randomize_backbone=True))):
+        wd = root / name
+        res = run(c, wd, progress=False)
+        files = res.get("per_seed_results") or [str(wd / "results.json")]
+        per[name] = [json.loads(Path(f).read_text()) for f in files]
+        for v in (res.get("verdicts") or {}).values():
+            print(name, v)
+    return seeds_table(per["trained"], per["randomized"], seeds)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--setting", choices=("tiny", "long", "cifar"), default="tiny")
     p.add_argument("--workdir", default=None)
     p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--preset", default="", help="synthparts preset for the multi-seed tiny runs (articulated)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="consecutive seeds of the multi-seed runs")
     args = p.parse_args(argv)
+    if args.preset or args.seeds:
+        root = Path(args.workdir or f"runs/csg_{args.preset or 'rigid'}")
+        md = run_seeds(args.preset or "rigid", args.seeds or [0, 1, 2], root, args.overrides)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "table.md").write_text(md + "\n")
+        print(md)
+        return 0
     workdir = Path(args.workdir or f"runs/csg_{args.setting}")
     cfg = apply_overrides(config(args.setting, workdir), args.overrides)
     res = run(cfg, workdir, progress=False)

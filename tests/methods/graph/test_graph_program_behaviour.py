@@ -102,3 +102,23 @@ def test_randomized_backbone_changes_the_maps_and_is_fingerprinted(runs):
     for name, flag in (("base", False), ("random", True)):
         record = json.loads((runs["dir"].parent / name / "config.json").read_text())
         assert record["stages"]["graph"]["fields"]["randomize_backbone"] is flag
+
+
+# Node / raw-filter ratios at this module's setting (random-init convnet 8-16-16-16, 40 articulated lamp crops, 2 EM
+# iterations) over graph seeds 0, 1, 2: instability per layer and code variant 0.61-0.74 (mean 0.69), 3-shot
+# distance 0.78-0.79. On the tiny preset's trained backbones (3 seeds, experiments/README.md "Explanatory graph")
+# the nodes are ~2x more stable than raw filters as well, and on re-initialized weights too: the direction is real
+# but mostly structural (a node's window around its learned centre), and neither beats a unit fixed at the centre.
+NODE_FILTER_RATIO_MAX = 0.85  # worst seed 0.74 + a margin of ~5 seeds' spreads (0.02)
+FEWSHOT_RATIO_MAX = 0.9  # worst seed 0.79 + 0.1
+
+
+@pytest.mark.parametrize("run_name", ["base", "seed1"])
+def test_nodes_move_less_than_raw_filters_and_localize_better(runs, run_name):
+    m = runs[run_name]["metrics"]
+    for layer, entry in m["per_layer"].items():
+        for variant in ("graph", "icnn"):
+            nodes, filters = entry["nodes"][f"instability_{variant}"], entry["filters"][f"instability_{variant}"]
+            assert nodes < NODE_FILTER_RATIO_MAX * filters, (layer, variant, nodes, filters)
+    nodes, filters = m["fewshot_normalized_distance_nodes"], m["fewshot_normalized_distance_filters"]
+    assert nodes < FEWSHOT_RATIO_MAX * filters, (nodes, filters)
