@@ -158,8 +158,16 @@ def conv_transpose2d_col2im(x: jax.Array, kernel: jax.Array, stride=(2, 2), padd
     padded copies of ``Z`` summed, then reshaped so that ``(m, b)`` becomes ``m·s + b``, then cropped by ``p``.
     """
     n, h, w, cin = x.shape
-    kh, kw, _, cout = kernel.shape
     (sh, sw), (ph, pw), (oh, ow) = stride, padding, output_padding
+    out_h = conv_transpose_out_size(h, kernel.shape[0], sh, ph, oh)
+    out_w = conv_transpose_out_size(w, kernel.shape[1], sw, pw, ow)
+    # Taps that never reach the cropped output (e.g. 1x1 inputs: k=4, p=1 keeps taps 1-2 of 0-3, a quarter of the
+    # GEMM) are dropped; their kernel gradient is exactly zero either way (the slice's adjoint pads with zeros).
+    (th0, th1), (tw0, tw1) = _live_taps(h, kernel.shape[0], sh, ph, out_h), _live_taps(w, kernel.shape[1], sw, pw,
+                                                                                       out_w)
+    kernel = kernel[th0:th1, tw0:tw1]
+    ph, pw = ph - th0, pw - tw0
+    kh, kw, _, cout = kernel.shape
     ah, aw = -(-kh // sh), -(-kw // sw)
     # Kernel zero-padded to (ah·sh, aw·sw) taps; the extra taps only write outside the cropped output.
     wk = jnp.pad(kernel, ((0, ah * sh - kh), (0, aw * sw - kw), (0, 0), (0, 0)))
@@ -173,9 +181,13 @@ def conv_transpose2d_col2im(x: jax.Array, kernel: jax.Array, stride=(2, 2), padd
             full = term if full is None else full + term
     mh, mw = h + ah - 1, w + aw - 1
     full = jnp.transpose(full, (0, 1, 3, 2, 4, 5)).reshape(n, mh * sh, mw * sw, cout)
-    out_h = conv_transpose_out_size(h, kh, sh, ph, oh)
-    out_w = conv_transpose_out_size(w, kw, sw, pw, ow)
     return _crop_or_pad(_crop_or_pad(full, 1, ph, out_h), 2, pw, out_w)
+
+
+def _live_taps(size: int, k: int, stride: int, pad: int, out: int) -> tuple[int, int]:
+    """``[lo, hi)``: the kernel taps ``t`` for which some input ``i < size`` writes inside the output,
+    ``0 <= i·stride + t - pad < out``; the others only write into the cropped border."""
+    return max(0, pad - (size - 1) * stride), min(k, out + pad)
 
 
 def _phase_taps(k: int, s: int, p: int, r: int) -> tuple[int, int, int]:

@@ -153,6 +153,7 @@ CONVT_CASES = [  # (n, h, w, cin, cout, k, stride, padding, output_padding)
     (1, 3, 3, 2, 3, 5, 3, 2, 2),
     (2, 6, 5, 2, 2, 2, 2, 0, 0),
     (2, 4, 4, 2, 3, 4, 2, 3, 1),
+    (1, 2, 1, 2, 3, 5, 2, 2, 1),  # col2im drops taps that never reach the output (2 of 5 along W)
 ]
 
 FORMULATIONS = {
