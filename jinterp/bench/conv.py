@@ -3,11 +3,13 @@
 Run: ``python -m jinterp.bench.conv [--quick] [--native] [--only SUBSTR] [--out PATH]``.
 
 Per shape, forward and forward+backward (gradients w.r.t. input and kernel, with a fixed random cotangent) are
-timed. JAX and PyTorch calls alternate in one process so that load from other processes on the shared CPU hits
-both alike; warm-up calls are excluded, JAX compile time is reported separately, and medians are compared
-(ratio = JAX / PyTorch, < 1 means JAX is faster). ``--native`` adds a column for XLA's own convolution
-(``lax.conv_general_dilated``, the pre-optimization formulation; for the train steps: compiled with
-``JINTERP_FASTCONV=0``) under the same process flags.
+timed (f+b returns the forward output too, so XLA cannot drop the forward pass as dead code; before that fix
+the JAX f+b columns timed the backward pass only). Transposed shapes also time both CPU formulations that
+``ops.conv_transpose2d`` chooses between (oneDNN, GEMM + col2im). JAX and PyTorch calls alternate in one process
+so that load from other processes on the shared CPU hits both alike; warm-up calls are excluded, JAX compile
+time is reported separately, and medians are compared (ratio = JAX / PyTorch, < 1 means JAX is faster).
+``--native`` adds a column for XLA's own convolution (``lax.conv_general_dilated``, the pre-optimization
+formulation; for the train steps: compiled with ``JINTERP_FASTCONV=0``) under the same process flags.
 
 PyTorch runs NCHW (its default layout, what PyTorch users run); JAX runs NHWC (jinterp's layout).
 ``OMP_WAIT_POLICY=PASSIVE`` is set (unless already set) before torch loads: on the shared 2-core machine, OpenMP

@@ -3,7 +3,8 @@
 Why: XLA:CPU's convolution gradients were the gap to PyTorch on conv training steps (``experiments/README.md``,
 "oneDNN via XLA FFI"): its kernel gradient recomputes the BatchNorm/residual/ReLU chain inside transposes, and its
 Eigen convolutions are slower than oneDNN's JIT kernels. Here the forward and both backward passes are oneDNN
-primitives on the NHWC buffers as they are (``conv.cc``), joined by a ``custom_vjp``.
+primitives on the NHWC buffers as they are (``conv.cc``), joined by a ``custom_vjp``. :func:`conv_transpose2d`
+reuses the same three handlers with the roles swapped (a transposed conv is a conv's backward-data).
 
 Build (lazy, at the first CPU convolution of a process, or ahead with ``python -m jinterp.nn._onednn``):
 
