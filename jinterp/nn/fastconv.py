@@ -184,6 +184,37 @@ def conv_transpose2d_col2im(x: jax.Array, kernel: jax.Array, stride=(2, 2), padd
     return _crop_or_pad(_crop_or_pad(full, 1, ph, out_h), 2, pw, out_w)
 
 
+def conv_transpose2d_pixels(x: jax.Array, kernel: jax.Array, stride=(2, 2), padding=(0, 0),
+                            output_padding=(0, 0)) -> jax.Array:
+    """Transposed conv for inputs of very few pixels: one GEMM per input pixel with only its live taps.
+
+    Input pixel ``(i, j)`` writes ``Y[i·s + t - p, j·s + u - p] += X[:, i, j] @ W[t, u]`` for the taps whose output
+    lies inside the (cropped) image, ``t`` in :func:`_live_taps` of that single row. col2im multiplies every pixel by
+    all ``kh·kw`` taps and crops afterwards: at 2x2 px with k=4, s=2, p=1 that is 16 taps per pixel where 9 reach
+    the output. The Python loop runs over the ``H·W`` pixels (static, few: :mod:`jinterp.nn.ops` uses this for
+    ``H·W <= 4``). Shapes as :func:`conv_transpose2d_col2im`.
+    """
+    n, h, w, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    (sh, sw), (ph, pw), (oh, ow) = stride, padding, output_padding
+    out_h = conv_transpose_out_size(h, kh, sh, ph, oh)
+    out_w = conv_transpose_out_size(w, kw, sw, pw, ow)
+    y = None
+    for i in range(h):
+        t0, t1 = _live_taps(1, kh, sh, ph - i * sh, out_h)
+        for j in range(w):
+            u0, u1 = _live_taps(1, kw, sw, pw - j * sw, out_w)
+            if t1 <= t0 or u1 <= u0:
+                continue
+            k_ij = kernel[t0:t1, u0:u1]
+            wmat = jnp.transpose(k_ij, (2, 0, 1, 3)).reshape(cin, -1)
+            z = jnp.dot(x[:, i, j, :], wmat).reshape(n, t1 - t0, u1 - u0, cout)
+            r0, c0 = i * sh + t0 - ph, j * sw + u0 - pw  # first output row / column this pixel writes
+            term = jnp.pad(z, ((0, 0), (r0, out_h - r0 - (t1 - t0)), (c0, out_w - c0 - (u1 - u0)), (0, 0)))
+            y = term if y is None else y + term
+    return y if y is not None else jnp.zeros((n, out_h, out_w, cout), x.dtype)
+
+
 def _live_taps(size: int, k: int, stride: int, pad: int, out: int) -> tuple[int, int]:
     """``[lo, hi)``: the kernel taps ``t`` for which some input ``i < size`` writes inside the output,
     ``0 <= i·stride + t - pad < out``; the others only write into the cropped border."""

@@ -102,17 +102,21 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride=1, padding=0, dilation=1, gro
     return fastconv.conv2d_lax(x, kernel, *args, groups=groups)
 
 
-# oneDNN runs a transposed conv only from this many input pixels and output channels on (see the module docstring).
+# oneDNN runs a transposed conv only from this many input pixels and output channels on; inputs of at most
+# _PIXELS_T_MAX_IN_PIXELS pixels use one GEMM per pixel (see the module docstring).
 _ONEDNN_T_MIN_IN_PIXELS = 16
 _ONEDNN_T_MIN_OUT_CHANNELS = 16
+_PIXELS_T_MAX_IN_PIXELS = 4
 
 
 def conv_transpose2d_formulation(x_shape, kernel_shape, stride=1, padding=0, output_padding=0,
                                  dtype=jnp.float32) -> str:
-    """Which formulation :func:`conv_transpose2d` uses for these static shapes: ``"onednn"``, ``"col2im"`` or
-    ``"lax"`` (asking may build the oneDNN library, see :func:`jinterp.nn._onednn.available`)."""
+    """Which formulation :func:`conv_transpose2d` uses for these static shapes: ``"onednn"``, ``"pixels"``,
+    ``"col2im"`` or ``"lax"`` (asking may build the oneDNN library, see :func:`jinterp.nn._onednn.available`)."""
     if not fast_paths_enabled():
         return "lax"
+    if x_shape[1] * x_shape[2] <= _PIXELS_T_MAX_IN_PIXELS:
+        return "pixels"
     (sh, sw), (ph, pw), (oh, ow) = _pair(stride), _pair(padding), _pair(output_padding)
     if (os.environ.get("JINTERP_ONEDNN", "1") != "0" and jnp.dtype(dtype) == jnp.float32
             and x_shape[1] * x_shape[2] >= _ONEDNN_T_MIN_IN_PIXELS and kernel_shape[-1] >= _ONEDNN_T_MIN_OUT_CHANNELS
@@ -133,6 +137,8 @@ def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride=1, padding=0, outpu
     if formulation == "onednn":
         f32 = jnp.float32  # no-op casts for float32 operands
         return _onednn.conv_transpose2d(x.astype(f32), kernel.astype(f32), *args)
+    if formulation == "pixels":
+        return fastconv.conv_transpose2d_pixels(x, kernel, *args)
     if formulation == "col2im":
         return fastconv.conv_transpose2d_col2im(x, kernel, *args)
     return fastconv.conv_transpose2d_lax(x, kernel, *args)

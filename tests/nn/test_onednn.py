@@ -207,8 +207,9 @@ def test_ops_conv_transpose2d_dispatch_by_shape_and_switches(monkeypatch):
                    argnums=(0, 1))(x, kern)
     for a, b in zip(grads()(x, kern), ref, strict=True):
         _close(a, b)
-    # Shapes kept on col2im: small inputs (2x2 px), few output channels, bf16, output_padding >= stride.
-    assert ops.conv_transpose2d_formulation((2, 2, 2, 8), kern.shape, 2, 1) == "col2im"
+    # Shapes kept off oneDNN: tiny inputs (one GEMM per pixel), few output channels, bf16, output_padding >= stride.
+    assert ops.conv_transpose2d_formulation((2, 2, 2, 8), kern.shape, 2, 1) == "pixels"
+    assert ops.conv_transpose2d_formulation((2, 3, 3, 8), kern.shape, 2, 1) == "col2im"
     assert ops.conv_transpose2d_formulation(x.shape, (4, 4, 8, 1), 2, 1) == "col2im"
     assert ops.conv_transpose2d_formulation(x.shape, kern.shape, 2, 1, dtype=jnp.bfloat16) == "col2im"
     assert ops.conv_transpose2d_formulation(x.shape, kern.shape, 1, 1, 1) == "col2im"
