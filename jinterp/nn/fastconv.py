@@ -17,6 +17,9 @@ matrix multiplications XLA:CPU runs well (YNNPACK/Eigen GEMM), so results agree 
   split as ``t = a·s + b`` (kernel zero-padded to a multiple of ``s``), ``o + p = (i + a)·s + b``, so col2im is a
   sum over ``a`` of ``Z[:, a]`` shifted by ``a`` rows (a pad), followed by interleaving ``(i + a, b)`` into one
   axis (a reshape). No multiply by the zeros that lhs dilation inserts; gradients are again GEMMs plus slices.
+  Kernel taps that never reach the cropped output are dropped first (1x1 inputs: 4 of 16 taps for k=4, p=1).
+* :func:`conv_transpose2d_pixels` — for inputs of a few pixels: one GEMM per input pixel with only the taps that
+  reach the output (at 2x2 px with k=4, s=2, p=1, 9 of 16 per pixel), summed as padded copies.
 * :func:`conv_transpose2d_subpixel` — the same map as one *stride-1* convolution producing ``s²·Cout`` channels
   (one per output phase ``b``) followed by depth-to-space; each phase uses the kernel taps ``t ≡ b + p (mod s)``
   in a common window of the input. Costs extra multiplies by zero taps (2.25x for k=4, s=2) but is a plain conv.

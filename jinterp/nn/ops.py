@@ -12,13 +12,17 @@ Convolution dispatch (decided at trace time; every path is exact to float32 roun
     PyTorch's f+b, ``experiments/README.md``). With one input channel XLA's path stayed faster (30 vs 12 ms).
     Where the library cannot be built (one warning), or with ``JINTERP_ONEDNN=0``, the paths below apply.
   * grouped convs otherwise: XLA's native convolution.
-  * CPU ``conv_transpose2d`` (float32, input of at least 16 pixels, at least 16 output channels): oneDNN, the
-    transposed conv being the backward-data of the conv with the kernel's channel axes swapped
-    (:func:`jinterp.nn._onednn.conv_transpose2d`; ClaDec's 256->128 @4 and 128->64 @8 px layers: forward +
-    backward 0.5-0.85x the time of col2im). Otherwise GEMM + col2im (:func:`fastconv.conv_transpose2d_col2im`):
-    at 1-2 px inputs one GEMM over N·H·W rows beat oneDNN (512->512 @1 px f+b 0.5x, 512->256 @2 px 0.8x oneDNN's
-    time), and with few output channels oneDNN's backward-data is poorly vectorized (64->1 @16 px forward 11x
-    col2im's time). XLA's lhs-dilated convolution and its gradients were 2-13x slower than PyTorch.
+  * CPU ``conv_transpose2d``, by input size (ClaDec decoder layers, batch 128, one alternating run on the loaded
+    2-core machine, f+b time as a fraction of PyTorch's, ``experiments/README.md``):
+    - at most 4 input pixels: one GEMM per input pixel with only the taps that reach the output
+      (:func:`fastconv.conv_transpose2d_pixels`; 512->512 @1 px 0.17x, 512->256 @2 px 0.51x, where col2im, which
+      multiplies every pixel by all taps and crops, took 0.77x and oneDNN 1.04x);
+    - float32, at least 16 input pixels and 16 output channels: oneDNN, the transposed conv being the
+      backward-data of the conv with the kernel's channel axes swapped (:func:`jinterp.nn._onednn.conv_transpose2d`;
+      256->128 @4 px 0.92x, 128->64 @8 px 0.91x, where col2im took 1.5x and 2.0x);
+    - otherwise GEMM + col2im (:func:`fastconv.conv_transpose2d_col2im`): with few output channels oneDNN's
+      backward-data is poorly vectorized (64->1 @16 px forward 19 ms vs col2im's 3 ms).
+    XLA's lhs-dilated convolution and its gradients were 2-13x slower than PyTorch.
   * CPU ``conv2d``: im2col + GEMM for 1x1 kernels and for small outputs (``Ho·Wo <= 16``, where Eigen's spatial
     convolution was up to 47x slower than PyTorch, e.g. 256->512 channels at 2x2 px); XLA's convolution
     otherwise (it was as fast as or faster than im2col there), with the kernel gradient reading a materialized
