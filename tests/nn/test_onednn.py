@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jinterp.errors import ModelError
+from jinterp.errors import ModelError, ShapeError
 from jinterp.nn import _onednn, fastconv, ops
 
 RTOL = 1e-5  # relative to the largest |value|: float32 round-off, different summation order
@@ -213,6 +213,8 @@ def test_ops_conv_transpose2d_dispatch_by_shape_and_switches(monkeypatch):
     assert ops.conv_transpose2d_formulation(x.shape, (4, 4, 8, 1), 2, 1) == "col2im"
     assert ops.conv_transpose2d_formulation(x.shape, kern.shape, 2, 1, dtype=jnp.bfloat16) == "col2im"
     assert ops.conv_transpose2d_formulation(x.shape, kern.shape, 1, 1, 1) == "col2im"
+    with pytest.raises(ShapeError, match="output_padding < stride"):
+        _onednn.conv_transpose2d(x, kern, (2, 2), (1, 1), (2, 0))
     monkeypatch.setenv("JINTERP_ONEDNN", "0")
     assert ops.conv_transpose2d_formulation(x.shape, kern.shape, 2, 1) == "col2im"
     assert "jinterp_onednn_conv" not in grads().lower(x, kern).as_text()

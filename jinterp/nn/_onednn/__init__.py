@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jinterp.errors import ModelError
+from jinterp.errors import ModelError, ShapeError
 
 ONEDNN_VERSION = "2023.2.0"  # PyPI version of the oneDNN 3.2 CPU wheels (GNU OpenMP runtime)
 _SRC = Path(__file__).with_name("conv.cc")
@@ -221,7 +221,7 @@ conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 # ------------------------------------------------------------------------------------------- transposed
 
 
-def conv_transpose_padding(size: int, k: int, stride: int, pad: int, output_padding: int) -> tuple[int, int]:
+def conv_transpose_padding(pad: int, output_padding: int) -> tuple[int, int]:
     """``(top, bottom)`` padding of the convolution whose input gradient is the transposed convolution.
 
     The transposed conv maps ``size`` pixels to ``out = (size - 1)·s - 2p + k + op`` (PyTorch). It is the adjoint of
@@ -229,7 +229,6 @@ def conv_transpose_padding(size: int, k: int, stride: int, pad: int, output_padd
     ``(out + p + b - k) // s + 1 == size``, i.e. ``0 <= op + b - p < s``; ``b = max(p - op, 0)`` satisfies that
     and is non-negative, as oneDNN needs, whenever ``op < s`` (PyTorch's own condition without dilation).
     """
-    del size, k, stride  # the rule needs only p and op (kept in the signature for the reader)
     return pad, max(pad - output_padding, 0)
 
 
@@ -247,8 +246,11 @@ def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride=(2, 2), padding=(0,
     """
     n, h, w, _ = x.shape
     kh, kw, _, cout = kernel.shape
-    pads = tuple(conv_transpose_padding(size, k, s, p, op) for size, k, s, p, op in
-                 zip((h, w), (kh, kw), stride, padding, output_padding, strict=True))
+    if min(padding) < 0 or any(not 0 <= op < s for op, s in zip(output_padding, stride, strict=True)):
+        raise ShapeError(f"oneDNN transposed conv needs padding >= 0 and 0 <= output_padding < stride, got padding "
+                         f"{tuple(padding)}, output_padding {tuple(output_padding)}, stride {tuple(stride)}; use "
+                         "jinterp.nn.ops.conv_transpose2d, which falls back to col2im")
+    pads = tuple(conv_transpose_padding(p, op) for p, op in zip(padding, output_padding, strict=True))
     out_hw = tuple((size - 1) * s - 2 * p + k + op for size, k, s, p, op in
                    zip((h, w), (kh, kw), stride, padding, output_padding, strict=True))
     return _conv_transpose(x, jnp.swapaxes(kernel, 2, 3), tuple(stride), pads, out_hw)
