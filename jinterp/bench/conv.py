@@ -3,11 +3,13 @@
 Run: ``python -m jinterp.bench.conv [--quick] [--native] [--only SUBSTR] [--out PATH]``.
 
 Per shape, forward and forward+backward (gradients w.r.t. input and kernel, with a fixed random cotangent) are
-timed. JAX and PyTorch calls alternate in one process so that load from other processes on the shared CPU hits
-both alike; warm-up calls are excluded, JAX compile time is reported separately, and medians are compared
-(ratio = JAX / PyTorch, < 1 means JAX is faster). ``--native`` adds a column for XLA's own convolution
-(``lax.conv_general_dilated``, the pre-optimization formulation; for the train steps: compiled with
-``JINTERP_FASTCONV=0``) under the same process flags.
+timed (f+b returns the forward output too, so XLA cannot drop the forward pass as dead code; before that fix
+the JAX f+b columns timed the backward pass only). Transposed shapes also time both CPU formulations that
+``ops.conv_transpose2d`` chooses between (oneDNN, GEMM + col2im). JAX and PyTorch calls alternate in one process
+so that load from other processes on the shared CPU hits both alike; warm-up calls are excluded, JAX compile
+time is reported separately, and medians are compared (ratio = JAX / PyTorch, < 1 means JAX is faster).
+``--native`` adds a column for XLA's own convolution (``lax.conv_general_dilated``, the pre-optimization
+formulation; for the train steps: compiled with ``JINTERP_FASTCONV=0``) under the same process flags.
 
 PyTorch runs NCHW (its default layout, what PyTorch users run); JAX runs NHWC (jinterp's layout).
 ``OMP_WAIT_POLICY=PASSIVE`` is set (unless already set) before torch loads: on the shared 2-core machine, OpenMP
@@ -38,7 +40,7 @@ import optax
 from jax import lax
 
 from jinterp.bench import harness
-from jinterp.nn import ops  # importing jinterp sets its process-level XLA flags (jinterp.nn.flags)
+from jinterp.nn import _onednn, fastconv, ops  # importing jinterp sets its process-level XLA flags
 from jinterp.nn.layers import BatchNorm2d, Conv2d, ConvTranspose2d, Linear
 
 RESULTS = harness.RESULTS
@@ -85,6 +87,7 @@ def cases(quick: bool) -> list[Case]:
         Case("dec T4x4 s2 256->128 @4", b, 4, 256, 128, 4, 2, 1, True, "cladec-dec"),
         Case("dec T4x4 s2 128->64 @8", b, 8, 128, 64, 4, 2, 1, True, "cladec-dec"),
         Case("dec T4x4 s2 64->3 @16", b, 16, 64, 3, 4, 2, 1, True, "cladec-dec"),
+        Case("dec T4x4 s2 64->1 @16", b, 16, 64, 1, 4, 2, 1, True, "cladec-dec"),  # Fashion-MNIST output layer
         # ImageNet-size backbones at 224 px (VGG-16 layers, the ResNet 7x7/2 stem, a ResNet-50 1x1).
         Case("vgg16 3x3 3->64 @224", b224, 224, 3, 64, 3, 1, 1, group="imagenet"),
         Case("vgg16 3x3 64->64 @224", b224, 224, 64, 64, 3, 1, 1, group="imagenet"),
@@ -135,10 +138,23 @@ def _lax_conv_t(x, w, stride, padding):
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _col2im_conv_t(x, w, stride, padding):
+    return fastconv.conv_transpose2d_col2im(x, w, (stride, stride), (padding, padding), (0, 0))
+
+
+def _onednn_conv_t(x, w, stride, padding):
+    return _onednn.conv_transpose2d(x, w, (stride, stride), (padding, padding), (0, 0))
+
+
+_TRANSPOSED = {"jinterp": ops.conv_transpose2d, "lax": _lax_conv_t, "col2im": _col2im_conv_t,
+               "onednn": _onednn_conv_t}
+
+
 def _jax_fns(case: Case, impl: str, x, w, g):
-    """(forward, forward+backward) jitted thunks; ``impl`` is ``jinterp`` (ops) or ``lax`` (XLA native)."""
+    """(forward, forward+backward) jitted thunks; ``impl`` is ``jinterp`` (ops) or ``lax`` (XLA native), and for
+    transposed convs also ``col2im`` / ``onednn`` (the two CPU formulations ``ops`` chooses between)."""
     if case.transposed:
-        conv = ops.conv_transpose2d if impl == "jinterp" else _lax_conv_t
+        conv = _TRANSPOSED[impl]
     else:
         conv = ops.conv2d if impl == "jinterp" else _lax_conv
 
@@ -147,7 +163,7 @@ def _jax_fns(case: Case, impl: str, x, w, g):
 
     def fwd_bwd(x, w, g):
         y, vjp = jax.vjp(fwd, x, w)
-        return vjp(g)
+        return y, *vjp(g)  # y returned: otherwise XLA drops the forward pass as dead code (PyTorch runs it)
 
     f = jax.jit(fwd)
     fb = jax.jit(fwd_bwd)
@@ -214,6 +230,8 @@ def bench_case(case: Case, quick: bool, native: bool) -> dict:
     gn = rng.standard_normal((case.n, o, o, case.cout), np.float32)
     x, w, g = jnp.asarray(xn), jnp.asarray(wn), jnp.asarray(gn)
     impls = ["jinterp"] + (["lax"] if native else [])
+    if case.transposed and _onednn.available():
+        impls += ["col2im", "onednn"]  # both candidates of ops.conv_transpose2d, timed in the same rounds
     fwd_fns, fb_fns, compile_s = {}, {}, {}
     for impl in impls:
         f, fb, cf, cfb = _jax_fns(case, impl, x, w, g)
@@ -476,6 +494,16 @@ def markdown(rows: list[dict], steps: list[dict], native: bool) -> str:
             line += f" {_fmt_ms(fb['lax'])} |"
         line += f" {r['compile_s']['jinterp']:.2f} |"
         lines.append(line)
+    both = [r for r in rows if "onednn" in r["fwd_bwd_s"]]
+    if both:  # the two transposed-conv formulations ops.conv_transpose2d chooses between, per shape
+        lines += ["", "| transposed shape | N | f+b oneDNN ms | f+b col2im ms | f+b torch ms | oneDNN / torch | "
+                  "col2im / torch | fwd oneDNN / col2im / torch ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in both:
+            c, f, fb = r["case"], r["fwd_s"], r["fwd_bwd_s"]
+            lines.append(f"| {c['name']} | {c['n']} | {_fmt_ms(fb['onednn'])} | {_fmt_ms(fb['col2im'])} | "
+                         f"{_fmt_ms(fb['torch'])} | **{fb['onednn'] / fb['torch']:.2f}** | "
+                         f"{fb['col2im'] / fb['torch']:.2f} | {_fmt_ms(f['onednn'])} / {_fmt_ms(f['col2im'])} / "
+                         f"{_fmt_ms(f['torch'])} |")
     if steps:
         lines += ["", "| train step | batch | JAX ms | torch ms | ratio | lax ms | compile s |",
                   "|---|---:|---:|---:|---:|---:|---:|"]

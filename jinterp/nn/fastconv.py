@@ -17,6 +17,9 @@ matrix multiplications XLA:CPU runs well (YNNPACK/Eigen GEMM), so results agree 
   split as ``t = a·s + b`` (kernel zero-padded to a multiple of ``s``), ``o + p = (i + a)·s + b``, so col2im is a
   sum over ``a`` of ``Z[:, a]`` shifted by ``a`` rows (a pad), followed by interleaving ``(i + a, b)`` into one
   axis (a reshape). No multiply by the zeros that lhs dilation inserts; gradients are again GEMMs plus slices.
+  Kernel taps that never reach the cropped output are dropped first (1x1 inputs: 4 of 16 taps for k=4, p=1).
+* :func:`conv_transpose2d_pixels` — for inputs of a few pixels: one GEMM per input pixel with only the taps that
+  reach the output (at 2x2 px with k=4, s=2, p=1, 9 of 16 per pixel), summed as padded copies.
 * :func:`conv_transpose2d_subpixel` — the same map as one *stride-1* convolution producing ``s²·Cout`` channels
   (one per output phase ``b``) followed by depth-to-space; each phase uses the kernel taps ``t ≡ b + p (mod s)``
   in a common window of the input. Costs extra multiplies by zero taps (2.25x for k=4, s=2) but is a plain conv.
@@ -158,8 +161,16 @@ def conv_transpose2d_col2im(x: jax.Array, kernel: jax.Array, stride=(2, 2), padd
     padded copies of ``Z`` summed, then reshaped so that ``(m, b)`` becomes ``m·s + b``, then cropped by ``p``.
     """
     n, h, w, cin = x.shape
-    kh, kw, _, cout = kernel.shape
     (sh, sw), (ph, pw), (oh, ow) = stride, padding, output_padding
+    out_h = conv_transpose_out_size(h, kernel.shape[0], sh, ph, oh)
+    out_w = conv_transpose_out_size(w, kernel.shape[1], sw, pw, ow)
+    # Taps that never reach the cropped output (e.g. 1x1 inputs: k=4, p=1 keeps taps 1-2 of 0-3, a quarter of the
+    # GEMM) are dropped; their kernel gradient is exactly zero either way (the slice's adjoint pads with zeros).
+    (th0, th1), (tw0, tw1) = _live_taps(h, kernel.shape[0], sh, ph, out_h), _live_taps(w, kernel.shape[1], sw, pw,
+                                                                                       out_w)
+    kernel = kernel[th0:th1, tw0:tw1]
+    ph, pw = ph - th0, pw - tw0
+    kh, kw, _, cout = kernel.shape
     ah, aw = -(-kh // sh), -(-kw // sw)
     # Kernel zero-padded to (ah·sh, aw·sw) taps; the extra taps only write outside the cropped output.
     wk = jnp.pad(kernel, ((0, ah * sh - kh), (0, aw * sw - kw), (0, 0), (0, 0)))
@@ -173,9 +184,44 @@ def conv_transpose2d_col2im(x: jax.Array, kernel: jax.Array, stride=(2, 2), padd
             full = term if full is None else full + term
     mh, mw = h + ah - 1, w + aw - 1
     full = jnp.transpose(full, (0, 1, 3, 2, 4, 5)).reshape(n, mh * sh, mw * sw, cout)
+    return _crop_or_pad(_crop_or_pad(full, 1, ph, out_h), 2, pw, out_w)
+
+
+def conv_transpose2d_pixels(x: jax.Array, kernel: jax.Array, stride=(2, 2), padding=(0, 0),
+                            output_padding=(0, 0)) -> jax.Array:
+    """Transposed conv for inputs of very few pixels: one GEMM per input pixel with only its live taps.
+
+    Input pixel ``(i, j)`` writes ``Y[i·s + t - p, j·s + u - p] += X[:, i, j] @ W[t, u]`` for the taps whose output
+    lies inside the (cropped) image, ``t`` in :func:`_live_taps` of that single row. col2im multiplies every pixel by
+    all ``kh·kw`` taps and crops afterwards: at 2x2 px with k=4, s=2, p=1 that is 16 taps per pixel where 9 reach
+    the output. The Python loop runs over the ``H·W`` pixels (static, few: :mod:`jinterp.nn.ops` uses this for
+    ``H·W <= 4``). Shapes as :func:`conv_transpose2d_col2im`.
+    """
+    n, h, w, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    (sh, sw), (ph, pw), (oh, ow) = stride, padding, output_padding
     out_h = conv_transpose_out_size(h, kh, sh, ph, oh)
     out_w = conv_transpose_out_size(w, kw, sw, pw, ow)
-    return _crop_or_pad(_crop_or_pad(full, 1, ph, out_h), 2, pw, out_w)
+    y = None
+    for i in range(h):
+        t0, t1 = _live_taps(1, kh, sh, ph - i * sh, out_h)
+        for j in range(w):
+            u0, u1 = _live_taps(1, kw, sw, pw - j * sw, out_w)
+            if t1 <= t0 or u1 <= u0:
+                continue
+            k_ij = kernel[t0:t1, u0:u1]
+            wmat = jnp.transpose(k_ij, (2, 0, 1, 3)).reshape(cin, -1)
+            z = jnp.dot(x[:, i, j, :], wmat).reshape(n, t1 - t0, u1 - u0, cout)
+            r0, c0 = i * sh + t0 - ph, j * sw + u0 - pw  # first output row / column this pixel writes
+            term = jnp.pad(z, ((0, 0), (r0, out_h - r0 - (t1 - t0)), (c0, out_w - c0 - (u1 - u0)), (0, 0)))
+            y = term if y is None else y + term
+    return y if y is not None else jnp.zeros((n, out_h, out_w, cout), x.dtype)
+
+
+def _live_taps(size: int, k: int, stride: int, pad: int, out: int) -> tuple[int, int]:
+    """``[lo, hi)``: the kernel taps ``t`` for which some input ``i < size`` writes inside the output,
+    ``0 <= i·stride + t - pad < out``; the others only write into the cropped border."""
+    return max(0, pad - (size - 1) * stride), min(k, out + pad)
 
 
 def _phase_taps(k: int, s: int, p: int, r: int) -> tuple[int, int, int]:

@@ -12,9 +12,17 @@ Convolution dispatch (decided at trace time; every path is exact to float32 roun
     PyTorch's f+b, ``experiments/README.md``). With one input channel XLA's path stayed faster (30 vs 12 ms).
     Where the library cannot be built (one warning), or with ``JINTERP_ONEDNN=0``, the paths below apply.
   * grouped convs otherwise: XLA's native convolution.
-  * CPU ``conv_transpose2d``: GEMM + col2im (:func:`fastconv.conv_transpose2d_col2im`) — XLA's lhs-dilated
-    convolution and its gradients were 2-13x slower than PyTorch; col2im is at or below PyTorch for all of
-    ClaDec's decoder layers.
+  * CPU ``conv_transpose2d``, by input size (ClaDec decoder layers, batch 128, one alternating run on the loaded
+    2-core machine, f+b time as a fraction of PyTorch's, ``experiments/README.md``):
+    - at most 4 input pixels: one GEMM per input pixel with only the taps that reach the output
+      (:func:`fastconv.conv_transpose2d_pixels`; 512->512 @1 px 0.17x, 512->256 @2 px 0.51x, where col2im, which
+      multiplies every pixel by all taps and crops, took 0.77x and oneDNN 1.04x);
+    - float32, at least 16 input pixels and 16 output channels: oneDNN, the transposed conv being the
+      backward-data of the conv with the kernel's channel axes swapped (:func:`jinterp.nn._onednn.conv_transpose2d`;
+      256->128 @4 px 0.92x, 128->64 @8 px 0.91x, where col2im took 1.5x and 2.0x);
+    - otherwise GEMM + col2im (:func:`fastconv.conv_transpose2d_col2im`): with few output channels oneDNN's
+      backward-data is poorly vectorized (64->1 @16 px forward 19 ms vs col2im's 3 ms).
+    XLA's lhs-dilated convolution and its gradients were 2-13x slower than PyTorch.
   * CPU ``conv2d``: im2col + GEMM for 1x1 kernels and for small outputs (``Ho·Wo <= 16``, where Eigen's spatial
     convolution was up to 47x slower than PyTorch, e.g. 256->512 channels at 2x2 px); XLA's convolution
     otherwise (it was as fast as or faster than im2col there), with the kernel gradient reading a materialized
@@ -98,14 +106,44 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride=1, padding=0, dilation=1, gro
     return fastconv.conv2d_lax(x, kernel, *args, groups=groups)
 
 
+# oneDNN runs a transposed conv only from this many input pixels and output channels on; inputs of at most
+# _PIXELS_T_MAX_IN_PIXELS pixels use one GEMM per pixel (see the module docstring).
+_ONEDNN_T_MIN_IN_PIXELS = 16
+_ONEDNN_T_MIN_OUT_CHANNELS = 16
+_PIXELS_T_MAX_IN_PIXELS = 4
+
+
+def conv_transpose2d_formulation(x_shape, kernel_shape, stride=1, padding=0, output_padding=0,
+                                 dtype=jnp.float32) -> str:
+    """Which formulation :func:`conv_transpose2d` uses for these static shapes: ``"onednn"``, ``"pixels"``,
+    ``"col2im"`` or ``"lax"`` (asking may build the oneDNN library, see :func:`jinterp.nn._onednn.available`)."""
+    if not fast_paths_enabled():
+        return "lax"
+    if x_shape[1] * x_shape[2] <= _PIXELS_T_MAX_IN_PIXELS:
+        return "pixels"
+    (sh, sw), (ph, pw), (oh, ow) = _pair(stride), _pair(padding), _pair(output_padding)
+    if (os.environ.get("JINTERP_ONEDNN", "1") != "0" and jnp.dtype(dtype) == jnp.float32
+            and x_shape[1] * x_shape[2] >= _ONEDNN_T_MIN_IN_PIXELS and kernel_shape[-1] >= _ONEDNN_T_MIN_OUT_CHANNELS
+            and min(ph, pw) >= 0 and 0 <= oh < sh and 0 <= ow < sw and _onednn.available()):
+        return "onednn"
+    return "col2im"
+
+
 def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride=1, padding=0, output_padding=0) -> jax.Array:
     """``torch.nn.functional.conv_transpose2d`` on NHWC input.
 
     ``kernel`` is ``(kh, kw, in, out)`` with PyTorch's spatial orientation. Output size per axis:
-    ``(H - 1) * stride - 2 * padding + k + output_padding``. CPU: GEMM + col2im; elsewhere XLA's lhs-dilated conv.
+    ``(H - 1) * stride - 2 * padding + k + output_padding``. CPU: oneDNN or GEMM + col2im by shape (module
+    docstring); elsewhere XLA's lhs-dilated conv.
     """
     args = (_pair(stride), _pair(padding), _pair(output_padding))
-    if fast_paths_enabled():
+    formulation = conv_transpose2d_formulation(x.shape, kernel.shape, *args, dtype=jnp.result_type(x, kernel))
+    if formulation == "onednn":
+        f32 = jnp.float32  # no-op casts for float32 operands
+        return _onednn.conv_transpose2d(x.astype(f32), kernel.astype(f32), *args)
+    if formulation == "pixels":
+        return fastconv.conv_transpose2d_pixels(x, kernel, *args)
+    if formulation == "col2im":
         return fastconv.conv_transpose2d_col2im(x, kernel, *args)
     return fastconv.conv_transpose2d_lax(x, kernel, *args)
 

@@ -153,10 +153,12 @@ CONVT_CASES = [  # (n, h, w, cin, cout, k, stride, padding, output_padding)
     (1, 3, 3, 2, 3, 5, 3, 2, 2),
     (2, 6, 5, 2, 2, 2, 2, 0, 0),
     (2, 4, 4, 2, 3, 4, 2, 3, 1),
+    (1, 2, 1, 2, 3, 5, 2, 2, 1),  # col2im drops taps that never reach the output (2 of 5 along W)
 ]
 
 FORMULATIONS = {
     "col2im": fastconv.conv_transpose2d_col2im,
+    "pixels": fastconv.conv_transpose2d_pixels,
     "subpixel": fastconv.conv_transpose2d_subpixel,
     "subpixel_im2col": lambda x, w, s, p, op: fastconv.conv_transpose2d_subpixel(
         x, w, s, p, op, conv=lambda a, b, padding: fastconv.conv2d_im2col(a, b, (1, 1), padding)),
@@ -198,6 +200,8 @@ def test_dispatch_choices(monkeypatch):
     assert ops.conv2d_formulation((8, 32, 32, 16), (1, 1, 16, 32), 2, 0) == "im2col"
     assert ops.conv2d_formulation((8, 2, 2, 256), (3, 3, 256, 512), 1, 1) == "im2col"
     assert ops.conv2d_formulation((8, 2, 2, 256), (3, 3, 64, 512), 1, 1, groups=4) == "lax"
+    assert ops.conv_transpose2d_formulation((8, 2, 2, 512), (4, 4, 512, 256), 2, 1) == "pixels"
+    assert ops.conv_transpose2d_formulation((8, 8, 8, 128), (4, 4, 128, 64), 2, 1) == "col2im"
     monkeypatch.setenv("JINTERP_FASTCONV", "0")
     assert ops.conv2d_formulation((8, 2, 2, 256), (3, 3, 256, 512), 1, 1) == "lax"
 

@@ -1,5 +1,6 @@
-"""oneDNN convolutions through XLA FFI (``jinterp.nn._onednn``): exact against ``lax.conv_general_dilated`` for
-the forward pass and both gradients, under ``vmap``, and dispatched to by ``ops.conv2d`` on the CPU.
+"""oneDNN convolutions through XLA FFI (``jinterp.nn._onednn``): exact against ``lax.conv_general_dilated`` (and the
+transposed conv against ``fastconv.conv_transpose2d_lax``) for the forward pass and both gradients, under ``vmap``,
+and dispatched to by ``ops.conv2d`` / ``ops.conv_transpose2d`` on the CPU.
 
 Skipped, with the build's reason, where the library cannot be built (no network for the wheels, no ``g++``).
 """
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jinterp.errors import ModelError
-from jinterp.nn import _onednn, ops
+from jinterp.errors import ModelError, ShapeError
+from jinterp.nn import _onednn, fastconv, ops
 
 RTOL = 1e-5  # relative to the largest |value|: float32 round-off, different summation order
 
@@ -135,3 +136,88 @@ def test_failed_build_warns_once_and_ops_falls_back_to_xla(monkeypatch):
     x, kern = _rand(rng, 2, 8, 8, 4), _rand(rng, 3, 3, 4, 6)
     assert ops.conv2d_formulation(x.shape, kern.shape, 1, 1) == "lax"
     _close(jax.jit(lambda a, b: ops.conv2d(a, b, 1, 1))(x, kern), _lax(x, kern, (1, 1), ((1, 1), (1, 1)), (1, 1), 1))
+
+
+# ------------------------------------------------------------------------------------------- transposed
+
+T_CASES = [  # (n, h, w, cin, cout, (kh, kw), stride, padding, output_padding)
+    (2, 4, 4, 6, 5, (4, 4), (2, 2), (1, 1), (0, 0)),  # ClaDec's decoder layer
+    (2, 5, 3, 3, 4, (3, 3), (2, 2), (1, 1), (1, 1)),  # output_padding
+    (2, 3, 4, 5, 2, (3, 2), (3, 2), (0, 1), (2, 1)),  # output_padding > padding (zero bottom pad), asymmetric
+    (1, 1, 1, 8, 6, (4, 4), (2, 2), (1, 1), (0, 0)),  # 1x1 input
+    (2, 4, 5, 4, 3, (3, 3), (1, 1), (2, 0), (0, 0)),  # stride 1, padding > 0
+    (2, 3, 3, 3, 1, (5, 5), (2, 2), (2, 2), (1, 1)),  # one output channel
+]
+
+
+@pytest.mark.parametrize("case", T_CASES, ids=lambda c: f"n{c[0]}h{c[1]}w{c[2]}c{c[3]}-{c[4]}k{c[5]}s{c[6]}"
+                         f"p{c[7]}op{c[8]}".replace(" ", ""))
+def test_conv_transpose_forward_and_both_gradients_match_lax(case):
+    n, h, w, cin, cout, k, stride, padding, output_padding = case
+    rng = np.random.default_rng(0)
+    x, kern = _rand(rng, n, h, w, cin), _rand(rng, *k, cin, cout)
+    args = (stride, padding, output_padding)
+    out = jax.eval_shape(lambda a, b: fastconv.conv_transpose2d_lax(a, b, *args), x, kern).shape
+    assert out[1:3] == tuple(fastconv.conv_transpose_out_size(*v) for v in zip((h, w), k, stride, padding,
+                                                                                output_padding, strict=True))
+    ct = _rand(rng, *out)
+
+    @jax.jit
+    def both(x, kern, ct):
+        y, vjp = jax.vjp(lambda a, b: _onednn.conv_transpose2d(a, b, *args), x, kern)
+        y_ref, vjp_ref = jax.vjp(lambda a, b: fastconv.conv_transpose2d_lax(a, b, *args), x, kern)
+        return (y, *vjp(ct)), (y_ref, *vjp_ref(ct))
+
+    got, ref = both(x, kern, ct)
+    for a, b in zip(got, ref, strict=True):
+        _close(a, b)
+
+
+@pytest.mark.parametrize("axes", [(0, None), (None, 0), (0, 0)], ids=["images", "models", "both"])
+def test_conv_transpose_vmap_matches_lax(axes):
+    """vmap over the input only (folded into N), the kernel only (one oneDNN call per model, as in ClaDec's
+    α sweep) and both; stride 2 with output_padding."""
+    rng = np.random.default_rng(1)
+    b, args = 3, ((2, 2), (1, 1), (1, 0))
+    x = _rand(rng, b, 2, 3, 4, 5) if axes[0] == 0 else _rand(rng, 2, 3, 4, 5)
+    kern = _rand(rng, b, 4, 3, 5, 6) if axes[1] == 0 else _rand(rng, 4, 3, 5, 6)
+
+    def grads(conv):
+        def loss(x, k):
+            return jnp.sum(jnp.sin(conv(x, k, *args)))
+        return jax.jit(jax.vmap(jax.value_and_grad(loss, argnums=(0, 1)), in_axes=axes))(x, kern)
+
+    (y, (dx, dk)), (y_ref, (dx_ref, dk_ref)) = grads(_onednn.conv_transpose2d), grads(fastconv.conv_transpose2d_lax)
+    for a, r in ((y, y_ref), (dx, dx_ref), (dk, dk_ref)):
+        _close(a, r)
+
+
+def test_ops_conv_transpose2d_dispatch_by_shape_and_switches(monkeypatch):
+    rng = np.random.default_rng(0)
+    x, kern = _rand(rng, 2, 4, 4, 8), _rand(rng, 4, 4, 8, 16)
+
+    def grads():
+        return jax.jit(jax.grad(lambda a, b: jnp.sum(ops.conv_transpose2d(a, b, 2, 1, 1) ** 2), argnums=(0, 1)))
+
+    assert ops.conv_transpose2d_formulation(x.shape, kern.shape, 2, 1, 1) == "onednn"
+    text = grads().lower(x, kern).as_text()
+    for kind in ("fwd", "bwd_data", "bwd_weights"):
+        assert f"jinterp_onednn_conv_{kind}" in text
+    ref = jax.grad(lambda a, b: jnp.sum(fastconv.conv_transpose2d_lax(a, b, (2, 2), (1, 1), (1, 1)) ** 2),
+                   argnums=(0, 1))(x, kern)
+    for a, b in zip(grads()(x, kern), ref, strict=True):
+        _close(a, b)
+    # Shapes kept off oneDNN: tiny inputs (one GEMM per pixel), few output channels, bf16, output_padding >= stride.
+    assert ops.conv_transpose2d_formulation((2, 2, 2, 8), kern.shape, 2, 1) == "pixels"
+    assert ops.conv_transpose2d_formulation((2, 3, 3, 8), kern.shape, 2, 1) == "col2im"
+    assert ops.conv_transpose2d_formulation(x.shape, (4, 4, 8, 1), 2, 1) == "col2im"
+    assert ops.conv_transpose2d_formulation(x.shape, kern.shape, 2, 1, dtype=jnp.bfloat16) == "col2im"
+    assert ops.conv_transpose2d_formulation(x.shape, kern.shape, 1, 1, 1) == "col2im"
+    with pytest.raises(ShapeError, match="output_padding < stride"):
+        _onednn.conv_transpose2d(x, kern, (2, 2), (1, 1), (2, 0))
+    monkeypatch.setenv("JINTERP_ONEDNN", "0")
+    assert ops.conv_transpose2d_formulation(x.shape, kern.shape, 2, 1) == "col2im"
+    assert "jinterp_onednn_conv" not in grads().lower(x, kern).as_text()
+    monkeypatch.setenv("JINTERP_FASTCONV", "0")
+    assert ops.conv_transpose2d_formulation(x.shape, kern.shape, 2, 1) == "lax"
+    assert "jinterp_onednn_conv" not in grads().lower(x, kern).as_text()

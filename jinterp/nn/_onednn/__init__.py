@@ -3,7 +3,8 @@
 Why: XLA:CPU's convolution gradients were the gap to PyTorch on conv training steps (``experiments/README.md``,
 "oneDNN via XLA FFI"): its kernel gradient recomputes the BatchNorm/residual/ReLU chain inside transposes, and its
 Eigen convolutions are slower than oneDNN's JIT kernels. Here the forward and both backward passes are oneDNN
-primitives on the NHWC buffers as they are (``conv.cc``), joined by a ``custom_vjp``.
+primitives on the NHWC buffers as they are (``conv.cc``), joined by a ``custom_vjp``. :func:`conv_transpose2d`
+reuses the same three handlers with the roles swapped (a transposed conv is a conv's backward-data).
 
 Build (lazy, at the first CPU convolution of a process, or ahead with ``python -m jinterp.nn._onednn``):
 
@@ -39,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jinterp.errors import ModelError
+from jinterp.errors import ModelError, ShapeError
 
 ONEDNN_VERSION = "2023.2.0"  # PyPI version of the oneDNN 3.2 CPU wheels (GNU OpenMP runtime)
 _SRC = Path(__file__).with_name("conv.cc")
@@ -215,3 +216,62 @@ def _conv2d_bwd(stride, padding, dilation, groups, residuals, g):
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+# ------------------------------------------------------------------------------------------- transposed
+
+
+def conv_transpose_padding(pad: int, output_padding: int) -> tuple[int, int]:
+    """``(top, bottom)`` padding of the convolution whose input gradient is the transposed convolution.
+
+    The transposed conv maps ``size`` pixels to ``out = (size - 1)·s - 2p + k + op`` (PyTorch). It is the adjoint of
+    a conv from ``out`` to ``size`` pixels with padding ``p`` on top and any bottom padding ``b`` that gives
+    ``(out + p + b - k) // s + 1 == size``, i.e. ``0 <= op + b - p < s``; ``b = max(p - op, 0)`` satisfies that
+    and is non-negative, as oneDNN needs, whenever ``op < s`` (PyTorch's own condition without dilation).
+    """
+    return pad, max(pad - output_padding, 0)
+
+
+def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride=(2, 2), padding=(0, 0),
+                     output_padding=(0, 0)) -> jax.Array:
+    """``torch.nn.functional.conv_transpose2d`` (NHWC) computed by oneDNN's convolution primitives.
+
+    ``x`` (N, H, W, Cin), ``kernel`` (kh, kw, Cin, Cout) in :mod:`jinterp.nn.ops`' layout (PyTorch orientation,
+    not flipped) -> (N, (H-1)·sh - 2·ph + kh + oph, ..., Cout). With ``C`` the convolution from the output grid to
+    the input grid whose HWIO kernel is ``kernel`` with its channel axes swapped, ``(kh, kw, Cout, Cin)``
+    (padding from :func:`conv_transpose_padding`): the forward is ``C``'s backward-data, the input gradient ``C``'s
+    forward applied to the cotangent, and the kernel gradient ``C``'s backward-weights with the cotangent as the
+    source and ``x`` as the output gradient. ``padding >= 0``, ``output_padding < stride``; float32; needs
+    :func:`available`; first-order reverse mode only, like :func:`conv2d`.
+    """
+    n, h, w, _ = x.shape
+    kh, kw, _, cout = kernel.shape
+    if min(padding) < 0 or any(not 0 <= op < s for op, s in zip(output_padding, stride, strict=True)):
+        raise ShapeError(f"oneDNN transposed conv needs padding >= 0 and 0 <= output_padding < stride, got padding "
+                         f"{tuple(padding)}, output_padding {tuple(output_padding)}, stride {tuple(stride)}; use "
+                         "jinterp.nn.ops.conv_transpose2d, which falls back to col2im")
+    pads = tuple(conv_transpose_padding(p, op) for p, op in zip(padding, output_padding, strict=True))
+    out_hw = tuple((size - 1) * s - 2 * p + k + op for size, k, s, p, op in
+                   zip((h, w), (kh, kw), stride, padding, output_padding, strict=True))
+    return _conv_transpose(x, jnp.swapaxes(kernel, 2, 3), tuple(stride), pads, out_hw)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_transpose(x, conv_kernel, stride, pads, out_hw):
+    """The adjoint of ``conv2d(·, conv_kernel, stride, pads)`` from ``out_hw`` pixels to ``x``'s (see above)."""
+    return _conv_transpose_fwd(x, conv_kernel, stride, pads, out_hw)[0]
+
+
+def _conv_transpose_fwd(x, conv_kernel, stride, pads, out_hw):
+    out = (x.shape[0], *out_hw, conv_kernel.shape[2])
+    return _call("bwd_data", out, x, conv_kernel, stride, pads, (1, 1), 1), (x, conv_kernel)
+
+
+def _conv_transpose_bwd(stride, pads, out_hw, residuals, g):
+    x, conv_kernel = residuals
+    dx = _call("fwd", x.shape, g, conv_kernel, stride, pads, (1, 1), 1)
+    dk = _call("bwd_weights", conv_kernel.shape, g, x, stride, pads, (1, 1), 1)
+    return dx, dk
+
+
+_conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
