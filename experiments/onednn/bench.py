@@ -53,7 +53,11 @@ def _impl_fns(case, impl, x, w, g):
     conv = {"onednn": _onednn_conv, "jinterp": ops.conv2d,
             "lax": lambda x, w, s, p: bconv._lax_conv(x, w, s, p)}[impl]
     f = jax.jit(lambda x, w: conv(x, w, case.stride, case.padding))
-    fb = jax.jit(lambda x, w, g: jax.vjp(lambda a, b: conv(a, b, case.stride, case.padding), x, w)[1](g))
+    def fwd_bwd(x, w, g):  # returns the forward too: otherwise XLA drops it as dead code and f+b times only b
+        y, vjp = jax.vjp(lambda a, b: conv(a, b, case.stride, case.padding), x, w)
+        return y, vjp(g)
+
+    fb = jax.jit(fwd_bwd)
     t0 = time.perf_counter()
     with _without_onednn() if impl == "jinterp" else _nothing():
         fc, fbc = f.lower(x, w).compile(), fb.lower(x, w, g).compile()
