@@ -52,7 +52,8 @@ class ExplainerConfig:
     maps, the paper's formula); ``filter_diversity`` > 0 penalizes the filters' mutual overlap (an option, [I]:
     the per-filter ICNN loss lets every filter find the same part), measured by ``diversity_term``: ``maps``
     (per-image cosine of the filters' maps, the most effective in experiments/README.md), ``templates`` (how often
-    two filters pick the same part template) or ``mean_maps`` (cosine of their batch-mean maps). None reaches the
+    two filters pick the same part template), ``mean_maps`` (cosine of their batch-mean maps) or ``weights``
+    (squared cosine of their conv kernels: decorrelation). None reaches the
     issue's ≤ 20 % share on one cell while beating the centre baseline (experiments/README.md).
     ``faithful=True`` reproduces the release's
     ICNN behaviour: surrogate gradient (even when ``icnn_surrogate`` is False) divided by the batch size (the
@@ -111,7 +112,7 @@ class ExplainerConfig:
     filter_gain: float = 16.0
     filter_floor: float = 0.5
     filter_diversity: float = 0.0
-    diversity_term: typing.Literal["maps", "templates", "mean_maps"] = "maps"
+    diversity_term: typing.Literal["maps", "templates", "mean_maps", "weights"] = "maps"
     # loss
     lam: float = 1e-3
     eta: float = 0.1
@@ -210,8 +211,9 @@ class ExplainerConfig:
         if self.filter_floor < 0 or self.filter_diversity < 0:
             raise ConfigError(f"filter_floor and filter_diversity must be >= 0, got {self.filter_floor}, "
                               f"{self.filter_diversity}")
-        if self.diversity_term not in ("maps", "templates", "mean_maps"):
-            raise ConfigError(f"diversity_term must be maps, templates or mean_maps, got {self.diversity_term!r}")
+        if self.diversity_term not in ("maps", "templates", "mean_maps", "weights"):
+            raise ConfigError(f"diversity_term must be maps, templates, mean_maps or weights, got "
+                              f"{self.diversity_term!r}")
         if not self.filter_gain > 0:
             raise ConfigError(f"filter_gain must be > 0, got {self.filter_gain}")
         if not 0 <= self.beta_rate <= 1:

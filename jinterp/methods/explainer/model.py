@@ -144,8 +144,20 @@ def relative_error(target: jax.Array, recon: jax.Array, eps: float = 1e-12) -> j
     return num / jnp.maximum(jnp.sum(jnp.square(target), axis=axes), eps)
 
 
+def kernel_correlation(kernel: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """Mean squared cosine similarity between the filters of a conv kernel ``(kh, kw, C_in, K)`` over pairs, in
+    ``[0, 1]``: a decorrelation penalty on the interpretable filters' weights (``diversity_term="weights"``, [I])."""
+    k = kernel.shape[-1]
+    if k < 2:
+        return jnp.zeros((), jnp.float32)
+    w = kernel.reshape(-1, k).astype(jnp.float32)
+    unit = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), eps)
+    gram = jnp.square(unit.T @ unit)
+    return (gram.sum() - jnp.trace(gram)) / (k * (k - 1))
+
+
 FILTER_NORMS = ("filter", "none")
-DIVERSITY_TERMS = ("maps", "templates", "mean_maps")
+DIVERSITY_TERMS = ("maps", "templates", "mean_maps", "weights")
 
 
 def make_loss(model: Explainer, *, template_beta: float = 4.0, prior_alpha: float | None = None,
@@ -160,7 +172,8 @@ def make_loss(model: Explainer, *, template_beta: float = 4.0, prior_alpha: floa
     does not satisfy the loss either (0: no floor). ``filter_diversity`` > 0 adds ``filter_diversity ·`` the
     overlap of both interpretable layers' filters (an optional remedy for every filter finding the same part, [I]):
     ``diversity_term="maps"`` :func:`icnn.filter_overlap` (per-image cosine of the maps), ``"templates"``
-    :func:`icnn.template_collision` of the scale-normalized maps, ``"mean_maps"`` :func:`icnn.mean_map_overlap`.
+    :func:`icnn.template_collision` of the scale-normalized maps, ``"mean_maps"`` :func:`icnn.mean_map_overlap`,
+    ``"weights"`` :func:`kernel_correlation` of the two interpretable conv kernels.
     ``surrogate_batch_mean`` (faithful
     mode) divides the release's per-image surrogate gradient by the batch size: the release adds it to the
     gradient of a batch-summed loss that SGD then divides by the batch size, while the other terms here are
@@ -201,7 +214,11 @@ def make_loss(model: Explainer, *, template_beta: float = 4.0, prior_alpha: floa
         logp = jax.nn.log_sigmoid(aux["p_logit"]).mean()
         loss = rec + lam * filt - eta * logp
         metrics = {"recon": rec, "filter": filt, "log_p": logp, "p_mean": aux["p"].mean()}
-        if filter_diversity > 0:
+        if filter_diversity > 0 and diversity_term == "weights":
+            overlap = kernel_correlation(params["interp1"]["kernel"]) + kernel_correlation(params["interp2"]["kernel"])
+            loss = loss + filter_diversity * overlap
+            metrics["overlap"] = overlap
+        elif filter_diversity > 0:
             overlap = diversity_fn(aux[maps[0]], floor) + diversity_fn(aux[maps[1]], floor)
             loss = loss + filter_diversity * overlap
             metrics["overlap"] = overlap

@@ -75,6 +75,10 @@ def test_template_collision_is_high_when_filters_pick_one_position_and_low_when_
     assert float(icnn.mean_map_overlap(copied)) == pytest.approx(1.0, abs=1e-5)
     disjoint = jnp.zeros((4, 8, 8, 2)).at[:, 0, 0, 0].set(1.0).at[:, 7, 7, 1].set(1.0)
     assert float(icnn.mean_map_overlap(disjoint)) == pytest.approx(0.0, abs=1e-7)
+    # the weight-decorrelation variant: copied kernels (any sign or scale) -> 1, orthogonal kernels -> 0
+    k = jnp.asarray(np.random.default_rng(0).normal(size=(3, 3, 4, 1)), jnp.float32)
+    assert float(M.kernel_correlation(jnp.concatenate([k, -2 * k, k], -1))) == pytest.approx(1.0, abs=1e-5)
+    assert float(M.kernel_correlation(jnp.eye(36, 3).reshape(3, 3, 4, 3))) == pytest.approx(0.0, abs=1e-7)
 
 
 # ---------------------------------------------------------------------------------------------- model level
