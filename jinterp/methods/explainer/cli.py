@@ -35,6 +35,12 @@ def verdicts(res: dict) -> list[str]:
     return lines
 
 
+def _share(res: dict, units: str) -> str:
+    """`` (N % of filters on one cell)`` for a unit set with a filter-diversity figure, else ""."""
+    share = ((res.get("filter_diversity") or {}).get(units) or {}).get("share_on_most_common_cell")
+    return "" if share is None else f" ({share:.0%} of filters on one cell)"
+
+
 def run(args: argparse.Namespace) -> int:
     from jinterp.core.run import config_from_args
     from jinterp.methods.explainer.config import ExplainerConfig
@@ -49,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
     perf = ins.get(f"performer_{res['layer']}", {}).get("value")
     print(f"explainer {res['arch']} {res['layer']}->{res['target']}: rel. error {res['relative_error']:.3f}, "
           f"accuracy {res.get('accuracy', float('nan')):.3f} -> {res.get('accuracy_replaced', float('nan')):.3f} "
-          f"replaced, mean p {res['p_mean']:.3f}, instability interp2 {ins['explainer_interp2']['value']:.4f} vs "
-          f"performer {res['layer']} {perf if perf is None else round(perf, 4)} ({res['times']['total_s']:.0f} s); "
+          f"replaced, mean p {res['p_mean']:.3f}, instability interp2 {ins['explainer_interp2']['value']:.4f}"
+          f"{_share(res, 'explainer_interp2')} vs performer {res['layer']} {perf if perf is None else round(perf, 4)}"
+          f"{_share(res, 'performer_' + res['layer'])} ({res['times']['total_s']:.0f} s); "
           f"results: {args.workdir}/results.json")
     from jinterp.report.randomization import cli_lines
 

@@ -144,27 +144,52 @@ def relative_error(target: jax.Array, recon: jax.Array, eps: float = 1e-12) -> j
     return num / jnp.maximum(jnp.sum(jnp.square(target), axis=axes), eps)
 
 
+def kernel_correlation(kernel: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """Mean squared cosine similarity between the filters of a conv kernel ``(kh, kw, C_in, K)`` over pairs, in
+    ``[0, 1]``: a decorrelation penalty on the interpretable filters' weights (``diversity_term="weights"``, [I])."""
+    k = kernel.shape[-1]
+    if k < 2:
+        return jnp.zeros((), jnp.float32)
+    w = kernel.reshape(-1, k).astype(jnp.float32)
+    unit = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), eps)
+    gram = jnp.square(unit.T @ unit)
+    return (gram.sum() - jnp.trace(gram)) / (k * (k - 1))
+
+
 FILTER_NORMS = ("filter", "none")
+DIVERSITY_TERMS = ("maps", "templates", "mean_maps", "weights")
 
 
 def make_loss(model: Explainer, *, template_beta: float = 4.0, prior_alpha: float | None = None,
               loss_input: str = "unmasked", surrogate: bool = False, surrogate_coef: float = 1e-6,
               filter_norm: str = "filter", filter_gain: float = icnn.DEFAULT_GAIN, filter_floor: float = 0.5,
-              surrogate_batch_mean: bool = False, filter_diversity: float = 0.0):
+              surrogate_batch_mean: bool = False, filter_diversity: float = 0.0, diversity_term: str = "maps"):
     """``loss_fn(params, model_state, f, fplus, lam, eta, epoch) -> (loss, (new_model_state, aux, metrics))``.
 
     ``filter_norm``: ``"filter"`` (default) puts the exact loss on scale-normalized maps (gain ``filter_gain``),
     ``"none"`` on the raw maps (the paper's formula; satisfiable by scale). ``filter_floor``: the normalizer is
     at least ``filter_floor`` × the mean of the input features ``f`` (not differentiated), so fading the maps out
-    does not satisfy the loss either (0: no floor). ``filter_diversity`` > 0 adds ``filter_diversity ·``
-    :func:`icnn.filter_overlap` of both interpretable layers (an optional remedy for every filter finding the same
-    part, [I]). ``surrogate_batch_mean`` (faithful
+    does not satisfy the loss either (0: no floor). ``filter_diversity`` > 0 adds ``filter_diversity ·`` the
+    overlap of both interpretable layers' filters (an optional remedy for every filter finding the same part, [I]):
+    ``diversity_term="maps"`` :func:`icnn.filter_overlap` (per-image cosine of the maps), ``"templates"``
+    :func:`icnn.template_collision` of the scale-normalized maps, ``"mean_maps"`` :func:`icnn.mean_map_overlap`,
+    ``"weights"`` :func:`kernel_correlation` of the two interpretable conv kernels.
+    ``surrogate_batch_mean`` (faithful
     mode) divides the release's per-image surrogate gradient by the batch size: the release adds it to the
     gradient of a batch-summed loss that SGD then divides by the batch size, while the other terms here are
     batch means. The logged ``filter`` value is always the exact loss of the maps the gradient acts on.
     """
     if filter_norm not in FILTER_NORMS:
         raise ConfigError(f"filter_norm must be one of {FILTER_NORMS}, got {filter_norm!r}")
+    if diversity_term not in DIVERSITY_TERMS:
+        raise ConfigError(f"diversity_term must be one of {DIVERSITY_TERMS}, got {diversity_term!r}")
+
+    def diversity_fn(x, floor):
+        if diversity_term == "templates":
+            return icnn.template_collision(icnn.scale_normalized(x, filter_gain, floor=floor), template_beta)
+        if diversity_term == "mean_maps":
+            return icnn.mean_map_overlap(x)
+        return icnn.filter_overlap(x)
 
     def filter_term(x, mask, epoch, floor=None):
         if surrogate:
@@ -189,8 +214,12 @@ def make_loss(model: Explainer, *, template_beta: float = 4.0, prior_alpha: floa
         logp = jax.nn.log_sigmoid(aux["p_logit"]).mean()
         loss = rec + lam * filt - eta * logp
         metrics = {"recon": rec, "filter": filt, "log_p": logp, "p_mean": aux["p"].mean()}
-        if filter_diversity > 0:
-            overlap = icnn.filter_overlap(aux[maps[0]]) + icnn.filter_overlap(aux[maps[1]])
+        if filter_diversity > 0 and diversity_term == "weights":
+            overlap = kernel_correlation(params["interp1"]["kernel"]) + kernel_correlation(params["interp2"]["kernel"])
+            loss = loss + filter_diversity * overlap
+            metrics["overlap"] = overlap
+        elif filter_diversity > 0:
+            overlap = diversity_fn(aux[maps[0]], floor) + diversity_fn(aux[maps[1]], floor)
             loss = loss + filter_diversity * overlap
             metrics["overlap"] = overlap
         return loss, ({**model_state, **new_state}, aux, metrics)

@@ -3,6 +3,7 @@ faithful mode scales the release's gradient and β as the release does, and filt
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -62,6 +63,24 @@ def test_filter_overlap_is_one_for_copied_filters_and_zero_for_disjoint_ones():
     assert ExplainerConfig(filter_diversity=1.0, faithful=True).loss_kwargs()["filter_diversity"] == 0.0
 
 
+def test_template_collision_is_high_when_filters_pick_one_position_and_low_when_they_split():
+    one = icnn.scale_normalized(_bumps())                 # one bump per image at a random place
+    copied = jnp.concatenate([one, one, one], -1)
+    rolled = jnp.concatenate([one, jnp.roll(one, 3, axis=2), jnp.roll(one, 5, axis=1)], -1)  # same images, moved
+    high, low = float(icnn.template_collision(copied)), float(icnn.template_collision(rolled))
+    assert low < 0.01 and high > 0.5, (low, high)
+    # a lone filter collides with nobody
+    assert float(icnn.template_collision(one)) == 0.0
+    # the mean-map variant: same average place -> 1, different average places -> below
+    assert float(icnn.mean_map_overlap(copied)) == pytest.approx(1.0, abs=1e-5)
+    disjoint = jnp.zeros((4, 8, 8, 2)).at[:, 0, 0, 0].set(1.0).at[:, 7, 7, 1].set(1.0)
+    assert float(icnn.mean_map_overlap(disjoint)) == pytest.approx(0.0, abs=1e-7)
+    # the weight-decorrelation variant: copied kernels (any sign or scale) -> 1, orthogonal kernels -> 0
+    k = jnp.asarray(np.random.default_rng(0).normal(size=(3, 3, 4, 1)), jnp.float32)
+    assert float(M.kernel_correlation(jnp.concatenate([k, -2 * k, k], -1))) == pytest.approx(1.0, abs=1e-5)
+    assert float(M.kernel_correlation(jnp.eye(36, 3).reshape(3, 3, 4, 3))) == pytest.approx(0.0, abs=1e-7)
+
+
 # ---------------------------------------------------------------------------------------------- model level
 def _data(seed=0):
     rng = np.random.default_rng(seed)
@@ -95,6 +114,33 @@ def test_the_filter_term_drives_training_toward_higher_part_mi():
     # 80 steps: with the exact gradient the gap is 0.09 nats after 40 steps and 0.21 after 80 (0.46 vs 0.25).
     with_loss, without = _mi_after_training(2.0, steps=80), _mi_after_training(0.0, steps=80)
     assert with_loss > without + 0.1, (with_loss, without)
+
+
+def _collision_after_training(cfg: ExplainerConfig, steps=30):
+    """Template collision of interp2's (normalized) maps after training with the config's loss options."""
+    ex = M.Explainer(out_shape=(H // 2, H // 2, C), filters=K)
+    tx = optax.adam(3e-3)
+    update = jax.jit(M.make_update(M.make_loss(ex, **cfg.loss_kwargs()), tx, steps_per_epoch=10,
+                                   **cfg.update_kwargs()))
+    state = train.create_train_state(M.init_explainer(ex, jax.random.PRNGKey(0), (H, H, C)), tx,
+                                     jax.random.PRNGKey(1))
+    f, fp = _data()
+    for _ in range(steps):
+        state, metrics = update(state, f, fp, jnp.float32(cfg.lam), jnp.float32(0.0))
+    _, aux = ex.apply(state.variables, f, train=False)
+    return float(icnn.template_collision(icnn.scale_normalized(aux["a2"]))), metrics
+
+
+def test_the_diversity_weight_reaches_the_loss_and_spreads_the_filters():
+    # Same init, data and filter loss; the config's diversity weight (the overlap remedy, issue #20) must lower the
+    # filters' template collision: a program or config that drops the weight, or flips its sign, does not.
+    base = dataclasses.replace(ExplainerConfig(), lam=2.0)
+    plain, metrics = _collision_after_training(base)
+    spread, metrics_div = _collision_after_training(dataclasses.replace(base, filter_diversity=100.0))
+    assert "overlap" in metrics_div and "overlap" not in metrics
+    assert spread < 0.8 * plain, (spread, plain)
+    # faithful mode keeps the release's loss: no diversity term
+    assert ExplainerConfig(filter_diversity=100.0, faithful=True).loss_kwargs()["filter_diversity"] == 0.0
 
 
 @functools.cache
