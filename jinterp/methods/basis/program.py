@@ -218,7 +218,9 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
         res = uibe.fit(px, dataclasses.replace(cfg.uibe, seed=cfg.seed))
         times["uibe_fit_s"] = time.perf_counter() - t
         bases["uibe"] = dict(mean=mean, scale=scale, basis=res.basis, own=uibe.detector_thresholds(res),
-                             extra=dict(margin=res.margin, bias=res.bias, final_loss=res.history[-1].tolist()))
+                             extra=dict(margin=res.margin, bias=res.bias, trainer=cfg.uibe.trainer,
+                                        first_loss=res.history[0].tolist(), final_loss=res.history[-1].tolist(),
+                                        multipliers=None if res.multipliers is None else res.multipliers.tolist()))
     if "ibd" in cfg.methods:
         t = time.perf_counter()
         cols = _ibd_columns(c_train, cfg.ibd.categories)
@@ -315,13 +317,19 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
         lab_tr = dis.label_units(iou_tr[sl], dead[sl])
         phi = iou_te[sl][np.arange(n), lab_tr.best_concept]
         det = phi > dis.IOU_DETECTOR_THRESHOLD
+        cat_of = lambda c: c_train.categories[int(c_train.category_of[c + 1])]  # noqa: E731
         cat_counts: dict[str, int] = {}
         for c in lab_tr.best_concept[det]:
-            cat = c_train.categories[int(c_train.category_of[c + 1])]
-            cat_counts[cat] = cat_counts.get(cat, 0) + 1
+            cat_counts[cat_of(c)] = cat_counts.get(cat_of(c), 0) + 1
+        # every live direction's train label by category, detector or not (issue #20: UIBE's directions drift to
+        # whole-image textures as it trains longer)
+        label_counts: dict[str, int] = {}
+        for c in lab_tr.best_concept[~dead[sl]]:
+            label_counts[cat_of(c)] = label_counts.get(cat_of(c), 0) + 1
         results[key_] = dict(directions=n, S1=s1, S2=s2, detectors=int(det.sum()),
                              unique_detectors=int(len(np.unique(lab_tr.best_concept[det]))),
                              S1_per_direction=s1 / n, dead=int(dead[sl].sum()), detectors_by_category=cat_counts,
+                             labels_by_category=label_counts,
                              firing_rate_train=float(rate_of["train"][sl].mean()),
                              firing_rate_val=float(rate_of["val"][sl].mean()))
         per_unit[key_] = dict(label=lab_tr.best_concept, iou=phi, slice=sl)
