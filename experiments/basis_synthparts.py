@@ -51,12 +51,12 @@ def sweep(base, weights: str, trainers, epochs, seeds, workdir: str, al_lr: floa
             for seed in seeds:
                 u = dataclasses.replace(base.uibe, trainer=trainer, epochs=ep)
                 if trainer == "augmented_lagrangian" and al_lr is not None:
-                    u = dataclasses.replace(u, lr=al_lr)
+                    u = dataclasses.replace(u, al_lr=al_lr)
                 cfg = dataclasses.replace(base, weights=weights, seed=seed, uibe=u, figure_directions=1,
                                           figure_images=1)
                 res = run(cfg, f"{workdir}/{trainer}_e{ep}_s{seed}", progress=False, restart=True)
                 b = res["bases"]
-                row = dict(trainer=trainer, epochs=ep, seed=seed, lr=u.lr,
+                row = dict(trainer=trainer, epochs=ep, seed=seed, lr=u.al_lr if trainer != "weighted" else u.lr,
                            **{f"{k} {m}": b[k][m] for k in SWEEP_KEYS if k in b for m in ("S1", "S2")},
                            **{f"{k} rate": b[k]["firing_rate_val"] for k in SWEEP_KEYS if k in b},
                            texture_labelled=b["uibe@own"]["labels_by_category"].get("texture", 0),
