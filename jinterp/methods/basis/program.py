@@ -11,8 +11,10 @@ Bases compared (spec ``uibe_and_metrics.md`` §2–4):
 * ``random@rate`` — (with ``random`` and ``uibe``) as many random directions as UIBE's, thresholded at UIBE@own's
   mean firing rate (issue #20: the own rule fires far more often than NetDissect's quantile, and S¹ grows with it).
 
-Every row reports its measured firing rate (share of positions strictly above threshold) on train and test, and
-``verdicts`` says in words whether UIBE's and IBD's S¹/S² beat the natural and random bases.
+Every row reports its measured firing rate (share of positions strictly above threshold) on train and test, the
+categories of its directions' labels (``labels_by_category``, every live direction, detector or not), and
+``verdicts`` says in words whether UIBE's and IBD's S¹/S² beat the natural and random bases. ``uibe@own`` also
+carries the UIBE trainer, its first and last epoch losses and (augmented Lagrangian) the final multipliers.
 
 Each basis is dissected with NetDissect's per-direction top-``quantile`` thresholds (``@q`` rows); UIBE and IBD are
 also dissected with their own decision rule (``@own``: UIBE ``Qᵀx̃ > b·M``, IBD ``wᵀx + b > 0``). Labels come from

@@ -422,7 +422,10 @@ def _epoch(params, opt_state, al_state, x, std: Standardizer, key, cfg: UIBEConf
 def fit(pixels: np.ndarray, cfg: UIBEConfig = UIBEConfig(), key: jax.Array | None = None) -> UIBEResult:
     """Learn a UIBE basis from ``(P, D)`` pixel features (flatten ``(N, h, w, D)`` maps first).
 
-    Deterministic given ``cfg.seed`` (or ``key``): the epoch-``e`` shuffle key is ``fold_in(key, e)``.
+    Deterministic given ``cfg.seed`` (or ``key``): the epoch-``e`` shuffle key is ``fold_in(key, e)``. Not checkpointed
+    mid-fit (``jinterp basis`` reruns the whole fit when its ``bases`` stage is recomputed), so the train state
+    (params, optimizer, AL multipliers) only has to be carried, not saved. With restarts, the lowest final epoch-mean
+    objective wins (the weighted sum, or L_A for the AL trainer).
     """
     pixels = np.asarray(pixels, np.float32)
     if pixels.ndim != 2:
