@@ -4,7 +4,7 @@
     jinterp basis --config tiny --layer relu3 --method uibe --method natural
     jinterp basis --config paper --data broden:PATH --arch resnet18 --layer layer4 --weights W.npz
     jinterp basis ... --category-rule netdissect      # NetDissect-Lite's IoU denominator (default: the paper's)
-X
+    jinterp basis --config tiny --uibe-trainer augmented_lagrangian --set uibe.lambda_inactive=5 --set uibe.epochs=30
 
 Writes ``<workdir>/results.json`` (S¹/S², detectors, unique detectors per basis), ``<workdir>/bases.npz``
 (directions, thresholds, labels) and ``<workdir>/figures/``. Imports stay light until ``run``.
