@@ -4,6 +4,7 @@
     jinterp basis --config tiny --layer relu3 --method uibe --method natural
     jinterp basis --config paper --data broden:PATH --arch resnet18 --layer layer4 --weights W.npz
     jinterp basis ... --category-rule netdissect      # NetDissect-Lite's IoU denominator (default: the paper's)
+    jinterp basis --config tiny --uibe-trainer augmented_lagrangian --set uibe.lambda_inactive=5 --set uibe.epochs=30
 
 Writes ``<workdir>/results.json`` (S¹/S², detectors, unique detectors per basis), ``<workdir>/bases.npz``
 (directions, thresholds, labels) and ``<workdir>/figures/``. Imports stay light until ``run``.
@@ -24,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--category-rule", default=None, choices=("paper", "netdissect"),
                    help="IoU denominator: images carrying the concept's category (paper, default) or only those "
                         "where the unit's active region meets it (netdissect: NetDissect-Lite's rule)")
+    g.add_argument("--uibe-trainer", default=None, choices=("weighted", "augmented_lagrangian"),
+                   help="UIBE's trainer: the weighted loss sum (default) or the augmented Lagrangian, λ_s·L^s "
+                        "subject to L^ma ≤ 0.8, L^mm ≤ 8 (and L^ic ≤ 0.1 with uibe.lambda_inactive > 0)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -36,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
             if getattr(args, name, None)]
     if getattr(args, "category_rule", None):
         sets.append(("category-rule", f"category_rule={args.category_rule}"))  # explicit() matches --NAME
+    if getattr(args, "uibe_trainer", None):
+        sets.append(("uibe-trainer", f"uibe.trainer={args.uibe_trainer}"))
     if getattr(args, "method", None):
         sets.append(("method", "methods=" + ",".join(args.method)))
     cfg = config_from_args(BasisConfig, args, method="basis", sets=sets)

@@ -11,8 +11,10 @@ Bases compared (spec ``uibe_and_metrics.md`` §2–4):
 * ``random@rate`` — (with ``random`` and ``uibe``) as many random directions as UIBE's, thresholded at UIBE@own's
   mean firing rate (issue #20: the own rule fires far more often than NetDissect's quantile, and S¹ grows with it).
 
-Every row reports its measured firing rate (share of positions strictly above threshold) on train and test, and
-``verdicts`` says in words whether UIBE's and IBD's S¹/S² beat the natural and random bases.
+Every row reports its measured firing rate (share of positions strictly above threshold) on train and test, the
+categories of its directions' labels (``labels_by_category``, every live direction, detector or not), and
+``verdicts`` says in words whether UIBE's and IBD's S¹/S² beat the natural and random bases. ``uibe@own`` also
+carries the UIBE trainer, its first and last epoch losses and (augmented Lagrangian) the final multipliers.
 
 Each basis is dissected with NetDissect's per-direction top-``quantile`` thresholds (``@q`` rows); UIBE and IBD are
 also dissected with their own decision rule (``@own``: UIBE ``Qᵀx̃ > b·M``, IBD ``wᵀx + b > 0``). Labels come from
@@ -218,7 +220,9 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
         res = uibe.fit(px, dataclasses.replace(cfg.uibe, seed=cfg.seed))
         times["uibe_fit_s"] = time.perf_counter() - t
         bases["uibe"] = dict(mean=mean, scale=scale, basis=res.basis, own=uibe.detector_thresholds(res),
-                             extra=dict(margin=res.margin, bias=res.bias, final_loss=res.history[-1].tolist()))
+                             extra=dict(margin=res.margin, bias=res.bias, trainer=cfg.uibe.trainer,
+                                        first_loss=res.history[0].tolist(), final_loss=res.history[-1].tolist(),
+                                        multipliers=None if res.multipliers is None else res.multipliers.tolist()))
     if "ibd" in cfg.methods:
         t = time.perf_counter()
         cols = _ibd_columns(c_train, cfg.ibd.categories)
@@ -315,13 +319,19 @@ def _run(cfg: BasisConfig, rn: Run, progress: bool) -> dict:
         lab_tr = dis.label_units(iou_tr[sl], dead[sl])
         phi = iou_te[sl][np.arange(n), lab_tr.best_concept]
         det = phi > dis.IOU_DETECTOR_THRESHOLD
+        cat_of = lambda c: c_train.categories[int(c_train.category_of[c + 1])]  # noqa: E731
         cat_counts: dict[str, int] = {}
         for c in lab_tr.best_concept[det]:
-            cat = c_train.categories[int(c_train.category_of[c + 1])]
-            cat_counts[cat] = cat_counts.get(cat, 0) + 1
+            cat_counts[cat_of(c)] = cat_counts.get(cat_of(c), 0) + 1
+        # every live direction's train label by category, detector or not (issue #20: UIBE's directions drift to
+        # whole-image textures as it trains longer)
+        label_counts: dict[str, int] = {}
+        for c in lab_tr.best_concept[~dead[sl]]:
+            label_counts[cat_of(c)] = label_counts.get(cat_of(c), 0) + 1
         results[key_] = dict(directions=n, S1=s1, S2=s2, detectors=int(det.sum()),
                              unique_detectors=int(len(np.unique(lab_tr.best_concept[det]))),
                              S1_per_direction=s1 / n, dead=int(dead[sl].sum()), detectors_by_category=cat_counts,
+                             labels_by_category=label_counts,
                              firing_rate_train=float(rate_of["train"][sl].mean()),
                              firing_rate_val=float(rate_of["val"][sl].mean()))
         per_unit[key_] = dict(label=lab_tr.best_concept, iou=phi, slice=sl)

@@ -1,5 +1,5 @@
 """``jinterp basis`` end to end: its scores move when a setting that must matter moves (seed, layer, randomized
-weights) and stay put where it must not (the natural basis knows no seed); issue #20."""
+weights, UIBE's trainer) and stay put where it must not (the natural basis knows no seed); issue #20."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from jinterp.backbones import torch_import
 from jinterp.methods.basis import ibd, program, uibe
 from jinterp.methods.basis.config import BasisConfig
 
-pytestmark = pytest.mark.slow  # four tiny end-to-end runs
+pytestmark = pytest.mark.slow  # five tiny end-to-end runs
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,8 @@ def runs(tmp_path_factory):
                        uibe=uibe.UIBEConfig(num_directions=8, batch_size=256, epochs=2), ibd=ibd.IBDConfig.tiny())
     out = {}
     for name, kw in (("base", {}), ("random", {"randomize_backbone": True}), ("seed1", {"seed": 1}),
-                     ("relu4", {"layer": "relu4"})):
+                     ("relu4", {"layer": "relu4"}),
+                     ("al", {"uibe": dataclasses.replace(base.uibe, trainer="augmented_lagrangian")})):
         out[name] = program.run(dataclasses.replace(base, **kw), root / name, progress=False)
     return out
 
@@ -59,3 +60,14 @@ def test_layer_reaches_the_features(runs):
     base, other = runs["base"], runs["relu4"]
     assert other["layer"] == "relu4" and base["layer"] == "relu3"
     assert _scores(other, "natural@q") != _scores(base, "natural@q")
+
+
+def test_uibe_trainer_reaches_the_fit_and_only_the_fit(runs):
+    base, al = runs["base"], runs["al"]
+    assert al["bases"]["uibe@own"]["trainer"] == "augmented_lagrangian" and base["bases"]["uibe@own"]["trainer"] == \
+        "weighted"
+    assert len(al["bases"]["uibe@own"]["multipliers"]) == 3 and base["bases"]["uibe@own"]["multipliers"] is None
+    assert _scores(al, "uibe@own") != _scores(base, "uibe@own")
+    assert _scores(al, "natural@q") == _scores(base, "natural@q")
+    assert sum(al["bases"]["uibe@own"]["labels_by_category"].values()) == al["bases"]["uibe@own"]["directions"] - \
+        al["bases"]["uibe@own"]["dead"]
