@@ -31,6 +31,11 @@ def test_readme_commands_work_as_written(docs_check):
     assert "jinterp --help" in texts and "jinterp bench --help" in texts
 
 
+def test_experiments_readme_commands_work_as_written(docs_check):
+    commands, problems = docs_check.check_file(ROOT / "experiments" / "README.md")
+    assert problems == [] and len(commands) >= 5
+
+
 GOOD = "jinterp cladec --config tiny --layer relu3 --set alphas=0,0.01"
 BROKEN = {
     "jinterp cladec --layer relu3": "give the preset explicitly",
