@@ -40,7 +40,9 @@ class Dataset:
       concepts: concept names per annotation category, ``name -> names`` where ``names[v]`` is the meaning of
         value ``v`` in ``masks[name]`` / ``image_labels[name]`` (index 0 is the "none" entry).
       name: a short description (the spec it was loaded from).
-      meta: free-form extra information (split, source paths, label numbering of the source).
+      meta: free-form extra information (split, source paths, label numbering of the source). The entries named
+        in :data:`PER_EXAMPLE_META` (e.g. VOC's ``objects``, CUB's ``image_ids``) hold one item per example, in
+        example order; :meth:`take` subsets them with the examples.
     """
 
     images: np.ndarray
@@ -104,6 +106,8 @@ class Dataset:
             image_labels={k: v[idx] for k, v in self.image_labels.items()},
             landmarks=None if self.landmarks is None else self.landmarks[idx],
             landmark_visible=None if self.landmark_visible is None else self.landmark_visible[idx],
+            meta={k: _take_meta(v, idx) if k in PER_EXAMPLE_META and len(v) == len(self) else v
+                  for k, v in self.meta.items()},
         )
 
     def __repr__(self) -> str:
@@ -119,6 +123,15 @@ class Dataset:
 def _array(a):
     """A NumPy array, or a :class:`LazyArray` kept lazy (decoded per batch)."""
     return a if isinstance(a, LazyArray) else np.asarray(a)
+
+
+# meta entries with one item per example (written by the readers): subset by Dataset.take with the examples, so that
+# e.g. CSG's localization on voc: reads the boxes of the images it evaluates.
+PER_EXAMPLE_META = ("images", "image_ids", "ids", "files", "objects")
+
+
+def _take_meta(v, idx: np.ndarray):
+    return v[idx] if isinstance(v, np.ndarray) else [v[int(i)] for i in idx]
 
 
 def _take(a, idx: np.ndarray):

@@ -39,6 +39,18 @@ def test_voc_ground_truth_is_the_boxes_of_the_image_class(tmp_path):
     assert gt[0].sum() > (ds.masks["object"][0] == person).sum()
 
 
+def test_a_subset_keeps_each_image_with_its_own_boxes(tmp_path):
+    """Dataset.take (CSG's program evaluates ``test_ds.take(arange(eval_size))``) subsets the per-image meta entries
+    with the images: the ground truth of a subset is the subset of the ground truth."""
+    write_voc(tmp_path, same_size=True)
+    ds = read_voc(tmp_path, "all")
+    idx = [4, 0, 2]
+    sub = ds.take(idx)
+    assert sub.meta["ids"] == [ds.meta["ids"][i] for i in idx] and len(sub.meta["objects"]) == 3
+    np.testing.assert_array_equal(loc.object_masks(sub), loc.object_masks(ds)[idx])
+    assert sub.meta["path"] == ds.meta["path"]
+
+
 def test_voc_ground_truth_follows_crop_resize_and_class_selection(tmp_path):
     truth = write_voc(tmp_path)
     ds = read_voc(tmp_path, "train", crop="box", size=(16, 16), classes=["dog", "person", "car", "cat"])
