@@ -82,6 +82,9 @@ class Case:
     jax_lowered: Callable[[], Any] | None = None
     note: str = ""
     items: int | None = None
+    repeats: int | None = None
+    warmup: int | None = None
+    extra: Callable[[], dict] | None = None
 
 
 class BenchUnavailable(JinterpError):
@@ -216,8 +219,22 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> dict:
     return out
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MiB; a high-water mark over everything it has run)."""
+    import resource
+    import sys
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024  # macOS reports bytes, Linux KiB
+
+
 def time_case(case: Case, *, repeats: int = 7, warmup: int = 2, peak: float | None = None) -> dict:
-    """Checks agreement, then times ``case`` (see the module docstring); returns one JSON-ready row."""
+    """Checks agreement, then times ``case`` (see the module docstring); returns one JSON-ready row. The case's
+    own ``repeats`` / ``warmup``, where set, override the arguments."""
+    repeats = case.repeats if case.repeats is not None else repeats
+    warmup = case.warmup if case.warmup is not None else warmup
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"{case.pipeline}: repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
     row: dict[str, Any] = {"pipeline": case.pipeline, "params": dict(case.params), "note": case.note,
                            "atol": case.atol, "repeats": repeats, "warmup": warmup}
     t0 = time.perf_counter()
@@ -252,6 +269,11 @@ def time_case(case: Case, *, repeats: int = 7, warmup: int = 2, peak: float | No
         row["jax_flop_per_s"] = flops / row["jax"]["median_s"]
         if peak:
             row["fraction_of_peak"] = row["jax_flop_per_s"] / peak
+    if case.extra is not None:
+        try:
+            row.update(case.extra())
+        except Exception as e:  # a diagnostic, like the cost analysis
+            row["extra_error"] = f"{type(e).__name__}: {e}"
     print(f"  {case.pipeline} {case.params}: JAX {row['jax']['median_s'] * 1e3:.1f} ms, PyTorch "
           f"{row['torch']['median_s'] * 1e3:.1f} ms, speedup {row['speedup']:.2f}x, diff {diff:.1e}", flush=True)
     return row
