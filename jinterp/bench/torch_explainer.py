@@ -49,31 +49,38 @@ class TorchExplainer(torch.nn.Module):
         return out, aux
 
 
-def explainer_forward(w, beta1, beta2, f, *, stride2: bool, eps: float = 1e-6):
+def explainer_forward(w, beta1, beta2, f, *, stride2: bool, eps: float = 1e-6, record: dict | None = None):
     """The explainer's training-mode forward as a pure function of the weights ``w`` (``<layer>_w`` OIHW,
     ``<layer>_b``, ``p_w``, ``p_b``) and β (so ``torch.func.vmap`` can map it over stacked models). Returns
     ``(out, aux)``; ``aux`` carries the maps, masks, ``p_logit`` and the batch RMS of each track (``rms_i``,
-    ``rms_o``) for the caller's running averages."""
-    def conv(x, name, stride=1):
-        return F.conv2d(x, w[name + "_w"], w[name + "_b"], stride=stride, padding=1)
+    ``rms_o``) for the caller's running averages. ``record``: a dict that receives, per conv (each is followed by
+    a ReLU), ``{"x": input, "stride", "z": pre-activation, "a": ReLU output (its .grad kept)}``."""
+    def relu_conv(x, name, stride=1):
+        z = F.conv2d(x, w[name + "_w"], w[name + "_b"], stride=stride, padding=1)
+        a = F.relu(z)
+        if record is not None:
+            if a.requires_grad:
+                a.retain_grad()
+            record[name] = {"x": x, "stride": stride, "z": z, "a": a}
+        return a
 
     def norm(x):
         rms = torch.sqrt(x.square().mean(dim=(1, 2, 3)) + eps).mean()
         return x / (rms + eps), rms
 
-    a1 = F.relu(conv(f, "interp1"))
+    a1 = relu_conv(f, "interp1")
     m1 = mask(a1, beta1)
     y1 = F.relu(a1 * m1)
-    a2 = F.relu(conv(y1, "interp2"))
+    a2 = relu_conv(y1, "interp2")
     m2 = mask(a2, beta2)
     y2 = F.relu(a2 * m2)
-    o = F.relu(conv(f, "ordinary"))
+    o = relu_conv(f, "ordinary")
     (xi, rms_i), (xo, rms_o) = norm(y2), norm(o)
     p_logit = (f.mean(dim=(2, 3)) @ w["p_w"].T + w["p_b"])[:, 0]
     p = torch.sigmoid(p_logit)[:, None, None, None]
     x = p * xi + (1 - p) * xo
-    x = F.relu(conv(x, "dec1", 2 if stride2 else 1))
-    out = F.relu(conv(x, "dec_out"))
+    x = relu_conv(x, "dec1", 2 if stride2 else 1)
+    out = relu_conv(x, "dec_out")
     return out, {"a1": a1, "a2": a2, "mask1": m1, "mask2": m2, "p_logit": p_logit, "rms_i": rms_i, "rms_o": rms_o}
 
 
@@ -236,3 +243,45 @@ class StackedExplainers:
             self.rms_i = self.momentum * self.rms_i + (1 - self.momentum) * aux["rms_i"].detach()
             self.rms_o = self.momentum * self.rms_o + (1 - self.momentum) * aux["rms_o"].detach()
         return losses.detach()
+
+
+RELU_CONVS = ("interp1", "interp2", "ordinary", "dec1", "dec_out")
+
+
+def tied_gate_allowance(variables, f, fp, *, stride2, lam, eta, h, w, margin=4.0):
+    """How much each kernel-gradient entry may legitimately differ between two float32 implementations because a
+    ReLU gate sits within float32 rounding of its kink: the gradient is discontinuous there, and which side a
+    pre-activation of ~1e-6 lands on decides whether that pixel's term enters the kernel gradient.
+
+    The loss and its gradients are evaluated in float64 (the reference point) and in float32 (NHWC inputs ``f``,
+    ``fp``). For each conv (each is followed by a ReLU), the gates whose float64 pre-activation lies within
+    ``margin`` × that layer's measured float32 forward error of zero are *tied*. The allowance of entry
+    (i, j, c, o) is the sum over the tied pixels of output channel o of |x patch| · |∂L/∂(ReLU output)|
+    (``conv2d_weight`` of the absolute input and the masked absolute output gradient): what opening or closing
+    those gates adds to the entry. Only a layer's own gates count, not a flip's effect on the gradients reaching
+    earlier layers, so a check built on it errs on the strict side. Returns ``{layer: {"allowance": HWIO float64,
+    "tied": gate count, "threshold": the pre-activation margin}}``."""
+    records, model64 = {}, None
+    for dtype in (torch.float64, torch.float32):
+        step = TorchStep(variables, stride2=stride2, lam=lam, eta=eta, lr=1e-3, h=h, w=w)
+        m = step.model
+        for k in m.w:
+            m.w[k].data = m.w[k].data.to(dtype)
+        m.beta1, m.beta2, step.t, step.lp = m.beta1.to(dtype), m.beta2.to(dtype), step.t.to(dtype), step.lp.to(dtype)
+        ff, ffp = (torch.as_tensor(np.asarray(a)).permute(0, 3, 1, 2).contiguous().to(dtype) for a in (f, fp))
+        rec = {}
+        out, aux = explainer_forward(m.w, m.beta1, m.beta2, ff, stride2=stride2, eps=m.eps, record=rec)
+        explainer_loss(ff, ffp, out, aux, lam, eta, step.t, step.lp).backward()
+        records[dtype] = rec
+        if dtype == torch.float64:
+            model64 = m
+    allowance = {}
+    for n, r64 in records[torch.float64].items():
+        z64, z32 = r64["z"].detach(), records[torch.float32][n]["z"].detach().double()
+        threshold = margin * float((z32 - z64).abs().max())
+        tied = (z64.abs() <= threshold).to(torch.float64)
+        allow = torch.nn.grad.conv2d_weight(r64["x"].detach().abs(), model64.w[n + "_w"].shape,
+                                            r64["a"].grad.detach().abs() * tied, stride=r64["stride"], padding=1)
+        allowance[n] = {"allowance": allow.numpy().transpose(2, 3, 1, 0), "tied": int(tied.sum()),
+                        "threshold": threshold}
+    return allowance
