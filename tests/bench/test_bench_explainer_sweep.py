@@ -22,3 +22,17 @@ def test_sweep_case_agrees_model_by_model(way):
     torch_losses = np.asarray([float(v) for v in case.torch_fn()])
     assert jax_losses.shape == (6,) and len(set(np.round(jax_losses, 5))) == 6     # six distinct models
     np.testing.assert_allclose(torch_losses, jax_losses, rtol=1e-5)
+
+
+@pytest.mark.parametrize("way", ["loop", "torch.func"])
+def test_sweep_case_keeps_every_torch_tensor_on_the_chosen_device(monkeypatch, way):
+    """With ``torch_device()`` answering "meta", the timed PyTorch work runs on meta tensors: a model, β, λ or
+    constant left on the CPU would raise a device mismatch (on a GPU: a mismatch or a silent host computation)."""
+    import torch
+
+    from jinterp.bench import harness
+
+    monkeypatch.setattr(harness, "torch_device", lambda: "meta")
+    losses = explainer.sweep_case(way, quick=True).torch_fn()
+    losses = torch.stack(list(losses)) if isinstance(losses, list) else losses
+    assert losses.device.type == "meta" and losses.shape == (6,)
