@@ -306,6 +306,12 @@ def filter_diversity(cells: np.ndarray, map_hw: tuple[int, int], ds: data.Datase
         what = "several filters share one peak, so they cover fewer places than their number suggests."
     else:
         what = "the filters peak in different places."
+    if collapsed:  # why (measured in experiments/README.md, "Why the filters collapse")
+        what += (" The paper's filter loss scores each filter alone, so copies of the best detector score as well as "
+                 "different detectors; filter_diversity > 0 spreads them at a cost in instability.")
+        if cov is not None and ds.landmarks.shape[1] > 1:
+            what += (f" With {ds.landmarks.shape[1]} parts, part detectors spread evenly over them would still put "
+                     f"{1 / ds.landmarks.shape[1]:.0%} on one cell.")
     least = 1 / cells.shape[1]  # every filter on its own cell
     floor = f" (1/K, the least possible, is {least:.0%})" if least > COLLAPSE_SHARE else ""
     out["verdict"] = (f"{share:.0%} of the filters peak on the same cell per image (at most {COLLAPSE_SHARE:.0%} "

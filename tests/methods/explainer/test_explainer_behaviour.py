@@ -272,3 +272,20 @@ def test_parts_covered_takes_its_radius_from_the_landmarks():
     tight = base[None] / 8 + rng.normal(0, 0.05, (n, 3, 2)).astype(np.float32)
     crowded = diversity.parts_covered(np.stack([tight[:, 0] + off, tight[:, 1] + off], 1), tight, vis)
     assert crowded["radius"] < 2 and crowded["parts_covered"] == 0
+
+
+def test_the_collapse_verdict_says_why_and_what_the_parts_allow():
+    from jinterp import data
+    from jinterp.methods.explainer.program import filter_diversity
+
+    n, k = 12, 8
+    rng = np.random.default_rng(0)
+    lm = rng.uniform(4, 28, (n, 4, 2)).astype(np.float32)
+    ds = data.Dataset(images=np.zeros((n, 32, 32, 3), np.uint8), labels=np.zeros(n, np.int32), num_classes=1,
+                      class_names=("a",), landmarks=lm, landmark_visible=np.ones((n, 4), bool))
+    collapsed = filter_diversity(np.broadcast_to(np.array([2, 3]), (n, k, 2)).copy(), (8, 8), ds)
+    assert collapsed["collapsed"] and "scores each filter alone" in collapsed["verdict"]
+    assert "With 4 parts" in collapsed["verdict"] and "25% on one cell" in collapsed["verdict"]
+    spread = np.stack([np.stack([np.array([j, (i + j) % 8]) for j in range(k)]) for i in range(n)])
+    fine = filter_diversity(spread, (8, 8), ds)
+    assert not fine["collapsed"] and "scores each filter alone" not in fine["verdict"]
