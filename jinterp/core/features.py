@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jinterp.core.run import _process_layout, is_primary
+from jinterp.core.run import _process_layout, is_primary, on_process_0
 from jinterp.errors import ConfigError, DataError, JinterpError, LayerError, ShapeError, StorageError, WeightsError
 
 Preprocess = Callable[[jax.Array], jax.Array]
@@ -281,20 +281,9 @@ def _process_0_decides(flag: bool) -> bool:
 
 def _extract_to_cache(model, variables, images, names, batch_size, preprocess, root: Path, arch: str):
     # Several processes: process 0 alone extracts and writes the cache (the extraction is not sharded, so the others
-    # would compute the same features); they wait at a barrier, reached also when process 0 fails, then read it.
-    processes, primary = _process_layout()
-    failed: BaseException | None = None
-    if primary:
-        try:
-            _write_cache(model, variables, images, names, batch_size, preprocess, root, arch)
-        except BaseException as e:  # noqa: BLE001 (raised below, after the barrier)
-            failed = e
-    if processes > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(f"jinterp.features.cache({root})")
-    if failed is not None:
-        raise failed
+    # would compute the same features); they wait for it, then read it.
+    on_process_0(lambda: _write_cache(model, variables, images, names, batch_size, preprocess, root, arch),
+                 f"jinterp.features.cache({root})")
     return {k: np.load(root / f"{_safe(k)}.npy", mmap_mode="r") for k in names}
 
 

@@ -156,26 +156,42 @@ def write_file(path: str | Path, write: Callable[[Path], Any], *, keep_existing:
     the same ``write_file`` calls in the same order, as they make the same stage decisions).
     """
     path = Path(path)
-    processes, primary = _process_layout()
-    failed: BaseException | None = None
-    if primary and not (keep_existing and path.exists()):
+
+    def write_through_tmp() -> None:
+        if keep_existing and path.exists():
+            return
         tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write(tmp)
             tmp.replace(path)
-        except BaseException as e:  # noqa: BLE001 (raised below, after the barrier)
+        except BaseException as e:
             if os.access(tmp.parent, os.W_OK):
                 tmp.unlink(missing_ok=True)
-            failed = e if isinstance(e, JinterpError) or not isinstance(e, OSError) else storage_error(path, e)
-            failed.__cause__ = None if failed is e else e
-    if processes > 1:  # every process reaches it, also when process 0's write failed (it raises right after)
+            if isinstance(e, JinterpError) or not isinstance(e, OSError):
+                raise
+            raise storage_error(path, e) from e
+
+    on_process_0(write_through_tmp, f"jinterp.write_file({path})")
+    return path
+
+
+def on_process_0(work: Callable[[], Any], barrier: str) -> None:
+    """Runs ``work()`` on process 0 only; with several processes all then wait at the barrier named ``barrier``,
+    which every process reaches also when process 0's work failed (process 0 raises right after it)."""
+    processes, primary = _process_layout()
+    failed: BaseException | None = None
+    if primary:
+        try:
+            work()
+        except BaseException as e:  # noqa: BLE001 (raised below, after the barrier)
+            failed = e
+    if processes > 1:
         from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices(f"jinterp.write_file({path})")
+        multihost_utils.sync_global_devices(barrier)
     if failed is not None:
         raise failed
-    return path
 
 
 def append_text(path: str | Path, text: str) -> None:

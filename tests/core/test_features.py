@@ -147,6 +147,8 @@ def test_in_a_multi_process_job_only_process_0_extracts_the_cache_and_the_others
     process 0 writes the cache) and then read process 0's cache."""
     from jax.experimental import multihost_utils
 
+    from jinterp.core import run as run_module
+
     model, variables, images = net
     reference = features.extract(model, variables, images, ["pool"], batch_size=4, cache_dir=tmp_path / "p0")
     (entry0,) = list((tmp_path / "p0").iterdir())
@@ -160,6 +162,7 @@ def test_in_a_multi_process_job_only_process_0_extracts_the_cache_and_the_others
         shutil.copytree(entry0, shared / entry0.name, dirs_exist_ok=True)
 
     monkeypatch.setattr(features, "_process_layout", lambda: (2, False))
+    monkeypatch.setattr(run_module, "_process_layout", lambda: (2, False))
     monkeypatch.setattr(features, "is_primary", lambda: False)
     monkeypatch.setattr(multihost_utils, "sync_global_devices", barrier)
     monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", lambda x: x)  # process 0 has no cache either
