@@ -83,6 +83,23 @@ def test_forward_and_both_gradients_match_lax(case):
         _close(a, b)
 
 
+def test_cached_primitives_are_keyed_by_the_whole_geometry():
+    """conv.cc keeps one primitive per geometry. Two convolutions with the same input, kernel and output shapes and
+    the same padding that differ only in stride and dilation (8 px, 3x3: stride 2 dilation 2 and stride 1 dilation
+    3 both give 2 px) must not share one: each is compared with lax after the other has been cached."""
+    rng = np.random.default_rng(1)
+    x, kern = _rand(rng, 2, 8, 8, 3), _rand(rng, 3, 3, 3, 4)
+    ct = _rand(rng, 2, 2, 2, 4)
+    pad = ((0, 0), (0, 0))
+    for _ in range(2):  # the second round runs on primitives cached by the first
+        for stride, dilation in (((2, 2), (2, 2)), ((1, 1), (3, 3))):
+            args = (stride, pad, dilation, 1)
+            y, vjp = jax.vjp(lambda a, b, args=args: _onednn.conv2d(a, b, *args), x, kern)
+            y_ref, vjp_ref = jax.vjp(lambda a, b, args=args: _lax(a, b, *args), x, kern)
+            for a, b in zip((y, *vjp(ct)), (y_ref, *vjp_ref(ct)), strict=True):
+                _close(a, b)
+
+
 @pytest.mark.parametrize("axes", [(0, None), (None, 0), (0, 0)], ids=["images", "models", "both"])
 def test_vmap_matches_lax(axes):
     """vmap over the input only (folded into N), the kernel only (a loop per model) and both."""

@@ -13,7 +13,10 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -72,49 +75,101 @@ Geometry MakeGeometry(const std::array<int64_t, 4>& x4, const std::array<int64_t
   return g;
 }
 
-memory ToPrimitiveWeights(const Geometry& g, const memory::desc& want, float* data, dnnl::stream& s) {
+// Primitives (and their descriptors, which are what is slow to create: oneDNN's own primitive cache only skips
+// the JIT code generation) are built once per geometry and kept: a training step calls the same few convolutions
+// every time, and at small shapes building them cost more than running them (about 1 ms per call at 8x8x16).
+// Executing one primitive from several threads at once is allowed by oneDNN; the map itself is guarded.
+struct Kernels {
+  memory::desc weights;  // the primitive's own (possibly blocked) weights / diff_weights layout
+  dnnl::primitive conv;
+  dnnl::reorder to_primitive_weights;  // user HWIO -> weights (bwd-weights: diff_weights -> user); empty if equal
+  bool weights_are_user = true;
+};
+
+enum class Kind { kFwd, kBwdData, kBwdWeights };
+
+std::string Key(Kind kind, const Geometry& g) {
+  std::string k = std::to_string(static_cast<int>(kind));
+  for (int64_t v : {g.n, g.h, g.w, g.cin, g.ho, g.wo, g.cout, g.kh, g.kw, g.groups}) k += "," + std::to_string(v);
+  for (const auto* d : {&g.stride, &g.pad_l, &g.pad_r, &g.dil})
+    for (auto v : *d) k += ";" + std::to_string(v);
+  return k;
+}
+
+Kernels MakeKernels(Kind kind, const Geometry& g) {
+  Kernels k;
+  auto fwd = FwdPd(g);
+  memory::desc user = UserWeightDesc(g);
+  if (kind == Kind::kFwd) {
+    k.weights = fwd.weights_desc();
+    k.conv = dnnl::convolution_forward(fwd);
+  } else if (kind == Kind::kBwdData) {
+    dnnl::convolution_backward_data::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, ActDesc(g.n, g.cin, g.h, g.w), AnyWeightDesc(g),
+        ActDesc(g.n, g.cout, g.ho, g.wo), g.stride, g.dil, g.pad_l, g.pad_r, fwd);
+    k.weights = pd.weights_desc();
+    k.conv = dnnl::convolution_backward_data(pd);
+  } else {
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, ActDesc(g.n, g.cin, g.h, g.w), AnyWeightDesc(g),
+        ActDesc(g.n, g.cout, g.ho, g.wo), g.stride, g.dil, g.pad_l, g.pad_r, fwd);
+    k.weights = pd.diff_weights_desc();
+    k.conv = dnnl::convolution_backward_weights(pd);
+  }
+  k.weights_are_user = k.weights == user;
+  if (!k.weights_are_user) {
+    auto reorder = kind == Kind::kBwdWeights ? dnnl::reorder::primitive_desc(Engine(), k.weights, Engine(), user)
+                                             : dnnl::reorder::primitive_desc(Engine(), user, Engine(), k.weights);
+    k.to_primitive_weights = dnnl::reorder(reorder);
+  }
+  return k;
+}
+
+const Kernels& CachedKernels(Kind kind, const Geometry& g) {
+  static std::mutex mu;
+  static std::unordered_map<std::string, std::unique_ptr<Kernels>> cache;
+  std::string key = Key(kind, g);
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it == cache.end()) it = cache.emplace(key, std::make_unique<Kernels>(MakeKernels(kind, g))).first;
+  return *it->second;
+}
+
+// The kernel in the primitive's layout: the user's HWIO buffer itself, or a reordered copy.
+memory PrimitiveWeights(const Kernels& k, const Geometry& g, float* data, dnnl::stream& s) {
   memory user(UserWeightDesc(g), Engine(), data);
-  if (want == user.get_desc()) return user;
-  memory mem(want, Engine());
-  dnnl::reorder(user, mem).execute(s, user, mem);
+  if (k.weights_are_user) return user;
+  memory mem(k.weights, Engine());
+  k.to_primitive_weights.execute(s, user, mem);
   return mem;
 }
 
 void RunFwd(const Geometry& g, float* x, float* w, float* y) {
-  auto pd = FwdPd(g);
+  const Kernels& k = CachedKernels(Kind::kFwd, g);
   dnnl::stream s(Engine());
-  memory x_mem(pd.src_desc(), Engine(), x), y_mem(pd.dst_desc(), Engine(), y);
-  memory w_mem = ToPrimitiveWeights(g, pd.weights_desc(), w, s);
-  dnnl::convolution_forward(pd).execute(s, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DST, y_mem}});
+  memory x_mem(ActDesc(g.n, g.cin, g.h, g.w), Engine(), x), y_mem(ActDesc(g.n, g.cout, g.ho, g.wo), Engine(), y);
+  memory w_mem = PrimitiveWeights(k, g, w, s);
+  k.conv.execute(s, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DST, y_mem}});
   s.wait();
 }
 
 void RunBwdData(const Geometry& g, float* dy, float* w, float* dx) {
-  auto fwd = FwdPd(g);
-  dnnl::convolution_backward_data::primitive_desc pd(
-      Engine(), dnnl::algorithm::convolution_direct, ActDesc(g.n, g.cin, g.h, g.w), AnyWeightDesc(g),
-      ActDesc(g.n, g.cout, g.ho, g.wo), g.stride, g.dil, g.pad_l, g.pad_r, fwd);
+  const Kernels& k = CachedKernels(Kind::kBwdData, g);
   dnnl::stream s(Engine());
-  memory dy_mem(pd.diff_dst_desc(), Engine(), dy), dx_mem(pd.diff_src_desc(), Engine(), dx);
-  memory w_mem = ToPrimitiveWeights(g, pd.weights_desc(), w, s);
-  dnnl::convolution_backward_data(pd).execute(
-      s, {{DNNL_ARG_DIFF_DST, dy_mem}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DIFF_SRC, dx_mem}});
+  memory dy_mem(ActDesc(g.n, g.cout, g.ho, g.wo), Engine(), dy), dx_mem(ActDesc(g.n, g.cin, g.h, g.w), Engine(), dx);
+  memory w_mem = PrimitiveWeights(k, g, w, s);
+  k.conv.execute(s, {{DNNL_ARG_DIFF_DST, dy_mem}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DIFF_SRC, dx_mem}});
   s.wait();
 }
 
 void RunBwdWeights(const Geometry& g, float* x, float* dy, float* dw) {
-  auto fwd = FwdPd(g);
-  dnnl::convolution_backward_weights::primitive_desc pd(
-      Engine(), dnnl::algorithm::convolution_direct, ActDesc(g.n, g.cin, g.h, g.w), AnyWeightDesc(g),
-      ActDesc(g.n, g.cout, g.ho, g.wo), g.stride, g.dil, g.pad_l, g.pad_r, fwd);
+  const Kernels& k = CachedKernels(Kind::kBwdWeights, g);
   dnnl::stream s(Engine());
-  memory x_mem(pd.src_desc(), Engine(), x), dy_mem(pd.diff_dst_desc(), Engine(), dy);
+  memory x_mem(ActDesc(g.n, g.cin, g.h, g.w), Engine(), x), dy_mem(ActDesc(g.n, g.cout, g.ho, g.wo), Engine(), dy);
   memory w_user(UserWeightDesc(g), Engine(), dw);
-  bool direct = pd.diff_weights_desc() == w_user.get_desc();
-  memory w_mem = direct ? w_user : memory(pd.diff_weights_desc(), Engine());
-  dnnl::convolution_backward_weights(pd).execute(
-      s, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DIFF_DST, dy_mem}, {DNNL_ARG_DIFF_WEIGHTS, w_mem}});
-  if (!direct) dnnl::reorder(w_mem, w_user).execute(s, w_mem, w_user);
+  memory w_mem = k.weights_are_user ? w_user : memory(k.weights, Engine());
+  k.conv.execute(s, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DIFF_DST, dy_mem}, {DNNL_ARG_DIFF_WEIGHTS, w_mem}});
+  if (!k.weights_are_user) k.to_primitive_weights.execute(s, w_mem, w_user);
   s.wait();
 }
 
