@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import re
@@ -195,15 +196,51 @@ def _stats(ts: Sequence[float]) -> dict:
     return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "times_s": list(ts)}
 
 
+# An oneDNN convolution custom call in optimized HLO: result shape, target, its operands' shapes, its attributes.
+_ONEDNN_CALL = re.compile(r"= f32\[([\d,]*)\]\S* custom-call\([^)]*\), "
+                          r"custom_call_target=\"jinterp_onednn_conv_(\w+)\", "
+                          r"operand_layout_constraints=\{f32\[([\d,]*)\]\S*, f32\[([\d,]*)\]\S*\}.*?"
+                          r"backend_config=\{([^}]*)\}")
+
+
+def _valid_taps(size: int, out: int, k: int, stride: int, pad_lo: int, dilation: int) -> int:
+    """Pairs (output position, kernel tap) along one axis whose input position lies inside the map (not padding)."""
+    o = np.arange(out)[:, None] * stride - pad_lo + np.arange(k)[None, :] * dilation
+    return int(np.sum((o >= 0) & (o < size)))
+
+
+def onednn_conv_flops(hlo_text: str) -> float:
+    """FLOPs of the oneDNN convolution custom calls in an optimized HLO module, which XLA's cost analysis counts as
+    0. Forward, backward-data and backward-weights each cost 2 multiply-adds' worth per (output-side element, kernel
+    tap over real input, input channel of its group), the count XLA's cost analysis gives its own convolutions
+    (padding taps are not counted). Like XLA's own count, a call inside a loop body is counted once."""
+    total = 0.0
+    for result, kind, first, second, config in _ONEDNN_CALL.findall(hlo_text):
+        dims = {name: [int(d) for d in s.split(",") if d] for name, s in
+                (("result", result), ("first", first), ("second", second))}
+        x, y, kernel = {"fwd": ("first", "result", "second"), "bwd_data": ("result", "first", "second"),
+                        "bwd_weights": ("first", "second", "result")}[kind]
+        attr = {k: int(v) for k, v in re.findall(r"(\w+) = (-?\d+) : i64", config)}
+        h, w = dims[x][-3:-1]
+        ho, wo = dims[y][-3:-1]
+        kh, kw, cin_per_group = dims[kernel][-4:-1]
+        taps = (_valid_taps(h, ho, kh, attr["sh"], attr["pt"], attr["dh"])
+                * _valid_taps(w, wo, kw, attr["sw"], attr["pl"], attr["dw"]))
+        total += 2.0 * math.prod(dims[y]) / (ho * wo) * taps * cin_per_group
+    return total
+
+
 def flops_of(case: Case) -> float | None:
-    """FLOPs of one JAX call from XLA's cost analysis (None when the case offers no lowering or XLA no count)."""
+    """FLOPs of one JAX call: XLA's cost analysis plus :func:`onednn_conv_flops` for the convolutions it cannot see
+    (None when the case offers no lowering or nothing is counted)."""
     if case.jax_lowered is None:
         return None
-    analysis = case.jax_lowered().compile().cost_analysis()
+    compiled = case.jax_lowered().compile()
+    analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older jax returned one dict per computation
         analysis = analysis[0] if analysis else {}
-    flops = (analysis or {}).get("flops")
-    return float(flops) if flops and flops > 0 else None
+    flops = max(float((analysis or {}).get("flops") or 0.0), 0.0) + onednn_conv_flops(compiled.as_text())
+    return flops if flops > 0 else None
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> dict:

@@ -66,3 +66,36 @@ def test_readme_table_is_replaced_between_markers(tmp_path):
     assert readme.read_text() == f"intro\n{MARK_BEGIN}\n| new |\n{MARK_END}\noutro\n"
     (tmp_path / "plain.md").write_text("no markers")
     assert not update_readme("x", tmp_path / "plain.md")
+
+
+def test_flops_count_the_onednn_convolutions_as_xla_counts_its_own():
+    """XLA's cost analysis sees a custom call as 0 FLOPs; the harness adds the oneDNN convolutions' count, which must
+    equal XLA's count of the same convolutions (forward, both gradients, vmapped over models, 2 groups, stride 2)."""
+    from jax import lax
+
+    from jinterp.nn import _onednn
+
+    if not _onednn.available():
+        pytest.skip("oneDNN convolutions not built here")
+    args = ((2, 1), ((1, 1), (1, 0)), (1, 1), 2)
+    x = jnp.ones((4, 9, 8, 6))
+    kernels = jnp.ones((3, 3, 3, 3, 8))  # 3 models of 3x3, Cin/groups = 3, Cout = 8
+
+    def lax_conv(x, k, stride, padding, dilation, groups):
+        return lax.conv_general_dilated(x, k, stride, padding, rhs_dilation=dilation,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+    def flops(conv):
+        def loss(x, k):
+            return jnp.sum(conv(x, k, *args) ** 2)
+        step = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=(None, 0)))
+        case = harness.Case("toy.conv", {}, lambda: None, lambda: None, lambda: 0.0,
+                            jax_lowered=lambda: step.lower(x, kernels))
+        return harness.flops_of(case)
+
+    with_onednn, with_xla = flops(_onednn.conv2d), flops(lax_conv)
+    # taps over real input (padding not counted): rows 9 -> 5 (stride 2, pad 1+1): 2+3+3+3+2 = 13; columns 8 -> 7
+    # (pad 1+0): 2+3*6 = 20; per pass 2 x 3 models x 4 images x 8 Cout x 13*20 x 3 Cin/groups
+    conv = 2 * 3 * 4 * 8 * (13 * 20) * 3
+    assert with_xla == pytest.approx(3 * conv, rel=0.03)  # the rest: the loss's elementwise ops
+    assert with_onednn == pytest.approx(with_xla, rel=0.01)
