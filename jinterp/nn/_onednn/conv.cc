@@ -57,11 +57,11 @@ memory::desc AnyWeightDesc(const Geometry& g) {
   return memory::desc(WeightDims(g), memory::data_type::f32, memory::format_tag::any);
 }
 
-dnnl::convolution_forward::primitive_desc FwdPd(const Geometry& g) {
+dnnl::convolution_forward::primitive_desc FwdPd(const Geometry& g, const dnnl::primitive_attr& attr) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
       ActDesc(g.n, g.cin, g.h, g.w), AnyWeightDesc(g), ActDesc(g.n, g.cout, g.ho, g.wo), g.stride, g.dil,
-      g.pad_l, g.pad_r);
+      g.pad_l, g.pad_r, attr);
 }
 
 // a = {sh, sw, pt, pb, pl, pr, dh, dw, groups}; x4 = (N, H, W, Cin), y4 = (N, Ho, Wo, Cout).
@@ -78,13 +78,23 @@ Geometry MakeGeometry(const std::array<int64_t, 4>& x4, const std::array<int64_t
 // Primitives (and their descriptors, which are what is slow to create: oneDNN's own primitive cache only skips
 // the JIT code generation) are built once per geometry and kept: a training step calls the same few convolutions
 // every time, and at small shapes building them cost more than running them (about 1 ms per call at 8x8x16).
-// Executing one primitive from several threads at once is allowed by oneDNN; the map itself is guarded.
+// XLA runs custom calls on any of its worker threads, and with oneDNN's default library-managed scratchpad a
+// primitive must run on the thread that created it; so every primitive here takes a user scratchpad, allocated
+// per call (oneDNN: thread-safe as long as no two executions share one). The map itself is guarded.
 struct Kernels {
   memory::desc weights;  // the primitive's own (possibly blocked) weights / diff_weights layout
   dnnl::primitive conv;
+  memory::desc conv_scratchpad;
   dnnl::reorder to_primitive_weights;  // user HWIO -> weights (bwd-weights: diff_weights -> user); empty if equal
+  memory::desc reorder_scratchpad;
   bool weights_are_user = true;
 };
+
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
 
 enum class Kind { kFwd, kBwdData, kBwdWeights };
 
@@ -98,28 +108,34 @@ std::string Key(Kind kind, const Geometry& g) {
 
 Kernels MakeKernels(Kind kind, const Geometry& g) {
   Kernels k;
-  auto fwd = FwdPd(g);
+  const dnnl::primitive_attr attr = UserScratchpad();
+  auto fwd = FwdPd(g, attr);
   memory::desc user = UserWeightDesc(g);
   if (kind == Kind::kFwd) {
     k.weights = fwd.weights_desc();
+    k.conv_scratchpad = fwd.scratchpad_desc();
     k.conv = dnnl::convolution_forward(fwd);
   } else if (kind == Kind::kBwdData) {
     dnnl::convolution_backward_data::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, ActDesc(g.n, g.cin, g.h, g.w), AnyWeightDesc(g),
-        ActDesc(g.n, g.cout, g.ho, g.wo), g.stride, g.dil, g.pad_l, g.pad_r, fwd);
+        ActDesc(g.n, g.cout, g.ho, g.wo), g.stride, g.dil, g.pad_l, g.pad_r, fwd, attr);
     k.weights = pd.weights_desc();
+    k.conv_scratchpad = pd.scratchpad_desc();
     k.conv = dnnl::convolution_backward_data(pd);
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, ActDesc(g.n, g.cin, g.h, g.w), AnyWeightDesc(g),
-        ActDesc(g.n, g.cout, g.ho, g.wo), g.stride, g.dil, g.pad_l, g.pad_r, fwd);
+        ActDesc(g.n, g.cout, g.ho, g.wo), g.stride, g.dil, g.pad_l, g.pad_r, fwd, attr);
     k.weights = pd.diff_weights_desc();
+    k.conv_scratchpad = pd.scratchpad_desc();
     k.conv = dnnl::convolution_backward_weights(pd);
   }
   k.weights_are_user = k.weights == user;
   if (!k.weights_are_user) {
-    auto reorder = kind == Kind::kBwdWeights ? dnnl::reorder::primitive_desc(Engine(), k.weights, Engine(), user)
-                                             : dnnl::reorder::primitive_desc(Engine(), user, Engine(), k.weights);
+    auto reorder = kind == Kind::kBwdWeights
+                       ? dnnl::reorder::primitive_desc(Engine(), k.weights, Engine(), user, attr)
+                       : dnnl::reorder::primitive_desc(Engine(), user, Engine(), k.weights, attr);
+    k.reorder_scratchpad = reorder.scratchpad_desc();
     k.to_primitive_weights = dnnl::reorder(reorder);
   }
   return k;
@@ -135,12 +151,18 @@ const Kernels& CachedKernels(Kind kind, const Geometry& g) {
   return *it->second;
 }
 
+// Runs the weight reorder from `from` to `to` with its own scratchpad.
+void Reorder(const Kernels& k, memory& from, memory& to, dnnl::stream& s) {
+  memory scratch(k.reorder_scratchpad, Engine());
+  k.to_primitive_weights.execute(s, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}, {DNNL_ARG_SCRATCHPAD, scratch}});
+}
+
 // The kernel in the primitive's layout: the user's HWIO buffer itself, or a reordered copy.
 memory PrimitiveWeights(const Kernels& k, const Geometry& g, float* data, dnnl::stream& s) {
   memory user(UserWeightDesc(g), Engine(), data);
   if (k.weights_are_user) return user;
   memory mem(k.weights, Engine());
-  k.to_primitive_weights.execute(s, user, mem);
+  Reorder(k, user, mem, s);
   return mem;
 }
 
@@ -149,7 +171,9 @@ void RunFwd(const Geometry& g, float* x, float* w, float* y) {
   dnnl::stream s(Engine());
   memory x_mem(ActDesc(g.n, g.cin, g.h, g.w), Engine(), x), y_mem(ActDesc(g.n, g.cout, g.ho, g.wo), Engine(), y);
   memory w_mem = PrimitiveWeights(k, g, w, s);
-  k.conv.execute(s, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DST, y_mem}});
+  memory scratch(k.conv_scratchpad, Engine());
+  k.conv.execute(s, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DST, y_mem},
+                     {DNNL_ARG_SCRATCHPAD, scratch}});
   s.wait();
 }
 
@@ -158,7 +182,9 @@ void RunBwdData(const Geometry& g, float* dy, float* w, float* dx) {
   dnnl::stream s(Engine());
   memory dy_mem(ActDesc(g.n, g.cout, g.ho, g.wo), Engine(), dy), dx_mem(ActDesc(g.n, g.cin, g.h, g.w), Engine(), dx);
   memory w_mem = PrimitiveWeights(k, g, w, s);
-  k.conv.execute(s, {{DNNL_ARG_DIFF_DST, dy_mem}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DIFF_SRC, dx_mem}});
+  memory scratch(k.conv_scratchpad, Engine());
+  k.conv.execute(s, {{DNNL_ARG_DIFF_DST, dy_mem}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DIFF_SRC, dx_mem},
+                     {DNNL_ARG_SCRATCHPAD, scratch}});
   s.wait();
 }
 
@@ -168,8 +194,10 @@ void RunBwdWeights(const Geometry& g, float* x, float* dy, float* dw) {
   memory x_mem(ActDesc(g.n, g.cin, g.h, g.w), Engine(), x), dy_mem(ActDesc(g.n, g.cout, g.ho, g.wo), Engine(), dy);
   memory w_user(UserWeightDesc(g), Engine(), dw);
   memory w_mem = k.weights_are_user ? w_user : memory(k.weights, Engine());
-  k.conv.execute(s, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DIFF_DST, dy_mem}, {DNNL_ARG_DIFF_WEIGHTS, w_mem}});
-  if (!k.weights_are_user) k.to_primitive_weights.execute(s, w_mem, w_user);
+  memory scratch(k.conv_scratchpad, Engine());
+  k.conv.execute(s, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DIFF_DST, dy_mem}, {DNNL_ARG_DIFF_WEIGHTS, w_mem},
+                     {DNNL_ARG_SCRATCHPAD, scratch}});
+  if (!k.weights_are_user) Reorder(k, w_mem, w_user, s);
   s.wait();
 }
 
