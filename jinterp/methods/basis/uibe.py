@@ -298,10 +298,15 @@ _affine_projection.defvjp(_affine_projection_fwd, _affine_projection_bwd)
 
 
 def _log_sigmoid_parts(z: jax.Array):
-    """``(log σ(z), σ(z), σ(−z))`` from one ``exp`` and one ``log1p``, stable for either sign of z."""
+    """``(log σ(z), σ(z), σ(−z))`` from one ``exp`` and one ``log``, stable for either sign of z.
+
+    ``log σ(z) = min(z, 0) − log(1 + e^{−|z|})``, the log taken of the ``r = 1/(1 + e^{−|z|})`` the sigmoids need
+    anyway: ``log`` where ``log1p`` would be exact for tiny ``e^{−|z|}``, because XLA:CPU's ``log1p`` costs ~3x a
+    ``log`` (5 ms vs 1.8 ms on the (4096, 500) batch). The error is < 1.2e-7 absolute in log σ (for z > 16 it gives
+    0 for −e^{−z}), below float32's resolution of the losses it feeds."""
     e = jnp.exp(-jnp.abs(z))
     r = 1.0 / (1.0 + e)
-    log_y = -(jnp.maximum(-z, 0.0) + jnp.log1p(e))
+    log_y = jnp.minimum(z, 0.0) + jnp.log(r)
     pos = z >= 0
     return log_y, jnp.where(pos, r, e * r), jnp.where(pos, e * r, r)
 
