@@ -38,7 +38,11 @@ Powell–Hestenes–Rockafellar penalty ρ/2·max(0, g_j + μ_j/ρ)² with fixed
 constraint value ḡ of the last ``al_update_every`` steps (0 = once an epoch, the outer AL iteration). The multipliers
 live in the train state carried by the jitted epoch scan. Its own lr, ``al_lr`` (see the field).
 
-Hot path: one epoch is a ``lax.scan`` over pixel mini-batches inside one jit (no Python loop over steps).
+Hot path: one epoch is a ``lax.scan`` over pixel mini-batches inside one jit (no Python loop over steps). Inside a
+step, L^s and L^ma come from :func:`activation_losses` (one pass over the ``(B, I)`` logits for the value, one for a
+hand-written gradient) and the projection ``x̃Q/M − b`` from :func:`_affine_projection` (M's gradient from the
+``(D, I)`` product): the same math as the formulas above, to float32 rounding, with far fewer passes over the batch
+than autodiff of the textbook form left XLA:CPU (experiments/README.md, "UIBE without LAPACK QR").
 """
 
 from __future__ import annotations
