@@ -6,7 +6,8 @@ Pipelines (the PyTorch side is ``jinterp/bench/torch_basis.py``; same inputs, sa
 
 * ``basis.uibe_step`` — one UIBE step on a pixel mini-batch: standardise, QR-orthonormalise ``Q``, losses L^s,
   L^ma, L^mm, gradient, Adam update (JAX: :func:`jinterp.methods.basis.uibe.losses` + ``make_optimizer``, the body of
-  the fit's scan; PyTorch: autograd + ``torch.optim.Adam``). Agreement: max abs diff of the losses, the gradients
+  the fit's scan, whose L^s/L^ma and projection carry hand-written VJPs; PyTorch: the textbook formulas through
+  autograd + ``torch.optim.Adam``). Agreement: max abs diff of the losses, the gradients
   and the updated ``(a, m, b)`` (updated entries whose gradient is below 1e-6 excluded: Adam's first step there is
   ``lr · sign(rounding noise)`` in either framework, up to 1e-3 apart with nothing wrong).
   Shapes: the synthparts ConvNet ``relu4`` layer (D = 64, I = 63) and ResNet-18 ``layer4`` as in the paper line

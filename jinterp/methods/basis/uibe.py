@@ -38,7 +38,11 @@ Powell–Hestenes–Rockafellar penalty ρ/2·max(0, g_j + μ_j/ρ)² with fixed
 constraint value ḡ of the last ``al_update_every`` steps (0 = once an epoch, the outer AL iteration). The multipliers
 live in the train state carried by the jitted epoch scan. Its own lr, ``al_lr`` (see the field).
 
-Hot path: one epoch is a ``lax.scan`` over pixel mini-batches inside one jit (no Python loop over steps).
+Hot path: one epoch is a ``lax.scan`` over pixel mini-batches inside one jit (no Python loop over steps). Inside a
+step, L^s and L^ma come from :func:`activation_losses` (one pass over the ``(B, I)`` logits for the value, one for a
+hand-written gradient) and the projection ``x̃Q/M − b`` from :func:`_affine_projection` (M's gradient from the
+``(D, I)`` product): the same math as the formulas above, to float32 rounding, with far fewer passes over the batch
+than autodiff of the textbook form left XLA:CPU (experiments/README.md, "UIBE without LAPACK QR").
 """
 
 from __future__ import annotations
@@ -256,21 +260,111 @@ def detector_logits(params: UIBEParams, x: jax.Array, method: str = "qr") -> jax
 
     ``method="polar"`` expects ``params.a`` orthonormal (kept so by :func:`retract`): Q is one Newton–Schulz step."""
     q = polar_on_manifold(params.a) if method == "polar" else orthonormalize(params.a)
-    return jnp.matmul(x, q, precision=jax.lax.Precision.HIGHEST) / margin(params) - params.b
+    z = _affine_projection(x.reshape(-1, x.shape[-1]), q, margin(params), params.b)
+    return z.reshape(*x.shape[:-1], q.shape[1])
+
+
+@jax.custom_vjp
+def _affine_projection(x: jax.Array, q: jax.Array, m: jax.Array, b: jax.Array) -> jax.Array:
+    """``(B, D) x``, ``(D, I) q``, scalars ``m``, ``b`` -> ``(B, I)`` ``x q / m − b``.
+
+    Its VJP does the one ``(B, D)ᵀ(B, I)`` product autodiff does, but takes the margin's gradient from the ``(D, I)``
+    result, ``∂/∂m = −⟨q, xᵀḡ⟩ / m²`` (= −Σ ḡ ⊙ xq / m², without a pass over the ``(B, I)`` batch), and scales by
+    1/m after the product, on ``(D, I)`` instead of ``(B, I)``."""
+    return jnp.matmul(x, q, precision=jax.lax.Precision.HIGHEST) / m - b
+
+
+def _affine_projection_fwd(x, q, m, b):
+    return _affine_projection(x, q, m, b), (x, q, m)
+
+
+def _affine_projection_bwd(res, g):
+    x, q, m = res
+    xt_g = jnp.matmul(x.T, g, precision=jax.lax.Precision.HIGHEST)          # (D, I)
+    g_x = jnp.matmul(g, q.T, precision=jax.lax.Precision.HIGHEST) / m       # unused by training (x is data): DCE'd
+    return g_x, xt_g / m, -jnp.sum(xt_g * q) / (m * m), -jnp.sum(g)
+
+
+_affine_projection.defvjp(_affine_projection_fwd, _affine_projection_bwd)
+
+
+# L^s and L^ma of a (B, I) logit batch z, written so one pass over z gives both and one pass gives the gradient
+# (autodiff of the textbook form left XLA:CPU ~15 materialised (B, I) intermediates in the backward: 70–110 ms of a
+# ~160 ms step at D = 512; this form: ~10 ms, experiments/README.md "UIBE without LAPACK QR"). Per pixel, with
+# y = σ(z), S = Σ_i y_i + 1e-12, q = y / S:
+#   −Σ q log q = (Σy / S)·log S − Σ y log y / S          −Σ q log y = −Σ y log y / S
+# (log q = log y − log S), so the forward needs only the row sums Σy and Σ y log y. For cotangents c_s, c_ma of
+# the two row terms, h = −(c_s (log q + 1) + c_ma log y) = ∂/∂q and ⟨h, q⟩ = c_s (L^s_row − Σq) + c_ma L^ma_row,
+#   ∂/∂z = (1 − y) ⊙ q ⊙ (h − ⟨h, q⟩ − c_ma)
+# (the quotient rule through q, then dy/dz = y(1 − y) and d log y/dz = 1 − y): elementwise in z given the saved
+# row scalars. The reference form clips q at 1e-12 inside the log; here log q = log y − log S needs no clip (it is
+# finite wherever log σ is), and the two differ only in pixels' terms with q < 1e-12 (by < 3e-11 each).
+
+
+def _log_sigmoid_parts(z: jax.Array):
+    """``(log σ(z), σ(z), σ(−z))`` from one ``exp`` and one ``log``, stable for either sign of z.
+
+    ``log σ(z) = min(z, 0) − log(1 + e^{−|z|})``, the log taken of the ``r = 1/(1 + e^{−|z|})`` the sigmoids need
+    anyway: ``log`` where ``log1p`` would be exact for tiny ``e^{−|z|}``, because XLA:CPU's ``log1p`` costs ~3x a
+    ``log`` (5 ms vs 1.8 ms on the (4096, 500) batch). The error is < 1.2e-7 absolute in log σ (for z > 16 it gives
+    0 for −e^{−z}), below float32's resolution of the losses it feeds."""
+    e = jnp.exp(-jnp.abs(z))
+    r = 1.0 / (1.0 + e)
+    log_y = jnp.minimum(z, 0.0) + jnp.log(r)
+    pos = z >= 0
+    return log_y, jnp.where(pos, r, e * r), jnp.where(pos, e * r, r)
+
+
+def _activation_row_terms(z: jax.Array):
+    """``(B, I)`` logits -> per-pixel ``(−Σ q log q, −Σ q log y, S)``, each ``(B,)``, in nats."""
+    log_y, y, _ = _log_sigmoid_parts(z)
+    sum_y = jnp.sum(y, -1)
+    y_log_y = jnp.sum(y * log_y, -1)
+    s = sum_y + 1e-12
+    return (sum_y / s) * jnp.log(s) - y_log_y / s, -y_log_y / s, s
+
+
+@jax.custom_vjp
+def activation_losses(z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(B, I)`` detector logits -> ``(L^s, L^ma)``: the batch means of −Σ_i q_i log₂ q_i and −Σ_i q_i log₂ y_i with
+    ``y = σ(z)``, ``q = y / (Σ_i y_i + 1e-12)``. Value and gradient in one pass each (the formulas above this
+    function); equal to the textbook form to float32 rounding (``tests/methods/basis/test_uibe.py``)."""
+    l_s, l_ma, _ = _activation_row_terms(z)
+    return jnp.mean(l_s) / LN2, jnp.mean(l_ma) / LN2
+
+
+def _activation_losses_fwd(z):
+    l_s, l_ma, s = _activation_row_terms(z)
+    return (jnp.mean(l_s) / LN2, jnp.mean(l_ma) / LN2), (z, l_s, l_ma, s)
+
+
+def _activation_losses_bwd(res, cotangents):
+    z, l_s, l_ma, s = res
+    scale = 1.0 / (z.shape[0] * LN2)                      # the batch mean, and nats -> bits
+    c_s, c_ma = cotangents[0] * scale, cotangents[1] * scale
+    log_y, y, one_minus_y = _log_sigmoid_parts(z)
+    h_dot_q = c_s * (l_s - (s - 1e-12) / s) + c_ma * l_ma   # ⟨h, q⟩ per pixel, (B,)
+    log_s = jnp.log(s)[:, None]
+    h = -(c_s * (log_y - log_s + 1.0) + c_ma * log_y)
+    return (one_minus_y * (y / s[:, None]) * (h - h_dot_q[:, None] - c_ma),)
+
+
+activation_losses.defvjp(_activation_losses_fwd, _activation_losses_bwd)
 
 
 def loss_terms(params: UIBEParams, x: jax.Array, cfg: UIBEConfig) -> jax.Array:
-    """``(4,)`` = (L^s, L^ma, L^mm, L^ic) for a ``(B, D)`` standardised pixel batch (L^ic is E_p over the batch)."""
+    """``(4,)`` = (L^s, L^ma, L^mm, L^ic) for a ``(B, D)`` standardised pixel batch (L^ic is E_p over the batch).
+
+    With ``lambda_inactive == 0`` L^ic is in neither objective and is returned without a gradient: autodiff would
+    otherwise compute its zero-weighted backward (a power and a reduction over the whole batch, ~10 % of the D = 512
+    step; XLA cannot drop 0·x)."""
     logits = detector_logits(params, x, cfg.orthonormalization).astype(jnp.float32)
-    log_y = jax.nn.log_sigmoid(logits)
-    y = jnp.exp(log_y)
-    q = y / (jnp.sum(y, -1, keepdims=True) + 1e-12)
-    log_q = jnp.log(jnp.clip(q, 1e-12, 1.0))
-    l_s = jnp.mean(-jnp.sum(q * log_q, -1)) / LN2
-    l_ma = jnp.mean(-jnp.sum(q * log_y, -1)) / LN2
+    l_s, l_ma = activation_losses(logits)
     l_mm = 1.0 / margin(params)
     nu = cfg.inactive_tau / logits.shape[-1]
-    l_ic = jnp.mean(jax.nn.relu(nu - jnp.mean(y ** cfg.inactive_gamma, 0)) / nu)
+    l_ic = jnp.mean(jax.nn.relu(nu - jnp.mean(jax.nn.sigmoid(logits) ** cfg.inactive_gamma, 0)) / nu)
+    if not cfg.lambda_inactive:
+        l_ic = jax.lax.stop_gradient(l_ic)
     return jnp.stack([l_s, l_ma, l_mm, l_ic])
 
 

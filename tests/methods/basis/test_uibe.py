@@ -84,6 +84,70 @@ def test_bad_inputs():
 # orthonormalization="polar": Newton–Schulz retraction instead of LAPACK QR (issue #21)
 
 
+def _textbook_activation_losses(z):
+    """L^s, L^ma as the paper states them (autodiff's reference): q = y / (Σy + 1e-12), log q clipped at 1e-12."""
+    log_y = jax.nn.log_sigmoid(z)
+    y = jnp.exp(log_y)
+    q = y / (jnp.sum(y, -1, keepdims=True) + 1e-12)
+    log_q = jnp.log(jnp.clip(q, 1e-12, 1.0))
+    return jnp.mean(-jnp.sum(q * log_q, -1)) / math.log(2), jnp.mean(-jnp.sum(q * log_y, -1)) / math.log(2)
+
+
+def test_activation_losses_value_and_hand_written_gradient_equal_the_textbook_form():
+    """The one-pass form of L^s, L^ma and its hand-written VJP equal autodiff of the paper's formula, for any pair of
+    cotangents (the weighted sum uses (2.6, 2.8), the AL trainer (λ_s, its clamped multiplier)), with logits from
+    all-silent to saturated pixels, and stay finite where σ underflows (z = −200)."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(64, 9)).astype(np.float32) * 3 - 1
+    z[0] = -200.0                                    # every detector silent: y underflows, q is uniform
+    z[1, 0], z[2] = 40.0, [60.0] * 4 + [-30.0] * 5   # saturated detectors beside silent ones
+    z = jnp.asarray(z)
+    np.testing.assert_allclose(uibe.activation_losses(z), _textbook_activation_losses(z), rtol=1e-5, atol=1e-6)
+    for c in ((2.6, 2.8), (1.0, 0.0), (0.0, 1.0), (-0.7, 3.1)):
+        def weighted(fn, c=c):
+            return lambda z: c[0] * fn(z)[0] + c[1] * fn(z)[1]
+        got = jax.grad(weighted(uibe.activation_losses))(z)
+        want = jax.grad(weighted(_textbook_activation_losses))(z)
+        assert np.isfinite(np.asarray(got)).all()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7 * float(jnp.max(jnp.abs(want))))
+
+
+def test_affine_projection_vjp_equals_autodiff():
+    """``x q / m − b``'s VJP (margin gradient from the (D, I) product ⟨q, xᵀḡ⟩) is autodiff's, x's cotangent too."""
+    k = jax.random.split(jax.random.key(0), 4)
+    x, q, g = (jax.random.normal(kk, s) for kk, s in zip(k, ((32, 6), (6, 5), (32, 5)), strict=False))
+    m, b = jnp.float32(0.7), jnp.float32(1.3)
+    args = (x, q, m, b)
+    got = jax.vjp(uibe._affine_projection, *args)[1](g)
+    want = jax.vjp(lambda x, q, m, b: x @ q / m - b, *args)[1](g)
+    np.testing.assert_allclose(uibe._affine_projection(*args), x @ q / m - b, rtol=1e-6, atol=1e-6)
+    for a, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("lam_ic", [0.0, 5.0])
+def test_loss_gradient_matches_the_textbook_loss_and_l_ic_keeps_its_gradient_when_weighted(lam_ic):
+    """Whole objective: the gradient wrt (a, m, b) through QR, the projection and the losses equals autodiff of the
+    textbook formula; with lambda_inactive > 0 the L^ic term still contributes its gradient."""
+    x = jnp.asarray(_pixels(256, 6))
+    cfg = uibe.UIBEConfig(num_directions=4, lambda_inactive=lam_ic)
+    params = uibe.init_params(jax.random.key(1), np.asarray(x), 4, cfg)
+
+    def textbook(p):
+        z = x @ uibe.orthonormalize(p.a) / uibe.margin(p) - p.b
+        l_s, l_ma = _textbook_activation_losses(z)
+        nu = cfg.inactive_tau / z.shape[-1]
+        l_ic = jnp.mean(jax.nn.relu(nu - jnp.mean(jax.nn.sigmoid(z) ** cfg.inactive_gamma, 0)) / nu)
+        return (cfg.lambda_sparsity * l_s + cfg.lambda_max_activation * l_ma
+                + cfg.lambda_margin / uibe.margin(p) + lam_ic * l_ic)
+
+    got = jax.grad(lambda p: uibe.losses(p, x, cfg)[0])(params)
+    want = jax.grad(textbook)(params)
+    np.testing.assert_allclose(uibe.losses(params, x, cfg)[0], textbook(params), rtol=1e-5)
+    for a, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, w, rtol=1e-4, atol=1e-6)
+
+
 def test_polar_factor_is_the_nearest_orthonormal_matrix():
     a = jax.random.normal(jax.random.key(0), (40, 30))   # far from orthonormal: exercises the pre-scaling
     q = uibe.polar_factor(a)
