@@ -10,8 +10,8 @@ Reference: Bau et al., *Network Dissection* (CVPR 2017) and UIBE's extended scor
 2. :func:`tally` — per batch, activations are upsampled bilinearly to the label resolution (as two small
    interpolation matmuls), thresholded ``S > T`` (strict, as NetDissect-Lite), and intersected with each image's
    *present* concepts only (at most ``max_labels`` per image, padded), then scatter-added into global counters.
-   Memory per batch is ``B × U × H × W`` bytes (the masks, as int8 into an int32-accumulating matmul: exact
-   integer counts), never ``N × U × H × W``.
+   Memory per batch is ``B × U × H × W`` float32 upsampled values and as many int8 masks (these go into an
+   int32-accumulating matmul: exact integer counts), never ``N × U × H × W``.
 3. :func:`iou` — ``IoU[u, c] = I[u, c] / (A[u, cat(c)] + G[c] − I[u, c])`` where ``G[c]`` counts concept c's
    pixels and ``A[u, g]`` counts unit u's active pixels over the images that count for category g, by the tally's
    ``category_rule`` (spec §4.1 step 3): ``"paper"`` (default; the paper's and QND's rule) — every image that carries
