@@ -10,7 +10,8 @@ Reference: Bau et al., *Network Dissection* (CVPR 2017) and UIBE's extended scor
 2. :func:`tally` — per batch, activations are upsampled bilinearly to the label resolution (as two small
    interpolation matmuls), thresholded ``S > T`` (strict, as NetDissect-Lite), and intersected with each image's
    *present* concepts only (at most ``max_labels`` per image, padded), then scatter-added into global counters.
-   Memory per batch is ``B × U × H × W`` booleans, never ``N × U × H × W``.
+   Memory per batch is ``B × U × H × W`` float32 upsampled values and as many int8 masks (these go into an
+   int32-accumulating matmul: exact integer counts), never ``N × U × H × W``.
 3. :func:`iou` — ``IoU[u, c] = I[u, c] / (A[u, cat(c)] + G[c] − I[u, c])`` where ``G[c]`` counts concept c's
    pixels and ``A[u, g]`` counts unit u's active pixels over the images that count for category g, by the tally's
    ``category_rule`` (spec §4.1 step 3): ``"paper"`` (default; the paper's and QND's rule) — every image that carries
@@ -290,7 +291,9 @@ def _tally_batch(tally: Tally, acts, thresholds, dead, valid, pixel_labels, imag
     # Strict ">" as NetDissect-Lite: a unit that is 0 on >= 99.5 % of positions gets T = 0, and ">=" would mark
     # every pixel of every image active (a spurious texture/whole-image detector).
     on = (up > thresholds[None, :, None, None]) & ~dead[None, :, None, None] & valid[:, None, None, None]
-    on = on.reshape(b, on.shape[1], h * w).astype(jnp.float32)
+    # 0/1 masks as int8 into an int32-accumulating matmul: exact by construction (integer arithmetic) and, on
+    # XLA:CPU, ~2.5x faster than float32 operands (a quarter of the bytes of the (B, U, H·W) mask; issue #21).
+    on = on.reshape(b, on.shape[1], h * w).astype(jnp.int8)
 
     # Present concepts per image, padded to max_labels (0 = pad); pixel and image-level labels together.
     flat = pixel_labels.reshape(b, -1, h * w)
@@ -309,11 +312,13 @@ def _tally_batch(tally: Tally, acts, thresholds, dead, valid, pixel_labels, imag
     pix_hit = jnp.any(flat[:, :, :, None] == present[:, None, None, :], axis=1)
     img_hit = jnp.any(image_labels[:, :, None] == present[:, None, :], axis=1)
     onehot = (pix_hit | img_hit[:, None, :]) & (present[:, None, :] > 0)
-    onehot = onehot.astype(jnp.float32)
 
-    inter = jnp.einsum("bus,bsc->buc", on, onehot)                       # (B, U, C)
-    counts = onehot.sum(1)                                               # (B, C)
-    n_on = on.sum(2)                                                     # (B, U)
+    # A last column of ones makes the same matmul count each unit's active pixels (a separate reduction over the
+    # mask read it from memory a second time).
+    onehot1 = jnp.concatenate([onehot, jnp.ones((b, h * w, 1), bool)], axis=2).astype(jnp.int8)
+    inter1 = jnp.einsum("bus,bsc->buc", on, onehot1, preferred_element_type=jnp.int32).astype(jnp.float32)
+    inter, n_on = inter1[..., :-1], inter1[..., -1]                      # (B, U, C), (B, U)
+    counts = onehot.sum(1, dtype=jnp.int32).astype(jnp.float32)          # (B, C)
     # cat_slot[b, m, g]: present slot m of image b is a concept of category g (padding slots belong to none).
     cat_slot = ((category_of[present][:, :, None] == jnp.arange(num_categories)) & (present > 0)[:, :, None])
     cat_slot = cat_slot.astype(jnp.float32)

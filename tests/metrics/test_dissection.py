@@ -218,3 +218,21 @@ def test_concepts_from_synthparts_and_feature_grid_labels():
         np.testing.assert_array_equal(lab[..., j - 1], obj == j)
     with pytest.raises(DataError, match="no annotation category"):
         dis.concepts_from_dataset(ds, categories=["scene"])
+
+
+def test_counts_above_what_half_precision_holds_are_exact():
+    """The tally's mask matmul must count in integers: per image the counts here lie above 2**11 and some are odd
+    (float16 has no odd integers there, bfloat16 none above 2**8), so a narrower accumulator shows as a miscount."""
+    rng = np.random.default_rng(5)
+    n, size = 3, 64
+    labels = (rng.random((n, size, size)) < 0.7).astype(int)              # concept 1 on ~2870 pixels per image
+    fires = rng.random((n, size, size)) < 0.9                             # the unit: on ~3690 pixels per image
+    acts = fires[..., None].astype(np.float32)                             # at label resolution: no resampling
+    concepts = dis.concepts_from_label_maps({"object": labels}, {}, {"object": ["thing"]})
+    th = dis.Thresholds(np.array([0.5], np.float32), np.zeros(1, bool))
+    t = dis.tally([acts], concepts, th, batch_size=n)
+    per_image = (fires & (labels == 1)).sum((1, 2))
+    assert per_image.min() > 2**11 and np.any(per_image % 2 == 1) and np.any(fires.sum((1, 2)) % 2 == 1)
+    assert np.asarray(t.intersection)[0, 1] == per_image.sum()
+    assert np.asarray(t.activated)[0, 0] == fires.sum()
+    assert np.asarray(t.label_count)[1] == (labels == 1).sum()

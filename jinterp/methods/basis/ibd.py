@@ -129,7 +129,7 @@ def permutations(keys: jax.Array, n: int) -> jax.Array:
     ``jax.random.permutation`` sorts ``arange(n)`` by fresh random 32-bit keys in ``r`` rounds (r = 2 for
     n ≈ 10³–10⁶) with a stable ``sort_key_val``; XLA:CPU sorts key-value pairs through a generic comparator, ~8×
     slower than a keys-only sort (profile of the IBD epoch at D = 64: the shuffle was a third of it). Here each
-    round is :func:`_sort_values_by`, the same stable order from keys-only sorts, so the result is identical
+    round is :func:`_sort_values_by`, the same stable order from a keys-only sort, so the result is identical
     (ties included).
     """
     rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))  # as jax.random._shuffle
@@ -142,19 +142,48 @@ def permutations(keys: jax.Array, n: int) -> jax.Array:
 
 
 def _sort_values_by(bits: jax.Array, x: jax.Array) -> jax.Array:
-    """``lax.sort_key_val(bits, x, 1)[1]`` for ``(K, n)`` (a stable sort) with two keys-only sorts.
+    """``lax.sort_key_val(bits, x, 1)[1]`` for ``(K, n)`` (a stable sort) from one keys-only sort.
 
-    ``left_i`` = how many keys in the row are smaller than ``bits_i`` (``searchsorted`` into the sorted keys) orders
-    distinct keys as the keys do and gives equal keys the same value; sorting ``left_i · n + i`` (< 2³², exact in
-    uint32 for n < 2¹⁶) therefore yields the stable order, ties broken by position, exactly as the stable sort.
+    With ``s = ceil(log2 n)`` bits for a position, ``(bits >> s) << s | position`` (uint32, n < 2¹⁶) sorts keys-only
+    into the stable order of the keys' high ``32 − s`` bits, ties by position. Keys that share those high bits
+    (random keys: ~20 pairs in a row of 4500) form contiguous groups that may be out of order in the low bits; an
+    odd–even transposition pass swaps adjacent members of a group whose full keys are strictly out of order
+    (never equal ones, so ties keep position order, as the stable sort) and passes repeat until none swaps:
+    exactly the stable sort, in one sort plus a few cheap passes (a row of equal high bits, e.g. keys < 2^s, needs
+    up to n passes: correct, slow). The earlier form (rank by ``searchsorted``, then a sort of ``rank · n + i``)
+    took two sorts and a binary search, twice the time (issue #21).
     """
     n = bits.shape[1]
-    if n >= 2**16:  # the packed key would overflow uint32: the generic sort
+    if n >= 2**16:  # a position needs more than 16 bits: the generic sort
         return jax.lax.sort_key_val(bits, x, 1)[1]
-    srt = jnp.sort(bits, axis=1)
-    left = jax.vmap(lambda s, b: jnp.searchsorted(s, b, side="left", method="scan_unrolled"))(srt, bits)
-    packed = jnp.sort(left.astype(jnp.uint32) * jnp.uint32(n) + jnp.arange(n, dtype=jnp.uint32), axis=1)
-    return jnp.take_along_axis(x, (packed % jnp.uint32(n)).astype(jnp.int32), 1)
+    shift = max(1, (n - 1).bit_length())
+    packed = jnp.sort(((bits >> shift) << shift) | jnp.arange(n, dtype=jnp.uint32), axis=1)
+    head = packed >> shift                                               # the high bits, ascending
+    order = (packed & jnp.uint32((1 << shift) - 1)).astype(jnp.int32)    # positions
+    full = jnp.take_along_axis(bits, order, 1)
+
+    def phase(full, order, start: int):
+        """One odd (start=1) or even (start=0) transposition phase within groups of equal ``head``."""
+        m = (n - start) // 2 * 2
+        if m == 0:
+            return full, order, jnp.bool_(False)
+        pair = lambda a: a[:, start:start + m].reshape(a.shape[0], m // 2, 2)  # noqa: E731
+        hh, ff, oo = pair(head), pair(full), pair(order)
+        swap = (hh[..., 0] == hh[..., 1]) & (ff[..., 0] > ff[..., 1])
+
+        def put(a, p):
+            return a.at[:, start:start + m].set(jnp.where(swap[..., None], p[..., ::-1], p).reshape(a.shape[0], m))
+
+        return put(full, ff), put(order, oo), jnp.any(swap)
+
+    def body(state):
+        full, order, _ = state
+        full, order, swapped_even = phase(full, order, 0)
+        full, order, swapped_odd = phase(full, order, 1)
+        return full, order, swapped_even | swapped_odd
+
+    _, order, _ = jax.lax.while_loop(lambda state: state[2], body, (full, order, jnp.bool_(True)))
+    return jnp.take_along_axis(x, order, 1)
 
 
 def _loss(w, b, x, y, m, kind: str):
@@ -185,9 +214,10 @@ def _epoch_full(w, b, x, pos_idx, pos_mask, pool_idx, pool_mask, n_pos_all, key,
     n_c = w.shape[1]
     n_pos = pos_mask.sum(1)
     # Negatives of this epoch: random (epoch 0) or the top-scoring members of the pool (hard-negative mining).
-    rand = jax.random.uniform(key, pool_idx.shape)
-    scores = jnp.take_along_axis((x @ w + b).T, pool_idx, 1)                       # score all pixels once
-    rank_key = jnp.where(hard, scores, rand)
+    # Only the branch taken runs: drawing the epoch-0 uniforms (C × pool) on every hard epoch cost as much as
+    # scoring (issue #21).
+    rank_key = jax.lax.cond(hard, lambda: jnp.take_along_axis((x @ w + b).T, pool_idx, 1),  # score pixels once
+                            lambda: jax.random.uniform(key, pool_idx.shape))
     rank_key = jnp.where(pool_mask, rank_key, -jnp.inf)
     _, order = jax.lax.top_k(rank_key, n_neg)                                     # (C, n_neg)
     neg_idx = jnp.take_along_axis(pool_idx, order, 1)
