@@ -12,8 +12,6 @@ matrix multiplications XLA:CPU runs well (YNNPACK/Eigen GEMM), so results agree 
   ``P`` of shape ``(N·Ho·Wo, kh·kw·Cin)`` and compute ``P @ W`` with the HWIO kernel reshaped to
   ``(kh·kw·Cin, Cout)``. Autodiff gives GEMMs for both gradients: ``dW = Pᵀ dY`` and ``dP = dY Wᵀ`` followed by
   the adjoint of the gather (pads and adds).
-* :func:`conv2d_pixels` — for inputs of a few pixels: the kernel laid out as one (input pixels × output pixels)
-  block matrix of taps, and one GEMM over all pixels (no padding taps multiplied).
 * :func:`conv_transpose2d_col2im` — PyTorch's own algorithm: one GEMM ``Z = X @ W`` with ``W`` reshaped to
   ``(Cin, kh·kw·Cout)``, then *col2im*: output pixel ``o = i·s - p + t`` receives ``Z[i, t]``. With the taps
   split as ``t = a·s + b`` (kernel zero-padded to a multiple of ``s``), ``o + p = (i + a)·s + b``, so col2im is a
@@ -34,11 +32,9 @@ grouped convolutions.
 from __future__ import annotations
 
 import functools
-import itertools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -128,51 +124,6 @@ def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride=(1, 1), padding=(0, 0)
 
 
 # ------------------------------------------------------------------------------------------- transposed
-
-
-def _pixel_pair_taps(h: int, w: int, kh: int, kw: int, stride, padding, dilation) -> tuple[np.ndarray, int, int]:
-    """For :func:`conv2d_pixels`: ``taps[p_in, p_out]`` = the flat kernel tap ``t·kw + u`` joining input pixel
-    ``p_in`` to output pixel ``p_out`` (input row ``= o·s - pad_top + t·d``), or -1 where none does; and (Ho, Wo)."""
-    (sh, sw), ((pt, pb), (pl, pr)), (dh, dw) = stride, _pads(padding), dilation
-    ho, wo = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    taps = np.full((h * w, max(ho, 0) * max(wo, 0)), -1)
-    for i, j, oi, oj in itertools.product(range(h), range(w), range(max(ho, 0)), range(max(wo, 0))):
-        t, rt = divmod(i - oi * sh + pt, dh)
-        u, ru = divmod(j - oj * sw + pl, dw)
-        if rt == 0 and ru == 0 and 0 <= t < kh and 0 <= u < kw:
-            taps[i * w + j, oi * max(wo, 0) + oj] = t * kw + u
-    return taps, ho, wo
-
-
-def conv2d_pixels_live_fraction(x_shape, kernel_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1)) -> float:
-    """The share of (input pixel, output pixel) pairs a kernel tap joins: :func:`conv2d_pixels` multiplies by
-    zeros for the others."""
-    taps, _, _ = _pixel_pair_taps(x_shape[1], x_shape[2], *kernel_shape[:2], stride, padding, dilation)
-    return float(np.mean(taps >= 0)) if taps.size else 0.0
-
-
-def conv2d_pixels(x: jax.Array, kernel: jax.Array, stride=(1, 1), padding=(0, 0), dilation=(1, 1)) -> jax.Array:
-    """Convolution of an input of very few pixels as one GEMM over all of them.
-
-    ``Y[n, q] = Σ_p X[n, p] @ W[tap(p, q)]`` for every input pixel ``p`` and output pixel ``q`` a tap joins
-    (:func:`_pixel_pair_taps`): the kernel is laid out as one ``(H·W·Cin, Ho·Wo·Cout)`` matrix whose block ``(p, q)``
-    is that tap (zero where none). At 2x2 px with a 3x3 kernel and padding 1 every pair is joined, so the GEMM does
-    exactly the convolution's multiply-adds, where im2col also multiplies the 5 padding taps of each 9 and a direct
-    convolution (oneDNN) runs a 3x3 loop over a 2x2 map (measured: ``experiments/README.md``). Its gradients are
-    GEMMs too, plus the adjoint of the block layout (slices and adds into the taps). :mod:`jinterp.nn.ops` uses this
-    for ``H·W <= 4`` where at least half the pairs are joined. Shapes: ``x (N, H, W, Cin)``, ``kernel (kh, kw, Cin,
-    Cout)`` HWIO, result ``(N, Ho, Wo, Cout)``.
-    """
-    n, h, w, cin = x.shape
-    kh, kw, _, cout = kernel.shape
-    taps, ho, wo = _pixel_pair_taps(h, w, kh, kw, stride, padding, dilation)
-    if ho <= 0 or wo <= 0:
-        raise ValueError(f"convolution of a {h}x{w} input with a {kh}x{kw} kernel has an empty output")
-    flat = kernel.reshape(kh * kw, cin, cout)
-    zero = jnp.zeros((cin, cout), kernel.dtype)
-    rows = [jnp.concatenate([flat[t] if t >= 0 else zero for t in row], axis=1) for row in taps]
-    big = jnp.concatenate(rows, axis=0)  # (H·W·Cin, Ho·Wo·Cout)
-    return (x.reshape(n, h * w * cin) @ big).reshape(n, ho, wo, cout)
 
 
 def conv_transpose_out_size(size: int, k: int, stride: int, pad: int, output_padding: int) -> int:

@@ -11,10 +11,6 @@ Convolution dispatch (decided at trace time; every path is exact to float32 roun
     first use; ResNet-20 train step 0.68x the time of the path below, every ResNet-20 conv shape at 0.35-0.65x
     PyTorch's f+b, ``experiments/README.md``). With one input channel XLA's path stayed faster (30 vs 12 ms).
     Where the library cannot be built (one warning), or with ``JINTERP_ONEDNN=0``, the paths below apply.
-    Before it, inputs of at most 4 pixels whose (input pixel, output pixel) pairs are at least half joined by a
-    tap (3x3 kernels with padding 1 at 2x2 or 1x1 px: ClaDec's conv4a decoder input, VGG-11's last stage): one GEMM
-    over all pixels with the kernel laid out as a block matrix (:func:`fastconv.conv2d_pixels`, any dtype; a
-    direct convolution runs its 3x3 loop over a 2x2 map, im2col multiplies 5 padding taps of every 9).
   * grouped convs otherwise: XLA's native convolution.
   * CPU ``conv_transpose2d``, by input size (ClaDec decoder layers, batch 128, one alternating run on the loaded
     2-core machine, f+b time as a fraction of PyTorch's, ``experiments/README.md``):
@@ -66,11 +62,6 @@ def _pair(v: int | Sequence[int]) -> Pair:
 
 # Outputs with at most this many pixels use im2col on CPU (see the module docstring).
 _IM2COL_MAX_OUT_PIXELS = 16
-# Inputs of at most this many pixels use one GEMM over all pixel pairs (fastconv.conv2d_pixels) when at least this
-# share of the pairs is joined by a tap (a 3x3 kernel with padding 1 at 2x2 or 1x1 px: all of them; a 1x1 kernel at
-# 2x2 px: a quarter, left to oneDNN / im2col). ClaDec's and VGG-11's 2x2 px convolutions: experiments/README.md.
-_PIXELS_MAX_IN_PIXELS = 4
-_PIXELS_MIN_LIVE_FRACTION = 0.5
 
 
 def fast_paths_enabled() -> bool:
@@ -81,15 +72,10 @@ def fast_paths_enabled() -> bool:
 
 def conv2d_formulation(x_shape, kernel_shape, stride=1, padding=0, dilation=1, groups: int = 1,
                        dtype=jnp.float32) -> str:
-    """Which formulation :func:`conv2d` uses for these static shapes: ``"pixels"``, ``"onednn"``, ``"lax"`` or
-    ``"im2col"``
+    """Which formulation :func:`conv2d` uses for these static shapes: ``"onednn"``, ``"lax"`` or ``"im2col"``
     (asking may build the oneDNN library, see :func:`jinterp.nn._onednn.available`)."""
     if not fast_paths_enabled():
         return "lax"
-    if (groups == 1 and x_shape[1] * x_shape[2] <= _PIXELS_MAX_IN_PIXELS
-            and fastconv.conv2d_pixels_live_fraction(x_shape, kernel_shape, _pair(stride), _pair(padding),
-                                                     _pair(dilation)) >= _PIXELS_MIN_LIVE_FRACTION):
-        return "pixels"
     if (os.environ.get("JINTERP_ONEDNN", "1") != "0" and jnp.dtype(dtype) == jnp.float32 and x_shape[-1] > 1
             and min(_pair(padding)) >= 0 and _onednn.available()):
         return "onednn"
@@ -113,8 +99,6 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride=1, padding=0, dilation=1, gro
         (ph, pw) = args[1]
         f32 = jnp.float32  # no-op casts for float32 operands (lax would reject mixed dtypes anyway)
         return _onednn.conv2d(x.astype(f32), kernel.astype(f32), args[0], ((ph, ph), (pw, pw)), args[2], groups)
-    if formulation == "pixels":
-        return fastconv.conv2d_pixels(x, kernel, *args)
     if formulation == "im2col":
         return fastconv.conv2d_im2col(x, kernel, *args)
     if groups == 1 and fast_paths_enabled():

@@ -80,34 +80,6 @@ def test_conv2d_im2col_hypothesis(n, h, w, cin, cout, kh, kw, s, p, d):
                x, kern)
 
 
-PIXEL_CASES = [  # (n, h, w, cin, cout, (kh, kw), stride, ((top, bottom), (left, right)), dilation)
-    (3, 2, 2, 8, 16, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),  # ClaDec conv4a / VGG-11 at 32 px: every pair live
-    (2, 1, 1, 6, 5, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),  # one pixel: the centre tap only
-    (2, 2, 2, 4, 3, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),  # stride 2 -> 1x1
-    (2, 2, 1, 4, 3, (3, 2), (1, 1), ((2, 2), (1, 0)), (2, 1)),  # dilation, asymmetric padding, a 2x1 map
-    (2, 2, 2, 5, 4, (1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1)),  # 1x1 kernel: a quarter of the pairs live
-]
-
-
-@pytest.mark.parametrize("case", PIXEL_CASES)
-def test_conv2d_pixels_matches_lax(case):
-    n, h, w, cin, cout, k, stride, padding, dilation = case
-    rng = np.random.default_rng(0)
-    x, kern = _rand(rng, n, h, w, cin), _rand(rng, *k, cin, cout)
-    args = (stride, padding, dilation)
-    _check_vjp(lambda a, b: fastconv.conv2d_pixels(a, b, *args), lambda a, b: fastconv.conv2d_lax(a, b, *args),
-               x, kern)
-
-
-def test_conv2d_pixels_under_vmap_over_models():
-    rng = np.random.default_rng(0)
-    x, kerns = _rand(rng, 2, 2, 2, 4), _rand(rng, 3, 3, 3, 4, 5)
-    args = ((1, 1), (1, 1), (1, 1))
-    got = jax.vmap(lambda k: fastconv.conv2d_pixels(x, k, *args))(kerns)
-    ref = jax.vmap(lambda k: fastconv.conv2d_lax(x, k, *args))(kerns)
-    _close(got, ref)
-
-
 def test_im2col_asymmetric_and_negative_padding():
     rng = np.random.default_rng(0)
     x, kern = _rand(rng, 2, 6, 5, 3), _rand(rng, 3, 2, 3, 4)
@@ -226,10 +198,7 @@ def test_dispatch_choices(monkeypatch):
     monkeypatch.setenv("JINTERP_ONEDNN", "0")  # the choices without oneDNN (tests/nn/test_onednn.py: with it)
     assert ops.conv2d_formulation((8, 32, 32, 16), (3, 3, 16, 16), 1, 1) == "lax"
     assert ops.conv2d_formulation((8, 32, 32, 16), (1, 1, 16, 32), 2, 0) == "im2col"
-    assert ops.conv2d_formulation((8, 2, 2, 256), (3, 3, 256, 512), 1, 1) == "pixels"
-    assert ops.conv2d_formulation((8, 1, 1, 256), (3, 3, 256, 512), 1, 1) == "pixels"
-    assert ops.conv2d_formulation((8, 2, 2, 256), (1, 1, 256, 512), 1, 0) == "im2col"  # a quarter of pairs live
-    assert ops.conv2d_formulation((8, 3, 3, 256), (3, 3, 256, 512), 1, 1) == "im2col"  # 9 px: over the limit
+    assert ops.conv2d_formulation((8, 2, 2, 256), (3, 3, 256, 512), 1, 1) == "im2col"
     assert ops.conv2d_formulation((8, 2, 2, 256), (3, 3, 64, 512), 1, 1, groups=4) == "lax"
     assert ops.conv_transpose2d_formulation((8, 2, 2, 512), (4, 4, 512, 256), 2, 1) == "pixels"
     assert ops.conv_transpose2d_formulation((8, 8, 8, 128), (4, 4, 128, 64), 2, 1) == "col2im"
