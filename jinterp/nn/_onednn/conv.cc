@@ -106,6 +106,14 @@ std::string Key(Kind kind, const Geometry& g) {
   return k;
 }
 
+// Backward-data and backward-weights descriptors take the same arguments (the forward one as a hint).
+template <typename Pd>
+Pd BackwardPd(const Geometry& g, const dnnl::convolution_forward::primitive_desc& fwd,
+              const dnnl::primitive_attr& attr) {
+  return Pd(Engine(), dnnl::algorithm::convolution_direct, ActDesc(g.n, g.cin, g.h, g.w), AnyWeightDesc(g),
+            ActDesc(g.n, g.cout, g.ho, g.wo), g.stride, g.dil, g.pad_l, g.pad_r, fwd, attr);
+}
+
 Kernels MakeKernels(Kind kind, const Geometry& g) {
   Kernels k;
   const dnnl::primitive_attr attr = UserScratchpad();
@@ -116,16 +124,12 @@ Kernels MakeKernels(Kind kind, const Geometry& g) {
     k.conv_scratchpad = fwd.scratchpad_desc();
     k.conv = dnnl::convolution_forward(fwd);
   } else if (kind == Kind::kBwdData) {
-    dnnl::convolution_backward_data::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, ActDesc(g.n, g.cin, g.h, g.w), AnyWeightDesc(g),
-        ActDesc(g.n, g.cout, g.ho, g.wo), g.stride, g.dil, g.pad_l, g.pad_r, fwd, attr);
+    auto pd = BackwardPd<dnnl::convolution_backward_data::primitive_desc>(g, fwd, attr);
     k.weights = pd.weights_desc();
     k.conv_scratchpad = pd.scratchpad_desc();
     k.conv = dnnl::convolution_backward_data(pd);
   } else {
-    dnnl::convolution_backward_weights::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, ActDesc(g.n, g.cin, g.h, g.w), AnyWeightDesc(g),
-        ActDesc(g.n, g.cout, g.ho, g.wo), g.stride, g.dil, g.pad_l, g.pad_r, fwd, attr);
+    auto pd = BackwardPd<dnnl::convolution_backward_weights::primitive_desc>(g, fwd, attr);
     k.weights = pd.diff_weights_desc();
     k.conv_scratchpad = pd.scratchpad_desc();
     k.conv = dnnl::convolution_backward_weights(pd);
