@@ -36,6 +36,7 @@ import optax
 from jinterp.bench import harness
 from jinterp.bench.harness import Case, main_for
 from jinterp.core import train
+from jinterp.core.xla_options import jit_reductions_outside_ynn
 from jinterp.methods.explainer import model as M
 
 # (name, batch, in (H, W, C), out (H, W, C), filters)
@@ -62,7 +63,7 @@ def _case(name, batch, in_shape, out_shape, filters, tied_gates=False) -> Case:
     model = M.Explainer(out_shape=out_shape, filters=filters)
     variables = M.init_explainer(model, jax.random.PRNGKey(0), in_shape)
     tx = optax.adam(LR)
-    update = jax.jit(M.make_update(M.make_loss(model), tx))
+    update = jit_reductions_outside_ynn(M.make_update(M.make_loss(model), tx))  # as the explainer program
     f, fp = _inputs(batch, in_shape, out_shape)
     fj, fpj = jnp.asarray(f), jnp.asarray(fp)
     dev = harness.torch_device()
@@ -191,8 +192,8 @@ def sweep_case(torch_way: str, *, quick: bool = False) -> Case:
     inits = [M.init_explainer(model, jax.random.PRNGKey(seed), in_shape) for seed in range(SWEEP_SEEDS)]
     tx = optax.adam(LR)
     loss_fn = M.make_loss(model)
-    single = jax.jit(M.make_update(loss_fn, tx))
-    update = jax.jit(jax.vmap(M.make_update(loss_fn, tx), in_axes=(0, None, None, 0, 0)))
+    single = jit_reductions_outside_ynn(M.make_update(loss_fn, tx))
+    update = jit_reductions_outside_ynn(jax.vmap(M.make_update(loss_fn, tx), in_axes=(0, None, None, 0, 0)))
     f, fp = _inputs(batch, in_shape, out_shape)
     fj, fpj = jnp.asarray(f), jnp.asarray(fp)
     lams = jnp.asarray([lam for _, lam in grid], jnp.float32)

@@ -3,6 +3,8 @@ the layers equal PyTorch's."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,6 +88,44 @@ def test_im2col_asymmetric_and_negative_padding():
     pads = ((2, -1), (0, 1))
     _check_vjp(lambda a, b: fastconv.conv2d_im2col(a, b, (1, 1), pads),
                lambda a, b: fastconv.conv2d_lax(a, b, (1, 1), pads), x, kern)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_taps_matches_lax(case):
+    n, h, w, cin, cout, k, s, p, d = case
+    rng = np.random.default_rng(0)
+    x, kern = _rand(rng, n, h, w, cin), _rand(rng, k, k, cin, cout)
+    args = ((s, s), (p, p), (d, d))
+    _check_vjp(lambda a, b: fastconv.conv2d_taps(a, b, *args), lambda a, b: fastconv.conv2d_lax(a, b, *args),
+               x, kern)
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 2), h=st.integers(1, 5), w=st.integers(1, 5), cin=st.integers(1, 4),
+       cout=st.integers(1, 4), kh=st.integers(1, 4), kw=st.integers(1, 4), s=st.integers(1, 3),
+       pt=st.integers(-1, 3), pb=st.integers(0, 3), d=st.integers(1, 2))
+def test_conv2d_taps_hypothesis(n, h, w, cin, cout, kh, kw, s, pt, pb, d):
+    pads = ((pt, pb), (pb, pt))
+    if min(h + pt + pb - d * (kh - 1) - 1, w + pt + pb - d * (kw - 1) - 1) < 0:
+        return  # empty output
+    rng = np.random.default_rng(0)
+    x, kern = _rand(rng, n, h, w, cin), _rand(rng, kh, kw, cin, cout)
+    _check_vjp(lambda a, b: fastconv.conv2d_taps(a, b, (s, s), pads, (d, d)),
+               lambda a, b: fastconv.conv2d_lax(a, b, (s, s), pads, (d, d)), x, kern)
+
+
+def test_conv2d_taps_vmap_and_only_live_taps():
+    rng = np.random.default_rng(0)
+    x, kern = _rand(rng, 3, 2, 2, 2, 4), _rand(rng, 3, 3, 3, 4, 5)
+    got = jax.vmap(lambda a, b: fastconv.conv2d_taps(a, b, (1, 1), (1, 1)))(x, kern)
+    ref = jax.vmap(lambda a, b: fastconv.conv2d_lax(a, b, (1, 1), (1, 1)))(x, kern)
+    _close(got, ref)
+    # At 2x2 px with a 3x3 kernel and padding 1 every one of the 9 taps reaches some output, with 16 live
+    # tap-pixel products in all: the GEMMs' rows sum to 16 per image.
+    hlo = jax.jit(lambda a, b: fastconv.conv2d_taps(a, b, (1, 1), (1, 1))).lower(x[0], kern[0]).as_text()
+    dots = re.findall(r"stablehlo.dot_general %\S+, %\S+, contracting_dims = \[3\] x \[0\][^:]*: "
+                      r"\(tensor<2x(\d+)x(\d+)x4xf32>", hlo)
+    assert len(dots) == 9 and sum(int(a) * int(b) for a, b in dots) == 16
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
@@ -198,7 +238,9 @@ def test_dispatch_choices(monkeypatch):
     monkeypatch.setenv("JINTERP_ONEDNN", "0")  # the choices without oneDNN (tests/nn/test_onednn.py: with it)
     assert ops.conv2d_formulation((8, 32, 32, 16), (3, 3, 16, 16), 1, 1) == "lax"
     assert ops.conv2d_formulation((8, 32, 32, 16), (1, 1, 16, 32), 2, 0) == "im2col"
-    assert ops.conv2d_formulation((8, 2, 2, 256), (3, 3, 256, 512), 1, 1) == "im2col"
+    assert ops.conv2d_formulation((8, 2, 2, 256), (3, 3, 256, 512), 1, 1) == "taps"
+    assert ops.conv2d_formulation((8, 4, 4, 256), (3, 3, 256, 512), 2, 1) == "taps"
+    assert ops.conv2d_formulation((8, 4, 4, 256), (3, 3, 256, 512), 1, 1) == "im2col"
     assert ops.conv2d_formulation((8, 2, 2, 256), (3, 3, 64, 512), 1, 1, groups=4) == "lax"
     assert ops.conv_transpose2d_formulation((8, 2, 2, 512), (4, 4, 512, 256), 2, 1) == "pixels"
     assert ops.conv_transpose2d_formulation((8, 8, 8, 128), (4, 4, 128, 64), 2, 1) == "col2im"

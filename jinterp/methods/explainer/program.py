@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jinterp import backbones, data
-from jinterp.core import loop, train
+from jinterp.core import loop, train, xla_options
 from jinterp.core.checkpoint import Checkpointer
 from jinterp.core.config import TrainBackboneConfig, apply_overrides, to_dict
 from jinterp.core.run import Run, backbone_stage, check_weights_fit, data_fingerprint, user_model_stage
@@ -178,7 +178,8 @@ def make_step(s: Setup, tx, steps_per_epoch: int, *, num_models: int = 0):
         f, fp = s.feats(perf_vars, images)
         return update(state, f, fp, lam, eta)
 
-    return jax.jit(step, donate_argnums=(0,))
+    # Reductions outside YNNPACK: the ICNN loss's leading-axis reductions (jinterp.core.xla_options).
+    return xla_options.jit_reductions_outside_ynn(step, donate_argnums=(0,))
 
 
 def init_state(s: Setup, tx, key: jax.Array) -> train.TrainState:

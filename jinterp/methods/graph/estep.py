@@ -30,6 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jinterp.core.xla_options import jit_reductions_outside_ynn
 from jinterp.methods.graph.geometry import LayerGeom, candidate_offsets, half_range, mround
 
 SQRT2PI = math.sqrt(2 * math.pi)
@@ -185,7 +186,8 @@ def chunk_size(geom: LayerGeom, n: int, memory_mb: int) -> int:
     return int(max(1, min(n, (memory_mb << 20) // max(per_image, 1))))
 
 
-@functools.partial(jax.jit, static_argnames=("geom", "chunk"))
+# Reductions outside YNNPACK: 2.35x faster at VGG-16 conv5_3 (jinterp.core.xla_options).
+@jit_reductions_outside_ynn(static_argnames=("geom", "chunk"))
 def estep(maps, coord, sigma, prior: Prior, *, geom: LayerGeom, chunk: int) -> EStats:
     """E-step over all images.
 
