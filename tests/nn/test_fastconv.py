@@ -58,60 +58,42 @@ CONV_CASES = [  # (n, h, w, cin, cout, k, stride, padding, dilation)
 ]
 
 
+# The formulations that take any stride, padding (asymmetric, negative: crops) and dilation.
+GEMM_CONVS = {"im2col": fastconv.conv2d_im2col, "taps": fastconv.conv2d_taps}
+
+
+@pytest.mark.parametrize("name", GEMM_CONVS)
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv2d_im2col_matches_lax(case):
+def test_conv2d_gemm_formulations_match_lax(case, name):
     n, h, w, cin, cout, k, s, p, d = case
     rng = np.random.default_rng(0)
     x, kern = _rand(rng, n, h, w, cin), _rand(rng, k, k, cin, cout)
     args = ((s, s), (p, p), (d, d))
-    _check_vjp(lambda a, b: fastconv.conv2d_im2col(a, b, *args), lambda a, b: fastconv.conv2d_lax(a, b, *args),
-               x, kern)
+    _check_vjp(lambda a, b: GEMM_CONVS[name](a, b, *args), lambda a, b: fastconv.conv2d_lax(a, b, *args), x, kern)
 
 
+@pytest.mark.parametrize("name", GEMM_CONVS)
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(1, 2), h=st.integers(1, 9), w=st.integers(1, 9), cin=st.integers(1, 4),
        cout=st.integers(1, 4), kh=st.integers(1, 4), kw=st.integers(1, 4), s=st.integers(1, 3),
-       p=st.integers(0, 2), d=st.integers(1, 2))
-def test_conv2d_im2col_hypothesis(n, h, w, cin, cout, kh, kw, s, p, d):
-    if h + 2 * p < d * (kh - 1) + 1 or w + 2 * p < d * (kw - 1) + 1:
-        return  # empty output
-    rng = np.random.default_rng(0)
-    x, kern = _rand(rng, n, h, w, cin), _rand(rng, kh, kw, cin, cout)
-    args = ((s, s), (p, p), (d, d))
-    _check_vjp(lambda a, b: fastconv.conv2d_im2col(a, b, *args), lambda a, b: fastconv.conv2d_lax(a, b, *args),
-               x, kern)
-
-
-def test_im2col_asymmetric_and_negative_padding():
-    rng = np.random.default_rng(0)
-    x, kern = _rand(rng, 2, 6, 5, 3), _rand(rng, 3, 2, 3, 4)
-    pads = ((2, -1), (0, 1))
-    _check_vjp(lambda a, b: fastconv.conv2d_im2col(a, b, (1, 1), pads),
-               lambda a, b: fastconv.conv2d_lax(a, b, (1, 1), pads), x, kern)
-
-
-@pytest.mark.parametrize("case", CONV_CASES)
-def test_conv2d_taps_matches_lax(case):
-    n, h, w, cin, cout, k, s, p, d = case
-    rng = np.random.default_rng(0)
-    x, kern = _rand(rng, n, h, w, cin), _rand(rng, k, k, cin, cout)
-    args = ((s, s), (p, p), (d, d))
-    _check_vjp(lambda a, b: fastconv.conv2d_taps(a, b, *args), lambda a, b: fastconv.conv2d_lax(a, b, *args),
-               x, kern)
-
-
-@settings(max_examples=15, deadline=None)
-@given(n=st.integers(1, 2), h=st.integers(1, 5), w=st.integers(1, 5), cin=st.integers(1, 4),
-       cout=st.integers(1, 4), kh=st.integers(1, 4), kw=st.integers(1, 4), s=st.integers(1, 3),
        pt=st.integers(-1, 3), pb=st.integers(0, 3), d=st.integers(1, 2))
-def test_conv2d_taps_hypothesis(n, h, w, cin, cout, kh, kw, s, pt, pb, d):
+def test_conv2d_gemm_formulations_hypothesis(name, n, h, w, cin, cout, kh, kw, s, pt, pb, d):
     pads = ((pt, pb), (pb, pt))
     if min(h + pt + pb - d * (kh - 1) - 1, w + pt + pb - d * (kw - 1) - 1) < 0:
         return  # empty output
     rng = np.random.default_rng(0)
     x, kern = _rand(rng, n, h, w, cin), _rand(rng, kh, kw, cin, cout)
-    _check_vjp(lambda a, b: fastconv.conv2d_taps(a, b, (s, s), pads, (d, d)),
+    _check_vjp(lambda a, b: GEMM_CONVS[name](a, b, (s, s), pads, (d, d)),
                lambda a, b: fastconv.conv2d_lax(a, b, (s, s), pads, (d, d)), x, kern)
+
+
+@pytest.mark.parametrize("name", GEMM_CONVS)
+def test_gemm_formulations_asymmetric_and_negative_padding(name):
+    rng = np.random.default_rng(0)
+    x, kern = _rand(rng, 2, 6, 5, 3), _rand(rng, 3, 2, 3, 4)
+    pads = ((2, -1), (0, 1))
+    _check_vjp(lambda a, b: GEMM_CONVS[name](a, b, (1, 1), pads),
+               lambda a, b: fastconv.conv2d_lax(a, b, (1, 1), pads), x, kern)
 
 
 def test_conv2d_taps_vmap_and_only_live_taps():
