@@ -92,6 +92,11 @@ def _pads(padding) -> tuple[tuple[int, int], tuple[int, int]]:
     return tuple((p, p) if isinstance(p, int) else (int(p[0]), int(p[1])) for p in padding)
 
 
+def conv_out_size(size: int, k: int, stride: int, pads: tuple[int, int], dilation: int) -> int:
+    """Output length of a convolution along one axis with padding ``(lo, hi)``."""
+    return (size + pads[0] + pads[1] - dilation * (k - 1) - 1) // stride + 1
+
+
 def im2col(x: jax.Array, kh: int, kw: int, stride=(1, 1), padding=(0, 0), dilation=(1, 1)) -> jax.Array:
     """Patches ``(N, Ho, Wo, kh·kw·Cin)`` ordered (kh, kw, Cin) like a reshaped HWIO kernel.
 
@@ -102,8 +107,7 @@ def im2col(x: jax.Array, kh: int, kw: int, stride=(1, 1), padding=(0, 0), dilati
     (sh, sw), (dh, dw) = stride, dilation
     (pt, pb), (pl, pr) = _pads(padding)
     n, h, w, c = x.shape
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    ho, wo = conv_out_size(h, kh, sh, (pt, pb), dh), conv_out_size(w, kw, sw, (pl, pr), dw)
     xp = lax.pad(x, jnp.array(0, x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0))) \
         if (pt or pb or pl or pr) else x
     if kh == kw == 1:
@@ -143,8 +147,7 @@ def conv2d_taps(x: jax.Array, kernel: jax.Array, stride=(1, 1), padding=(0, 0), 
     n, h, w, _ = x.shape
     (sh, sw), (dh, dw) = stride, dilation
     (pt, pb), (pl, pr) = _pads(padding)
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    ho, wo = conv_out_size(h, kh, sh, (pt, pb), dh), conv_out_size(w, kw, sw, (pl, pr), dw)
     y = None
     for i in range(kh):
         r0, r1 = _tap_outputs(ho, i, sh, pt, dh, h)

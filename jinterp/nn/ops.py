@@ -83,8 +83,8 @@ def conv2d_formulation(x_shape, kernel_shape, stride=1, padding=0, dilation=1, g
         return "lax"
     kh, kw = kernel_shape[:2]
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
-    ho = (x_shape[1] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (x_shape[2] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    ho = fastconv.conv_out_size(x_shape[1], kh, sh, (ph, ph), dh)
+    wo = fastconv.conv_out_size(x_shape[2], kw, sw, (pw, pw), dw)
     if groups == 1 and ho * wo <= _TAPS_MAX_OUT_PIXELS and min(ph, pw) >= 0:
         return "taps"
     if (os.environ.get("JINTERP_ONEDNN", "1") != "0" and jnp.dtype(dtype) == jnp.float32 and x_shape[-1] > 1

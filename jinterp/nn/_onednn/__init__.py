@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jinterp.errors import ModelError, ShapeError
+from jinterp.nn.fastconv import conv_out_size
 
 ONEDNN_VERSION = "2023.2.0"  # PyPI version of the oneDNN 3.2 CPU wheels (GNU OpenMP runtime)
 _SRC = Path(__file__).with_name("conv.cc")
@@ -184,10 +185,6 @@ def _call(kind, out_shape, a, b, stride, padding, dilation, groups):
                             vmap_method="expand_dims")(a, b, **_attrs(stride, padding, dilation, groups))
 
 
-def _out_size(size: int, k: int, stride: int, pads: tuple[int, int], dilation: int) -> int:
-    return (size + pads[0] + pads[1] - dilation * (k - 1) - 1) // stride + 1
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def conv2d(x: jax.Array, kernel: jax.Array, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1),
            groups: int = 1) -> jax.Array:
@@ -203,8 +200,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride=(1, 1), padding=((0, 0), (0, 
 def _conv2d_fwd(x, kernel, stride, padding, dilation, groups):
     n, h, w, _ = x.shape
     kh, kw, _, cout = kernel.shape
-    out = (n, _out_size(h, kh, stride[0], padding[0], dilation[0]),
-           _out_size(w, kw, stride[1], padding[1], dilation[1]), cout)
+    out = (n, conv_out_size(h, kh, stride[0], padding[0], dilation[0]),
+           conv_out_size(w, kw, stride[1], padding[1], dilation[1]), cout)
     return _call("fwd", out, x, kernel, stride, padding, dilation, groups), (x, kernel)
 
 
