@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -66,3 +67,15 @@ def jit_reductions_outside_ynn(fun=None, **jit_kwargs):
     if fun is None:
         return functools.partial(jit_reductions_outside_ynn, **jit_kwargs)
     return _TunedJit(fun, jit_kwargs)
+
+
+def ynn_reduction_fusions(hlo_text: str) -> list[str]:
+    """Names of the YNNPACK fusions in compiled HLO text (``jitted.lower(...).compile().as_text()``) that reduce
+    without a dot: what :func:`reductions_outside_ynn` keeps out; used to check that a step is compiled with it."""
+    bodies = dict(re.findall(r"^(?:ENTRY )?%(\S+) [^\n]*\{\n(.*?)\n\}", hlo_text, re.M | re.S))
+    found = []
+    for name, callee in re.findall(r"%(\S+) = [^\n]*calls=%([^,\s]+)[^\n]*__ynn_fusion", hlo_text):
+        body = bodies.get(callee, "")
+        if " reduce(" in body and " dot(" not in body:
+            found.append(name)
+    return found

@@ -22,10 +22,10 @@ S = np.random.default_rng(0).normal(size=(8, 64, 197)).astype(np.float32)
 def test_tuned_jit_keeps_the_reduction_out_of_ynnpack_and_the_value():
     if jax.default_backend() != "cpu":
         pytest.skip("the options are CPU-only")
-    if "__ynn_fusion" not in _hlo(jax.jit(_leading_axis_lse), S):
+    if not xla_options.ynn_reduction_fusions(_hlo(jax.jit(_leading_axis_lse), S)):
         pytest.skip("this XLA does not fuse reductions into YNNPACK; nothing to move")
     tuned = xla_options.jit_reductions_outside_ynn(_leading_axis_lse)
-    assert "__ynn_fusion" not in _hlo(tuned, S)
+    assert xla_options.ynn_reduction_fusions(_hlo(tuned, S)) == []
     np.testing.assert_allclose(tuned(S), jax.jit(_leading_axis_lse)(S), rtol=1e-6, atol=1e-6)
 
 
@@ -52,3 +52,18 @@ def test_decorator_form_keeps_static_arguments_and_lower():
     x = jnp.arange(6.0).reshape(2, 3)
     np.testing.assert_allclose(total(x, axis=1), [3.0, 12.0])
     assert "reduce" in total.lower(x, axis=0).as_text()
+
+
+def test_the_graph_estep_is_compiled_with_reductions_outside_ynn():
+    from jinterp.bench.graph import make_geom, make_inputs
+    from jinterp.methods.graph import estep as es
+
+    geom = make_geom(16, 64, 0.1)
+    maps, coord, sigma, delta, s, log_lam = make_inputs(geom, 4)
+    args = (jnp.asarray(maps), jnp.asarray(coord), jnp.asarray(sigma),
+            es.Prior(jnp.asarray(delta), jnp.asarray(s), jnp.asarray(log_lam)))
+    plain = jax.jit(es.estep.__wrapped__, static_argnames=("geom", "chunk"))
+    if jax.default_backend() != "cpu" or not xla_options.ynn_reduction_fusions(
+            plain.lower(*args, geom=geom, chunk=2).compile().as_text()):
+        pytest.skip("no YNNPACK reductions to keep out on this backend / XLA")
+    assert xla_options.ynn_reduction_fusions(es.estep.lower(*args, geom=geom, chunk=2).compile().as_text()) == []

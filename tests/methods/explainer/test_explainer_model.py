@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from jinterp import backbones
-from jinterp.core import train
+from jinterp.core import train, xla_options
 from jinterp.errors import LayerError
 from jinterp.methods.explainer import model as M
 from jinterp.methods.explainer import program as P
@@ -101,6 +101,17 @@ def steps(convnet):
         s = _setup(convnet, faithful=faithful)
         out[faithful] = (s, P.make_step(s, TX, steps_per_epoch=5))
     return out
+
+
+def test_the_train_step_is_compiled_with_reductions_outside_ynn(steps):
+    """The program's step keeps the ICNN loss's leading-axis reductions out of YNNPACK (jinterp.core.xla_options)."""
+    s, step = steps[False]
+    state = P.init_state(s, TX, jax.random.PRNGKey(2))
+    args = (state, s.perf_vars, jnp.asarray(_images(8)), jnp.float32(0.5), jnp.float32(0.1))
+    plain = jax.jit(step.__wrapped__).lower(*args).compile().as_text()
+    if jax.default_backend() != "cpu" or not xla_options.ynn_reduction_fusions(plain):
+        pytest.skip("no YNNPACK reductions to keep out on this backend / XLA")
+    assert xla_options.ynn_reduction_fusions(step.lower(*args).compile().as_text()) == []
 
 
 @pytest.mark.slow
